@@ -1,0 +1,107 @@
+//! The one error type of oxinfer's libraries, and how each cause maps to the protocol.
+
+/// A protocol-level error class: what a client is told, over REST (an HTTP status) or gRPC
+/// (a status code). Follows Triton's mapping (see `WIRE-COMPAT.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request is malformed or does not fit the model (HTTP 400, gRPC `INVALID_ARGUMENT`).
+    InvalidArgument,
+    /// No such model or version (HTTP 404, gRPC `NOT_FOUND`).
+    NotFound,
+    /// The model or server cannot take the request now (HTTP 503, gRPC `UNAVAILABLE`).
+    Unavailable,
+    /// The request is larger than the server accepts (HTTP 413, gRPC `RESOURCE_EXHAUSTED`).
+    ResourceExhausted,
+    /// The feature is not implemented (HTTP 501, gRPC `UNIMPLEMENTED`).
+    Unimplemented,
+    /// The server or a runtime failed (HTTP 500, gRPC `INTERNAL`).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status code for this class.
+    pub const fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::ResourceExhausted => 413,
+            ErrorCode::Unimplemented => 501,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// Everything that can go wrong in oxinfer's libraries, one documented variant per cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client's request is malformed or does not match the model: bad JSON, wrong datatype,
+    /// a shape that does not match the data, a missing or unknown tensor, ...
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The named model (or the named version of it) is not served.
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// The model exists but is not ready to serve (loading, unloaded, shutting down).
+    #[error("{0}")]
+    ModelNotReady(String),
+    /// The request body is larger than the configured limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The request asks for something this server does not implement.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The manifest is invalid: unknown key, unknown runtime, missing file, duplicate model, ...
+    /// Only raised at startup or by `oxinfer check`; never sent to a client.
+    #[error("{0}")]
+    Manifest(String),
+    /// A runtime could not load a model (bad file, unsupported operator, bad option).
+    #[error("{0}")]
+    Load(String),
+    /// A runtime failed while executing a request that had passed validation.
+    #[error("model execution failed: {0}")]
+    Execution(String),
+    /// A bug or an unexpected state inside the server.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The protocol class of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidInput(_) => ErrorCode::InvalidArgument,
+            Error::ModelNotFound(_) => ErrorCode::NotFound,
+            Error::ModelNotReady(_) => ErrorCode::Unavailable,
+            Error::TooLarge(_) => ErrorCode::ResourceExhausted,
+            Error::Unsupported(_) => ErrorCode::Unimplemented,
+            Error::Manifest(_) | Error::Load(_) | Error::Execution(_) | Error::Internal(_) => {
+                ErrorCode::Internal
+            }
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidInput`].
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidInput(msg.into())
+    }
+}
+
+/// `Result` with oxinfer's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_maps_to_the_protocol_status() {
+        assert_eq!(Error::invalid("x").code().http_status(), 400);
+        assert_eq!(Error::ModelNotFound("x".into()).code().http_status(), 404);
+        assert_eq!(Error::ModelNotReady("x".into()).code().http_status(), 503);
+        assert_eq!(Error::TooLarge("x".into()).code().http_status(), 413);
+        assert_eq!(Error::Unsupported("x".into()).code().http_status(), 501);
+        assert_eq!(Error::Execution("x".into()).code().http_status(), 500);
+        assert_eq!(Error::Internal("x".into()).code().http_status(), 500);
+    }
+}

@@ -1,0 +1,27 @@
+//! oxinfer's core: the Open Inference Protocol surface and the contracts every part shares.
+//!
+//! - [`DataType`]: the OIP datatypes and their sizes;
+//! - [`Tensor`]: a named, shaped tensor holding its data without copying;
+//! - [`protocol`]: requests, responses, metadata, parameters, and the REST JSON codec;
+//! - [`runtime`]: the [`Runtime`] and [`Model`] traits that backends implement;
+//! - [`manifest`]: the TOML manifest that lists the models to serve;
+//! - [`Error`]: one error enum, each variant mapped to a protocol status by [`Error::code`].
+//!
+//! This crate has no async runtime and no HTTP stack in it, so runtimes and plugins can depend on
+//! it without pulling in the server.
+
+pub mod datatype;
+pub mod error;
+pub mod manifest;
+pub mod protocol;
+pub mod runtime;
+pub mod tensor;
+
+pub use datatype::DataType;
+pub use error::{Error, ErrorCode, Result};
+pub use manifest::{Manifest, ModelEntry};
+pub use runtime::{LoadRequest, Model, ModelSignature, Runtime};
+pub use tensor::{Element, Tensor, TensorData};
+
+pub use bytes;
+pub use half;

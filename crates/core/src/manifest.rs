@@ -1,0 +1,257 @@
+//! The manifest: a TOML file that lists the models to load at startup.
+//!
+//! ```toml
+//! [server]                     # optional; command-line flags override it
+//! http = "127.0.0.1:8080"
+//! grpc = "127.0.0.1:8081"
+//! max_request_bytes = 67108864
+//!
+//! [[models]]
+//! name = "mlp"
+//! version = "1"                # optional, default "1"; a non-negative integer
+//! runtime = "tract"            # tract | onnxruntime | candle | plugin
+//! path = "models/mlp.onnx"     # relative to this file's directory
+//! [models.options]             # runtime-specific, checked by that runtime
+//! ```
+//!
+//! [`Manifest::load`] checks everything that does not need a runtime: unknown keys, duplicate
+//! name/version pairs, names that cannot appear in a URL path, versions that are not integers,
+//! and files that do not exist. Runtimes check their own `options` when they load the model.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::{Error, Result};
+
+/// The default request body limit: 64 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// A parsed and checked manifest.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Server settings.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// The models to load, in file order.
+    #[serde(default)]
+    pub models: Vec<ModelEntry>,
+    /// The file this manifest was read from (not a TOML key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address of the HTTP (REST) listener, e.g. `127.0.0.1:8080`; port 0 picks a free port.
+    pub http: Option<String>,
+    /// Address of the gRPC listener.
+    pub grpc: Option<String>,
+    /// The largest request body accepted, in bytes ([`DEFAULT_MAX_REQUEST_BYTES`] if unset).
+    pub max_request_bytes: Option<usize>,
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// The model's name, as it appears in URLs.
+    pub name: String,
+    /// The model's version: a non-negative integer, default `"1"`. Several versions of one name
+    /// may be served side by side; the unversioned path resolves to the highest.
+    #[serde(default = "default_version", deserialize_with = "version_string")]
+    pub version: String,
+    /// The runtime that loads it (`tract`, `onnxruntime`, `candle`, `plugin`).
+    pub runtime: String,
+    /// The model file or directory; relative paths are resolved against the manifest's
+    /// directory by [`Manifest::load`].
+    pub path: PathBuf,
+    /// Runtime-specific options.
+    #[serde(default)]
+    pub options: toml::Table,
+}
+
+fn default_version() -> String {
+    "1".to_string()
+}
+
+/// Accepts `version = "2"` and `version = 2`.
+fn version_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        S(String),
+        I(i64),
+    }
+    Ok(match V::deserialize(d)? {
+        V::S(s) => s,
+        V::I(i) => i.to_string(),
+    })
+}
+
+impl ModelEntry {
+    /// The version as a number (checked by [`Manifest::load`]).
+    pub fn version_number(&self) -> u64 {
+        self.version.parse().unwrap_or(0)
+    }
+}
+
+impl fmt::Display for ModelEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "model '{}' version {}", self.name, self.version)
+    }
+}
+
+impl Manifest {
+    /// Reads, parses and checks a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Manifest(format!("cannot read manifest {}: {e}", path.display()))
+        })?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses and checks manifest text; `path` is where it came from (for messages and for
+    /// resolving relative model paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
+        let fail = |msg: String| Error::Manifest(format!("{}: {msg}", path.display()));
+        let mut manifest: Manifest = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
+        manifest.source = path.to_path_buf();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut seen = HashSet::new();
+        for entry in &mut manifest.models {
+            if entry.name.is_empty()
+                || !entry
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(fail(format!(
+                    "model name '{}' must be non-empty and use only ASCII letters, digits, '-', '_' and '.'",
+                    entry.name
+                )));
+            }
+            if entry.version.is_empty() || !entry.version.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(fail(format!(
+                    "model '{}': version '{}' must be a non-negative integer",
+                    entry.name, entry.version
+                )));
+            }
+            entry.version = entry.version_number().to_string();
+            if !seen.insert((entry.name.clone(), entry.version.clone())) {
+                return Err(fail(format!(
+                    "{entry} is listed twice; each name/version pair must be unique"
+                )));
+            }
+            if entry.path.is_relative() {
+                entry.path = base.join(&entry.path);
+            }
+            if !entry.path.exists() {
+                return Err(fail(format!(
+                    "{entry}: file not found: {}",
+                    entry.path.display()
+                )));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The request body limit in bytes.
+    pub fn max_request_bytes(&self) -> usize {
+        self.server
+            .max_request_bytes
+            .unwrap_or(DEFAULT_MAX_REQUEST_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("oxinfer-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("models")).unwrap();
+        std::fs::write(d.join("models/a.onnx"), b"x").unwrap();
+        d
+    }
+
+    fn parse(text: &str) -> Result<Manifest> {
+        Manifest::parse(text, &dir().join("oxinfer.toml"))
+    }
+
+    #[test]
+    fn parses_and_resolves_paths_against_the_manifest() {
+        let m = parse(
+            r#"
+            [server]
+            http = "127.0.0.1:0"
+            [[models]]
+            name = "a"
+            runtime = "tract"
+            path = "models/a.onnx"
+            [models.options]
+            anything = 1
+            [[models]]
+            name = "a"
+            version = 2
+            runtime = "tract"
+            path = "models/a.onnx"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.server.http.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(m.models[0].version, "1");
+        assert_eq!(m.models[1].version, "2");
+        assert_eq!(m.models[0].path, dir().join("models/a.onnx"));
+        assert_eq!(m.models[0].options["anything"].as_integer(), Some(1));
+        assert_eq!(m.max_request_bytes(), DEFAULT_MAX_REQUEST_BYTES);
+    }
+
+    #[test]
+    fn each_mistake_is_named() {
+        let entry = |extra: &str| {
+            format!(
+                "[[models]]\nname = \"a\"\nruntime = \"tract\"\npath = \"models/a.onnx\"\n{extra}"
+            )
+        };
+        let e = parse(&entry("colour = 1")).unwrap_err().to_string();
+        assert!(
+            e.contains("oxinfer.toml") && e.contains("unknown field `colour`"),
+            "{e}"
+        );
+        let e = parse("[serverr]\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `serverr`"), "{e}");
+        let e = parse(&format!("{}\n{}", entry(""), entry("")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model 'a' version 1 is listed twice"), "{e}");
+        let e = parse(&entry("version = \"v2\"")).unwrap_err().to_string();
+        assert!(e.contains("must be a non-negative integer"), "{e}");
+        let e = parse("[[models]]\nname = \"a\"\nruntime = \"tract\"\npath = \"nope.onnx\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("file not found") && e.contains("nope.onnx"),
+            "{e}"
+        );
+        let e = parse("[[models]]\nname = \"a/b\"\nruntime = \"tract\"\npath = \"models/a.onnx\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model name 'a/b'"), "{e}");
+        let e = parse("[[models]]\nname = \"a\"\npath = \"models/a.onnx\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `runtime`"), "{e}");
+    }
+
+    #[test]
+    fn versions_are_normalised() {
+        let m = parse("[[models]]\nname = \"a\"\nversion = \"007\"\nruntime = \"t\"\npath = \"models/a.onnx\"").unwrap();
+        assert_eq!(m.models[0].version, "7");
+    }
+}

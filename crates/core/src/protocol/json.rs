@@ -1,0 +1,613 @@
+//! The REST JSON codec: `POST /v2/models/{m}/infer` bodies in, responses out.
+//!
+//! Decoding parses the request envelope once and keeps each input's `data` as a borrowed raw
+//! JSON slice, then parses that slice straight into a typed buffer once the datatype is known
+//! (the `datatype` key may come after `data`). Nested and flat arrays are both accepted and
+//! flattened row-major; no intermediate `serde_json::Value` tree is built.
+//!
+//! Choices where the protocol is silent (documented for users in the README):
+//! - FP16 and BF16 are accepted and returned as JSON numbers (Triton refuses them in JSON).
+//! - For floating point inputs `null` means NaN (MLServer's convention); NaN and infinite outputs
+//!   are written as `null`, as JSON has no token for them.
+//! - Integer inputs must be JSON integers in range: `1.5`, `1.0`, `300` for UINT8 are errors.
+
+use std::fmt;
+
+use bytes::Bytes;
+use half::{bf16, f16};
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::ser::{self, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{InferRequest, InferResponse, Parameters, RequestedOutput};
+use crate::tensor::{bytes_from_vec, element_count};
+use crate::{DataType, Element, Error, Result, Tensor, TensorData};
+
+#[derive(Deserialize)]
+struct WireRequest<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Parameters>,
+    #[serde(borrow)]
+    inputs: Vec<WireInput<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<WireRequestedOutput>>,
+}
+
+#[derive(Deserialize)]
+struct WireInput<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<Parameters>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct WireRequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Parameters>,
+}
+
+/// serde_json appends " at line L column C" to its messages; inside a tensor's `data` slice those
+/// positions are relative to the slice and would mislead, so they are dropped there.
+fn without_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Checks a wire shape (`int64` dims) and returns it as `usize` dims and their element count.
+pub fn check_shape(name: &str, shape: &[i64]) -> Result<(Vec<usize>, usize)> {
+    let dims = shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            Error::invalid(format!(
+                "input '{name}': shape {shape:?} has a negative dimension"
+            ))
+        })?;
+    let count = element_count(&dims)
+        .ok_or_else(|| Error::invalid(format!("input '{name}': shape {shape:?} is too large")))?;
+    Ok((dims, count))
+}
+
+/// Decodes a REST JSON inference request body.
+pub fn decode_infer_request(body: &[u8]) -> Result<InferRequest> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid(
+            "request body is empty: expected a JSON inference request",
+        ));
+    }
+    let wire: WireRequest<'_> = serde_json::from_slice(body)
+        .map_err(|e| Error::invalid(format!("malformed inference request: {e}")))?;
+    let mut inputs = Vec::with_capacity(wire.inputs.len());
+    for input in wire.inputs {
+        inputs.push(decode_input(input)?);
+    }
+    let outputs = wire
+        .outputs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| RequestedOutput {
+            name: o.name,
+            parameters: o.parameters.unwrap_or_default(),
+        })
+        .collect();
+    Ok(InferRequest {
+        id: wire.id,
+        parameters: wire.parameters.unwrap_or_default(),
+        inputs,
+        outputs,
+    })
+}
+
+fn decode_input(input: WireInput<'_>) -> Result<Tensor> {
+    let name = input.name;
+    let datatype: DataType = input
+        .datatype
+        .parse()
+        .map_err(|e| Error::invalid(format!("input '{name}': {e}")))?;
+    if let Some(params) = &input.parameters {
+        for key in ["binary_data_size", "shared_memory_region"] {
+            if params.contains_key(key) {
+                return Err(Error::invalid(format!(
+                    "input '{name}': parameter '{key}' needs a protocol extension this server \
+                     does not implement yet; send the data as JSON"
+                )));
+            }
+        }
+    }
+    let (shape, count) = check_shape(&name, &input.shape)?;
+    let raw = input
+        .data
+        .ok_or_else(|| Error::invalid(format!("input '{name}' has no 'data'")))?;
+    let data = decode_data(datatype, raw, count).map_err(|e| {
+        Error::invalid(format!(
+            "input '{name}' ({datatype}, shape {:?}): {e}",
+            input.shape
+        ))
+    })?;
+    Tensor::new(name, datatype, shape, data)
+}
+
+fn decode_data(datatype: DataType, raw: &RawValue, count: usize) -> Result<TensorData, String> {
+    fn typed<T: JsonScalar + Element>(raw: &RawValue, count: usize) -> Result<TensorData, String> {
+        Ok(TensorData::Raw(bytes_from_vec(collect::<T>(raw, count)?)))
+    }
+    match datatype {
+        DataType::Bool => {
+            let values = collect::<JsonBool>(raw, count)?;
+            Ok(TensorData::Raw(Bytes::from(
+                values.into_iter().map(|b| b.0 as u8).collect::<Vec<u8>>(),
+            )))
+        }
+        DataType::Uint8 => typed::<u8>(raw, count),
+        DataType::Uint16 => typed::<u16>(raw, count),
+        DataType::Uint32 => typed::<u32>(raw, count),
+        DataType::Uint64 => typed::<u64>(raw, count),
+        DataType::Int8 => typed::<i8>(raw, count),
+        DataType::Int16 => typed::<i16>(raw, count),
+        DataType::Int32 => typed::<i32>(raw, count),
+        DataType::Int64 => typed::<i64>(raw, count),
+        DataType::Fp32 => typed::<f32>(raw, count),
+        DataType::Fp64 => typed::<f64>(raw, count),
+        DataType::Fp16 | DataType::Bf16 => {
+            let values = collect::<f32>(raw, count)?.into_iter();
+            Ok(TensorData::Raw(if datatype == DataType::Fp16 {
+                bytes_from_vec(values.map(f16::from_f32).collect())
+            } else {
+                bytes_from_vec(values.map(bf16::from_f32).collect())
+            }))
+        }
+        DataType::Bytes => Ok(TensorData::Strings(collect::<Bytes>(raw, count)?)),
+    }
+}
+
+/// Parses `raw` (a scalar or arbitrarily nested arrays) into exactly `count` elements.
+fn collect<T: JsonScalar>(raw: &RawValue, count: usize) -> Result<Vec<T>, String> {
+    let text = raw.get();
+    // Every element takes at least one byte of JSON, so this never over-allocates for an
+    // absurd shape with little data.
+    let mut out = Vec::with_capacity(count.min(text.len()));
+    let mut de = serde_json::Deserializer::from_str(text);
+    Flatten {
+        out: &mut out,
+        max: count,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| without_position(&e))?;
+    if out.len() != count {
+        return Err(format!(
+            "the shape needs {count} elements but 'data' has {}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// An element type that can be read from one JSON scalar.
+trait JsonScalar: Sized {
+    const WHAT: &'static str;
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_f64(_: f64) -> Option<Self> {
+        None
+    }
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+    fn from_null() -> Option<Self> {
+        None
+    }
+    fn from_str(_: &str) -> Option<Self> {
+        None
+    }
+}
+
+macro_rules! json_int {
+    ($($t:ty => $what:literal),*) => {$(
+        impl JsonScalar for $t {
+            const WHAT: &'static str = $what;
+            fn from_u64(v: u64) -> Option<Self> { <$t>::try_from(v).ok() }
+            fn from_i64(v: i64) -> Option<Self> { <$t>::try_from(v).ok() }
+        }
+    )*};
+}
+json_int!(u8 => "UINT8 integer", u16 => "UINT16 integer", u32 => "UINT32 integer",
+    u64 => "UINT64 integer", i8 => "INT8 integer", i16 => "INT16 integer",
+    i32 => "INT32 integer", i64 => "INT64 integer");
+
+impl JsonScalar for f32 {
+    const WHAT: &'static str = "number";
+    fn from_u64(v: u64) -> Option<Self> {
+        Some(v as f32)
+    }
+    fn from_i64(v: i64) -> Option<Self> {
+        Some(v as f32)
+    }
+    fn from_f64(v: f64) -> Option<Self> {
+        let x = v as f32;
+        // A finite double beyond f32's range is an error, not a silent infinity.
+        (x.is_finite() || !v.is_finite()).then_some(x)
+    }
+    fn from_null() -> Option<Self> {
+        Some(f32::NAN)
+    }
+}
+
+impl JsonScalar for f64 {
+    const WHAT: &'static str = "number";
+    fn from_u64(v: u64) -> Option<Self> {
+        Some(v as f64)
+    }
+    fn from_i64(v: i64) -> Option<Self> {
+        Some(v as f64)
+    }
+    fn from_f64(v: f64) -> Option<Self> {
+        Some(v)
+    }
+    fn from_null() -> Option<Self> {
+        Some(f64::NAN)
+    }
+}
+
+struct JsonBool(bool);
+
+impl JsonScalar for JsonBool {
+    const WHAT: &'static str = "boolean (true or false)";
+    fn from_bool(v: bool) -> Option<Self> {
+        Some(JsonBool(v))
+    }
+}
+
+impl JsonScalar for Bytes {
+    const WHAT: &'static str = "string";
+    fn from_str(v: &str) -> Option<Self> {
+        Some(Bytes::copy_from_slice(v.as_bytes()))
+    }
+}
+
+/// A serde seed that flattens nested arrays of scalars into `out`, refusing more than `max`.
+struct Flatten<'v, T> {
+    out: &'v mut Vec<T>,
+    max: usize,
+}
+
+impl<T: JsonScalar> Flatten<'_, T> {
+    fn push<E: de::Error>(self, v: Option<T>, shown: impl fmt::Display) -> Result<(), E> {
+        let v = v.ok_or_else(|| E::custom(format!("{shown} is not a valid {}", T::WHAT)))?;
+        if self.out.len() >= self.max {
+            return Err(E::custom(format!(
+                "'data' has more elements than the shape's {}",
+                self.max
+            )));
+        }
+        self.out.push(v);
+        Ok(())
+    }
+}
+
+impl<'de, T: JsonScalar> DeserializeSeed<'de> for Flatten<'_, T> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, T: JsonScalar> Visitor<'de> for Flatten<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a {} or an array of them", T::WHAT)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(Flatten {
+                out: &mut *self.out,
+                max: self.max,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(T::from_u64(v), v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(T::from_i64(v), v)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.push(T::from_f64(v), v)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.push(T::from_bool(v), v)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.push(T::from_null(), "null")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.push(T::from_str(v), format_args!("{v:?}"))
+    }
+}
+
+#[derive(Serialize)]
+struct WireResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Parameters::is_empty")]
+    parameters: &'a Parameters,
+    outputs: Vec<WireOutput<'a>>,
+}
+
+// No `parameters` on outputs that carry JSON data: the C++ tritonclient treats any output with
+// parameters as binary (WIRE-COMPAT.md, section 4).
+#[derive(Serialize)]
+struct WireOutput<'a> {
+    name: &'a str,
+    datatype: DataType,
+    shape: &'a [usize],
+    data: JsonData<'a>,
+}
+
+/// Serializes a tensor's elements as a flat JSON array.
+struct JsonData<'a>(&'a Tensor);
+
+fn seq<T: Element + Serialize, S: Serializer>(raw: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(
+        raw.chunks_exact(std::mem::size_of::<T>())
+            .map(bytemuck::pod_read_unaligned::<T>),
+    )
+}
+
+impl Serialize for JsonData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let raw = match t.data() {
+            TensorData::Raw(b) => b.as_ref(),
+            TensorData::Strings(items) => {
+                return s.collect_seq(
+                    items
+                        .iter()
+                        .map(|b| std::str::from_utf8(b))
+                        .map(|r| {
+                            r.map_err(|_| {
+                        ser::Error::custom(format!(
+                            "output '{}' holds bytes that are not UTF-8 and cannot be sent as JSON",
+                            t.name()
+                        ))
+                    })
+                        })
+                        .collect::<Result<Vec<_>, S::Error>>()?,
+                );
+            }
+        };
+        match t.datatype() {
+            DataType::Bool => s.collect_seq(raw.iter().map(|&b| b != 0)),
+            DataType::Uint8 => seq::<u8, S>(raw, s),
+            DataType::Uint16 => seq::<u16, S>(raw, s),
+            DataType::Uint32 => seq::<u32, S>(raw, s),
+            DataType::Uint64 => seq::<u64, S>(raw, s),
+            DataType::Int8 => seq::<i8, S>(raw, s),
+            DataType::Int16 => seq::<i16, S>(raw, s),
+            DataType::Int32 => seq::<i32, S>(raw, s),
+            DataType::Int64 => seq::<i64, S>(raw, s),
+            DataType::Fp32 => seq::<f32, S>(raw, s),
+            DataType::Fp64 => seq::<f64, S>(raw, s),
+            DataType::Fp16 => s.collect_seq(
+                raw.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            DataType::Bf16 => s.collect_seq(
+                raw.chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            DataType::Bytes => Err(ser::Error::custom("BYTES tensor without strings")),
+        }
+    }
+}
+
+/// Encodes an inference response as REST JSON (output data flat, row-major).
+pub fn encode_infer_response(response: &InferResponse) -> Result<Vec<u8>> {
+    let wire = WireResponse {
+        model_name: &response.model_name,
+        model_version: &response.model_version,
+        id: response.id.as_deref(),
+        parameters: &response.parameters,
+        outputs: response
+            .outputs
+            .iter()
+            .map(|t| WireOutput {
+                name: t.name(),
+                datatype: t.datatype(),
+                shape: t.shape(),
+                data: JsonData(t),
+            })
+            .collect(),
+    };
+    let bytes: usize = response
+        .outputs
+        .iter()
+        .map(|t| t.raw().map_or(16 * t.element_count(), |b| 4 * b.len()))
+        .sum();
+    let mut out = Vec::with_capacity(128 + bytes);
+    serde_json::to_writer(&mut out, &wire).map_err(|e| Error::invalid(without_position(&e)))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Parameter;
+
+    fn decode(s: &str) -> Result<InferRequest> {
+        decode_infer_request(s.as_bytes())
+    }
+
+    fn err(s: &str) -> String {
+        decode(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn decodes_flat_and_nested_data_the_same() {
+        let flat = decode(
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}"#,
+        )
+        .unwrap();
+        let nested = decode(
+            r#"{"inputs":[{"name":"x","datatype":"FP32","data":[[1,2.5],[3,4]],"shape":[2,2]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(flat, nested);
+        assert_eq!(
+            flat.inputs[0].to_vec::<f32>().unwrap(),
+            vec![1.0, 2.5, 3.0, 4.0]
+        );
+    }
+
+    #[test]
+    fn decodes_every_json_datatype() {
+        let body = r#"{"id":"r1","parameters":{"a":1,"b":"s","c":true,"d":0.5},"inputs":[
+            {"name":"b","shape":[2],"datatype":"BOOL","data":[true,false]},
+            {"name":"u8","shape":[2],"datatype":"UINT8","data":[0,255]},
+            {"name":"u16","shape":[1],"datatype":"UINT16","data":[65535]},
+            {"name":"u32","shape":[1],"datatype":"UINT32","data":[4294967295]},
+            {"name":"u64","shape":[1],"datatype":"UINT64","data":[18446744073709551615]},
+            {"name":"i8","shape":[2],"datatype":"INT8","data":[-128,127]},
+            {"name":"i16","shape":[1],"datatype":"INT16","data":[-32768]},
+            {"name":"i32","shape":[1],"datatype":"INT32","data":[-7]},
+            {"name":"i64","shape":[1],"datatype":"INT64","data":[-9223372036854775808]},
+            {"name":"h","shape":[1],"datatype":"FP16","data":[1.5]},
+            {"name":"bh","shape":[1],"datatype":"BF16","data":[2.0]},
+            {"name":"f","shape":[2],"datatype":"FP32","data":[null,1e-3]},
+            {"name":"d","shape":[1],"datatype":"FP64","data":[1e300]},
+            {"name":"s","shape":[2],"datatype":"BYTES","data":["h\u00e9llo",""]}
+        ],"outputs":[{"name":"y","parameters":{"binary_data":false}}],"model_name":"ignored"}"#;
+        let r = decode(body).unwrap();
+        assert_eq!(r.id.as_deref(), Some("r1"));
+        assert_eq!(r.parameters["a"], Parameter::Int64(1));
+        assert_eq!(r.parameters["c"], Parameter::Bool(true));
+        assert_eq!(r.outputs[0].name, "y");
+        let by = |n: &str| r.inputs.iter().find(|t| t.name() == n).unwrap();
+        assert_eq!(by("b").to_bools().unwrap(), vec![true, false]);
+        assert_eq!(by("u8").to_vec::<u8>().unwrap(), vec![0, 255]);
+        assert_eq!(by("u64").to_vec::<u64>().unwrap(), vec![u64::MAX]);
+        assert_eq!(by("i8").to_vec::<i8>().unwrap(), vec![-128, 127]);
+        assert_eq!(by("i64").to_vec::<i64>().unwrap(), vec![i64::MIN]);
+        assert_eq!(by("h").to_vec::<f16>().unwrap(), vec![f16::from_f32(1.5)]);
+        assert_eq!(
+            by("bh").to_vec::<bf16>().unwrap(),
+            vec![bf16::from_f32(2.0)]
+        );
+        assert!(by("f").to_vec::<f32>().unwrap()[0].is_nan());
+        assert_eq!(by("d").to_vec::<f64>().unwrap(), vec![1e300]);
+        assert_eq!(by("s").strings().unwrap()[0].as_ref(), "héllo".as_bytes());
+    }
+
+    #[test]
+    fn bad_input_gets_a_clear_message() {
+        let one = |dt: &str, shape: &str, data: &str| {
+            err(&format!(
+                r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"{dt}","data":{data}}}]}}"#
+            ))
+        };
+        assert!(err("").contains("request body is empty"));
+        assert!(err("{").contains("malformed inference request"));
+        assert!(err(r#"{"inputs":[{"name":"x"}]}"#).contains("missing field `shape`"));
+        assert!(one("FP33", "[1]", "[1]").contains("unknown datatype 'FP33'"));
+        assert!(one("FP32", "[3]", "[1,2]").contains("needs 3 elements but 'data' has 2"));
+        assert!(one("FP32", "[1]", "[1,2]").contains("more elements than the shape's 1"));
+        assert!(one("FP32", "[-1]", "[1]").contains("negative dimension"));
+        assert!(one("FP32", "[4294967296,4294967296,4294967296]", "[1]").contains("too large"));
+        assert!(one("INT32", "[1]", r#"["a"]"#).contains("\"a\" is not a valid INT32 integer"));
+        assert!(one("INT32", "[1]", "[1.5]").contains("1.5 is not a valid INT32 integer"));
+        assert!(one("UINT8", "[1]", "[256]").contains("256 is not a valid UINT8"));
+        assert!(one("UINT8", "[1]", "[-1]").contains("-1 is not a valid UINT8"));
+        assert!(one("BOOL", "[1]", "[1]").contains("not a valid boolean"));
+        assert!(one("BYTES", "[1]", "[1]").contains("1 is not a valid string"));
+        assert!(one("FP32", "[1]", "[1e300]").contains("not a valid number"));
+        assert!(one("FP32", "[1]", "[NaN]").contains("malformed inference request"));
+        assert!(one("FP32", "[1]", "[Infinity]").contains("malformed inference request"));
+        assert!(
+            err(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#)
+                .contains("has no 'data'")
+        );
+    }
+
+    #[test]
+    fn absurd_shapes_do_not_allocate() {
+        // 2^40 elements declared, one sent: refused without reserving 4 TiB.
+        let e = err(
+            r#"{"inputs":[{"name":"x","shape":[1099511627776],"datatype":"FP32","data":[1]}]}"#,
+        );
+        assert!(
+            e.contains("needs 1099511627776 elements but 'data' has 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn encodes_flat_data_and_echoes_id() {
+        let resp = InferResponse {
+            model_name: "m".into(),
+            model_version: "2".into(),
+            id: Some("abc".into()),
+            parameters: Parameters::new(),
+            outputs: vec![
+                Tensor::from_vec("y", vec![2, 2], vec![1.5f32, f32::NAN, -0.0, 4.0]).unwrap(),
+                Tensor::from_bools("b", vec![1], &[true]).unwrap(),
+                Tensor::from_strings("s", vec![1], ["héllo"]).unwrap(),
+                Tensor::from_vec("h", vec![1], vec![f16::from_f32(0.5)]).unwrap(),
+            ],
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_infer_response(&resp).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"model_name":"m","model_version":"2","id":"abc","outputs":[
+                {"name":"y","datatype":"FP32","shape":[2,2],"data":[1.5,null,-0.0,4.0]},
+                {"name":"b","datatype":"BOOL","shape":[1],"data":[true]},
+                {"name":"s","datatype":"BYTES","shape":[1],"data":["héllo"]},
+                {"name":"h","datatype":"FP16","shape":[1],"data":[0.5]}
+            ]})
+        );
+    }
+
+    #[test]
+    fn non_utf8_bytes_output_is_an_error_not_garbage() {
+        let resp = InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: None,
+            parameters: Parameters::new(),
+            outputs: vec![Tensor::from_strings("s", vec![1], [&b"\xff"[..]]).unwrap()],
+        };
+        assert!(
+            encode_infer_response(&resp)
+                .unwrap_err()
+                .to_string()
+                .contains("not UTF-8")
+        );
+    }
+}

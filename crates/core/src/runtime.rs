@@ -1,0 +1,143 @@
+//! The runtime trait: how a backend (tract, ONNX Runtime, candle, a plugin) plugs into oxinfer.
+//!
+//! A [`Runtime`] is a factory registered under its manifest name; it turns one manifest entry
+//! into a loaded [`Model`]. Both traits are synchronous on purpose: loading and executing a
+//! model are CPU-bound, blocking work. The server calls them from threads reserved for that work,
+//! never from its async I/O threads, so no runtime needs to know about the async executor.
+//!
+//! Concurrency and batching are designed in:
+//! - `Model: Send + Sync` and [`Model::execute`] takes `&self`: one loaded model may serve
+//!   concurrent calls, and a runtime may be asked to [`Runtime::load`] the same entry several
+//!   times to get independent instances.
+//! - [`Model::execute`] runs *one batch*: when every input and output of a model has a dynamic
+//!   first dimension ([`ModelSignature::batchable`]), a scheduler may concatenate the inputs of
+//!   several requests along that dimension, execute once, and split the outputs back.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use crate::protocol::TensorMetadata;
+use crate::{Error, Result, Tensor};
+
+/// What a runtime is given to load one model instance.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadRequest<'a> {
+    /// The model's name in the manifest.
+    pub name: &'a str,
+    /// The model's version in the manifest.
+    pub version: &'a str,
+    /// The model file or directory, already resolved against the manifest's directory.
+    pub path: &'a Path,
+    /// The entry's `[models.options]` table, for the runtime to check and interpret.
+    pub options: &'a toml::Table,
+}
+
+impl LoadRequest<'_> {
+    /// Deserializes the options into the runtime's own options type, which should use
+    /// `#[serde(deny_unknown_fields)]` so that a misspelt key is an error.
+    pub fn parse_options<T: DeserializeOwned>(&self, runtime: &str) -> Result<T> {
+        toml::Value::Table(self.options.clone())
+            .try_into()
+            .map_err(|e| Error::Manifest(format!("invalid options for runtime '{runtime}': {e}")))
+    }
+}
+
+/// The inputs and outputs a model declares. Shapes use `-1` for dynamic dimensions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelSignature {
+    /// The inputs, in the order [`Model::execute`] takes them.
+    pub inputs: Vec<TensorMetadata>,
+    /// The outputs, in the order [`Model::execute`] returns them.
+    pub outputs: Vec<TensorMetadata>,
+}
+
+impl ModelSignature {
+    /// The position and description of the input called `name`.
+    pub fn input(&self, name: &str) -> Option<(usize, &TensorMetadata)> {
+        self.inputs.iter().enumerate().find(|(_, t)| t.name == name)
+    }
+
+    /// The position and description of the output called `name`.
+    pub fn output(&self, name: &str) -> Option<(usize, &TensorMetadata)> {
+        self.outputs
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.name == name)
+    }
+
+    /// Whether every input and output has a dynamic first dimension, so that requests can be
+    /// concatenated along it and executed as one batch.
+    pub fn batchable(&self) -> bool {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .all(|t| t.shape.first() == Some(&-1))
+    }
+}
+
+/// A backend that loads models: registered under the name a manifest's `runtime` key uses.
+pub trait Runtime: Send + Sync {
+    /// The manifest name (`"tract"`, `"onnxruntime"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// The `platform` reported in model metadata (`"onnx_tract"`, `"onnxruntime_onnx"`, ...).
+    fn platform(&self) -> &'static str;
+
+    /// Loads one instance of the model a manifest entry describes. Blocking; called once per
+    /// instance at startup (or on an explicit reload), never per request.
+    fn load(&self, request: &LoadRequest<'_>) -> Result<Box<dyn Model>>;
+}
+
+/// A loaded model instance.
+pub trait Model: Send + Sync {
+    /// The inputs and outputs, as the model file declares them.
+    fn signature(&self) -> &ModelSignature;
+
+    /// Executes one batch. The server has already checked `inputs` against
+    /// [`Model::signature`]: there is exactly one tensor per declared input, in declaration
+    /// order, with the declared datatype and a shape that fits the declared one. Returns one
+    /// tensor per declared output, in declaration order.
+    ///
+    /// Errors caused by the input values (for example a shape the graph cannot take) should be
+    /// [`Error::InvalidInput`]; failures of the runtime itself [`Error::Execution`].
+    fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DataType;
+
+    #[test]
+    fn batchable_needs_a_dynamic_first_dim_everywhere() {
+        let mut sig = ModelSignature {
+            inputs: vec![TensorMetadata::new("x", DataType::Fp32, vec![-1, 4])],
+            outputs: vec![TensorMetadata::new("y", DataType::Fp32, vec![-1, 3])],
+        };
+        assert!(sig.batchable());
+        sig.outputs[0].shape = vec![3];
+        assert!(!sig.batchable());
+        assert_eq!(sig.input("x").unwrap().0, 0);
+        assert!(sig.output("nope").is_none());
+    }
+
+    #[test]
+    fn options_reject_unknown_keys() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Opts {
+            threads: Option<u32>,
+        }
+        let table: toml::Table = toml::from_str("treads = 2").unwrap();
+        let req = LoadRequest {
+            name: "m",
+            version: "1",
+            path: Path::new("m.onnx"),
+            options: &table,
+        };
+        let e = req.parse_options::<Opts>("x").unwrap_err().to_string();
+        assert!(e.contains("unknown field `treads`"), "{e}");
+    }
+}

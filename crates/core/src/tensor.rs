@@ -1,0 +1,352 @@
+//! A named, shaped tensor whose data is held without copying.
+//!
+//! Fixed-size datatypes keep their elements as one little-endian, row-major [`Bytes`] buffer, so
+//! a tensor can point straight into a request body (or a runtime's output buffer) with no copy.
+//! `BYTES` tensors keep one [`Bytes`] per element.
+
+use bytes::Bytes;
+
+use crate::{DataType, Error, Result};
+
+#[cfg(target_endian = "big")]
+compile_error!("oxinfer stores tensor data little-endian and only supports little-endian targets");
+
+/// A Rust type that is the in-memory representation of one fixed-size OIP datatype.
+///
+/// Implemented for the integer and float primitives and for [`half::f16`] / [`half::bf16`].
+/// `BOOL` has no `Element` type: it is stored as one `u8` (0 or 1) per element, see
+/// [`Tensor::from_bools`] and [`Tensor::to_bools`].
+pub trait Element: bytemuck::Pod + Send + Sync + 'static {
+    /// The datatype this type represents.
+    const DATATYPE: DataType;
+}
+
+macro_rules! element {
+    ($($t:ty => $dt:ident),* $(,)?) => {
+        $(impl Element for $t { const DATATYPE: DataType = DataType::$dt; })*
+    };
+}
+element! {
+    u8 => Uint8, u16 => Uint16, u32 => Uint32, u64 => Uint64,
+    i8 => Int8, i16 => Int16, i32 => Int32, i64 => Int64,
+    half::f16 => Fp16, half::bf16 => Bf16, f32 => Fp32, f64 => Fp64,
+}
+
+/// The elements of a tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    /// Fixed-size elements, little-endian and row-major, with no padding.
+    Raw(Bytes),
+    /// One byte string per element of a `BYTES` tensor.
+    Strings(Vec<Bytes>),
+}
+
+/// A tensor: name, datatype, concrete shape and data. The constructor checks that the data
+/// matches the datatype and shape, so every `Tensor` is consistent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    name: String,
+    datatype: DataType,
+    shape: Vec<usize>,
+    data: TensorData,
+}
+
+/// The number of elements of a shape, or `None` when the product overflows `usize`.
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// Keeps a typed vector alive as the owner of a [`Bytes`] view of its memory.
+struct VecOwner<T: Element>(Vec<T>);
+
+impl<T: Element> AsRef<[u8]> for VecOwner<T> {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
+}
+
+/// Turns a typed vector into little-endian bytes without copying it.
+pub fn bytes_from_vec<T: Element>(values: Vec<T>) -> Bytes {
+    Bytes::from_owner(VecOwner(values))
+}
+
+impl Tensor {
+    /// Builds a tensor, checking that `data` holds exactly the elements `shape` calls for
+    /// in the layout `datatype` needs.
+    pub fn new(
+        name: impl Into<String>,
+        datatype: DataType,
+        shape: Vec<usize>,
+        data: TensorData,
+    ) -> Result<Self> {
+        let name = name.into();
+        let count = element_count(&shape).ok_or_else(|| {
+            Error::invalid(format!("tensor '{name}': shape {shape:?} is too large"))
+        })?;
+        match (&data, datatype.size()) {
+            (TensorData::Raw(bytes), Some(size)) => {
+                let expected = count.checked_mul(size).ok_or_else(|| {
+                    Error::invalid(format!("tensor '{name}': shape {shape:?} is too large"))
+                })?;
+                if bytes.len() != expected {
+                    return Err(Error::invalid(format!(
+                        "tensor '{name}': shape {shape:?} of {datatype} needs {expected} bytes, got {}",
+                        bytes.len()
+                    )));
+                }
+            }
+            (TensorData::Strings(items), None) => {
+                if items.len() != count {
+                    return Err(Error::invalid(format!(
+                        "tensor '{name}': shape {shape:?} needs {count} elements, got {}",
+                        items.len()
+                    )));
+                }
+            }
+            (TensorData::Raw(_), None) => {
+                return Err(Error::invalid(format!(
+                    "tensor '{name}': BYTES data must be a list of byte strings"
+                )));
+            }
+            (TensorData::Strings(_), Some(_)) => {
+                return Err(Error::invalid(format!(
+                    "tensor '{name}': {datatype} data cannot be a list of byte strings"
+                )));
+            }
+        }
+        if datatype == DataType::Bool {
+            if let TensorData::Raw(bytes) = &data {
+                if bytes.iter().any(|&b| b > 1) {
+                    return Err(Error::invalid(format!(
+                        "tensor '{name}': BOOL elements must be 0 or 1"
+                    )));
+                }
+            }
+        }
+        Ok(Tensor {
+            name,
+            datatype,
+            shape,
+            data,
+        })
+    }
+
+    /// A tensor that takes ownership of a typed vector, without copying it.
+    pub fn from_vec<T: Element>(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        values: Vec<T>,
+    ) -> Result<Self> {
+        Tensor::new(
+            name,
+            T::DATATYPE,
+            shape,
+            TensorData::Raw(bytes_from_vec(values)),
+        )
+    }
+
+    /// A `BOOL` tensor.
+    pub fn from_bools(name: impl Into<String>, shape: Vec<usize>, values: &[bool]) -> Result<Self> {
+        let bytes: Vec<u8> = values.iter().map(|&b| u8::from(b)).collect();
+        Tensor::new(name, DataType::Bool, shape, TensorData::Raw(bytes.into()))
+    }
+
+    /// A `BYTES` tensor.
+    pub fn from_strings<B: Into<Bytes>>(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        values: impl IntoIterator<Item = B>,
+    ) -> Result<Self> {
+        let items = values.into_iter().map(Into::into).collect();
+        Tensor::new(name, DataType::Bytes, shape, TensorData::Strings(items))
+    }
+
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Renames the tensor.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The element datatype.
+    pub fn datatype(&self) -> DataType {
+        self.datatype
+    }
+
+    /// The concrete shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The number of elements (the product of the shape).
+    pub fn element_count(&self) -> usize {
+        match &self.data {
+            TensorData::Raw(b) => b.len() / self.datatype.size().unwrap_or(1),
+            TensorData::Strings(s) => s.len(),
+        }
+    }
+
+    /// The data.
+    pub fn data(&self) -> &TensorData {
+        &self.data
+    }
+
+    /// Takes the data out of the tensor.
+    pub fn into_data(self) -> TensorData {
+        self.data
+    }
+
+    /// The raw little-endian bytes of a fixed-size tensor; `None` for `BYTES`.
+    pub fn raw(&self) -> Option<&Bytes> {
+        match &self.data {
+            TensorData::Raw(b) => Some(b),
+            TensorData::Strings(_) => None,
+        }
+    }
+
+    /// The elements of a `BYTES` tensor; `None` for fixed-size datatypes.
+    pub fn strings(&self) -> Option<&[Bytes]> {
+        match &self.data {
+            TensorData::Strings(s) => Some(s),
+            TensorData::Raw(_) => None,
+        }
+    }
+
+    fn check_type<T: Element>(&self) -> Result<&Bytes> {
+        match (&self.data, self.datatype == T::DATATYPE) {
+            (TensorData::Raw(b), true) => Ok(b),
+            _ => Err(Error::invalid(format!(
+                "tensor '{}' is {}, not {}",
+                self.name,
+                self.datatype,
+                T::DATATYPE
+            ))),
+        }
+    }
+
+    /// Borrows the elements as a typed slice, without copying. Fails when the datatype differs,
+    /// or when the buffer is not aligned for `T` (a view into a larger message may not be): use
+    /// [`Tensor::to_vec`] then.
+    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+        let bytes = self.check_type::<T>()?;
+        bytemuck::try_cast_slice(bytes).map_err(|e| {
+            Error::invalid(format!(
+                "tensor '{}' cannot be viewed as {}: {e}",
+                self.name,
+                T::DATATYPE
+            ))
+        })
+    }
+
+    /// Copies the elements into a typed vector; works whatever the buffer's alignment.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        let bytes = self.check_type::<T>()?;
+        Ok(bytes
+            .chunks_exact(std::mem::size_of::<T>())
+            .map(bytemuck::pod_read_unaligned)
+            .collect())
+    }
+
+    /// The elements of a `BOOL` tensor.
+    pub fn to_bools(&self) -> Result<Vec<bool>> {
+        match (&self.data, self.datatype) {
+            (TensorData::Raw(b), DataType::Bool) => Ok(b.iter().map(|&x| x != 0).collect()),
+            _ => Err(Error::invalid(format!(
+                "tensor '{}' is {}, not BOOL",
+                self.name, self.datatype
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_vec_keeps_the_vector_without_copying() {
+        let values = vec![1.5f32, -2.0, 3.25, 4.0];
+        let ptr = values.as_ptr() as *const u8;
+        let t = Tensor::from_vec("x", vec![2, 2], values).unwrap();
+        assert_eq!(t.raw().unwrap().as_ptr(), ptr);
+        assert_eq!(t.as_slice::<f32>().unwrap(), &[1.5, -2.0, 3.25, 4.0]);
+        assert_eq!(t.element_count(), 4);
+    }
+
+    #[test]
+    fn typed_access_checks_the_datatype() {
+        let t = Tensor::from_vec("x", vec![2], vec![1i32, 2]).unwrap();
+        assert!(t.as_slice::<f32>().is_err());
+        assert!(t.to_vec::<i64>().is_err());
+        assert_eq!(t.to_vec::<i32>().unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn unaligned_views_are_refused_but_copies_work() {
+        let mut raw = vec![0u8];
+        raw.extend_from_slice(&7i32.to_le_bytes());
+        raw.extend_from_slice(&(-9i32).to_le_bytes());
+        let all = Bytes::from(raw);
+        let t = Tensor::new(
+            "x",
+            DataType::Int32,
+            vec![2],
+            TensorData::Raw(all.slice(1..)),
+        )
+        .unwrap();
+        // A 1-byte offset into a heap buffer is never 4-aligned.
+        assert!(t.as_slice::<i32>().is_err());
+        assert_eq!(t.to_vec::<i32>().unwrap(), vec![7, -9]);
+    }
+
+    #[test]
+    fn constructor_checks_data_against_shape() {
+        let e = Tensor::new(
+            "x",
+            DataType::Fp32,
+            vec![3],
+            TensorData::Raw(Bytes::from(vec![0u8; 8])),
+        );
+        assert!(e.unwrap_err().to_string().contains("needs 12 bytes, got 8"));
+        let e = Tensor::from_strings("s", vec![2], ["a"]);
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .contains("needs 2 elements, got 1")
+        );
+        let e = Tensor::new(
+            "x",
+            DataType::Uint8,
+            vec![usize::MAX, 3],
+            TensorData::Raw(Bytes::new()),
+        );
+        assert!(e.unwrap_err().to_string().contains("too large"));
+        let e = Tensor::new(
+            "b",
+            DataType::Bool,
+            vec![1],
+            TensorData::Raw(Bytes::from(vec![2u8])),
+        );
+        assert!(e.unwrap_err().to_string().contains("0 or 1"));
+    }
+
+    #[test]
+    fn bools_and_strings_round_trip() {
+        let t = Tensor::from_bools("b", vec![3], &[true, false, true]).unwrap();
+        assert_eq!(t.to_bools().unwrap(), vec![true, false, true]);
+        let s = Tensor::from_strings("s", vec![2], [&b"ab"[..], b"\xff"]).unwrap();
+        assert_eq!(s.strings().unwrap()[1].as_ref(), b"\xff");
+    }
+
+    #[test]
+    fn half_precision_elements() {
+        let t =
+            Tensor::from_vec("h", vec![2], vec![half::f16::from_f32(1.5), half::f16::ONE]).unwrap();
+        assert_eq!(t.datatype(), DataType::Fp16);
+        assert_eq!(t.raw().unwrap().len(), 4);
+    }
+}
