@@ -1,1 +1,189 @@
-fn main() {}
+//! The `oxinfer` model server binary.
+//!
+//! ```text
+//! oxinfer serve --manifest FILE [--http ADDR] [--grpc ADDR]   serve the manifest's models
+//! oxinfer check --manifest FILE                               validate and load, print signatures
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use oxinfer_core::Manifest;
+use oxinfer_server::{AppState, ModelRepository, RuntimeRegistry};
+
+/// oxinfer: a model server for the Open Inference Protocol (KServe v2).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "OXINFER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load the manifest's models and serve them.
+    Serve {
+        /// The manifest (TOML) listing the models to serve.
+        #[arg(long, short)]
+        manifest: PathBuf,
+        /// HTTP listen address; overrides `[server] http`. Port 0 picks a free port.
+        #[arg(long)]
+        http: Option<String>,
+        /// gRPC listen address; overrides `[server] grpc`. Accepted now, used once gRPC exists.
+        #[arg(long)]
+        grpc: Option<String>,
+        /// Largest request body in bytes; overrides `[server] max_request_bytes`.
+        #[arg(long)]
+        max_request_bytes: Option<usize>,
+    },
+    /// Validate the manifest and load every model, print each model's inputs and outputs, and
+    /// exit 0 when all is well, 1 otherwise.
+    Check {
+        /// The manifest (TOML) to check.
+        #[arg(long, short)]
+        manifest: PathBuf,
+    },
+}
+
+/// The address used when neither the command line nor the manifest gives one.
+const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+
+fn registry() -> RuntimeRegistry {
+    let mut registry = RuntimeRegistry::new();
+    #[cfg(feature = "tract")]
+    registry.register(Arc::new(oxinfer_tract::TractRuntime));
+    registry
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OXINFER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(manifest_path: &PathBuf) -> Result<(Manifest, ModelRepository)> {
+    let manifest = Manifest::load(manifest_path)?;
+    let started = Instant::now();
+    let repository = registry().load_manifest(&manifest)?;
+    tracing::info!(
+        models = repository.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        manifest = %manifest_path.display(),
+        "all models loaded"
+    );
+    Ok((manifest, repository))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { manifest } => check(&manifest),
+        Command::Serve {
+            manifest,
+            http,
+            grpc,
+            max_request_bytes,
+        } => serve(&manifest, http, grpc, max_request_bytes),
+    }
+}
+
+fn check(path: &PathBuf) -> Result<()> {
+    let (_, repository) = load(path)?;
+    for model in repository.iter() {
+        println!(
+            "{} (version {}, {}):",
+            model.name, model.version, model.entry.runtime
+        );
+        let signature = model.signature();
+        for (kind, tensors) in [("input", &signature.inputs), ("output", &signature.outputs)] {
+            for t in tensors {
+                println!("  {kind:<6} {:<24} {:<6} {:?}", t.name, t.datatype.as_str(), t.shape);
+            }
+        }
+    }
+    println!("{}: OK, {} model(s)", path.display(), repository.len());
+    Ok(())
+}
+
+fn serve(
+    path: &PathBuf,
+    http: Option<String>,
+    grpc: Option<String>,
+    max_request_bytes: Option<usize>,
+) -> Result<()> {
+    let (manifest, repository) = load(path)?;
+    let http = http
+        .or(manifest.server.http.clone())
+        .unwrap_or_else(|| DEFAULT_HTTP.to_string());
+    let http: SocketAddr = http
+        .parse()
+        .with_context(|| format!("invalid HTTP listen address '{http}'"))?;
+    if let Some(grpc) = grpc.or(manifest.server.grpc.clone()) {
+        tracing::warn!(%grpc, "gRPC is not available in this version yet; only HTTP is served");
+    }
+    let max_request_bytes = max_request_bytes.unwrap_or(manifest.max_request_bytes());
+    let state = AppState::new(repository, max_request_bytes);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(http)
+            .await
+            .with_context(|| format!("cannot listen on {http}"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!("HTTP listening on {bound}");
+        oxinfer_server::serve_http(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("received SIGINT"),
+        _ = term => tracing::info!("received SIGTERM"),
+    }
+}

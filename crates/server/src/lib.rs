@@ -1,1 +1,36 @@
-//! stub
+//! oxinfer's serving layer: the model repository, the request pipeline and the OIP REST API.
+//!
+//! - [`loader`]: the runtimes compiled in, and loading a manifest's models;
+//! - [`repository`]: the loaded models by name and version;
+//! - [`pipeline`]: validate -> execute -> assemble, shared by every protocol front end;
+//! - [`http`]: the REST routes (axum), tested without a socket;
+//! - [`serve_http`]: runs the REST API on a listener until a shutdown signal.
+
+pub mod http;
+pub mod loader;
+pub mod pipeline;
+pub mod repository;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+
+pub use http::{AppState, app};
+pub use loader::RuntimeRegistry;
+pub use repository::{ModelRepository, ServedModel};
+
+/// Serves the REST API on `listener` until `shutdown` completes, then stops accepting
+/// connections, lets in-flight requests finish, and returns.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let ready = state.ready.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            ready.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        })
+        .await
+}

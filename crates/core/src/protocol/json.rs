@@ -80,6 +80,12 @@ pub fn check_shape(name: &str, shape: &[i64]) -> Result<(Vec<usize>, usize)> {
     Ok((dims, count))
 }
 
+fn contains_non_finite_token(body: &[u8]) -> bool {
+    [&b"NaN"[..], b"Infinity"]
+        .iter()
+        .any(|token| body.windows(token.len()).any(|w| w == *token))
+}
+
 /// Decodes a REST JSON inference request body.
 pub fn decode_infer_request(body: &[u8]) -> Result<InferRequest> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -87,8 +93,14 @@ pub fn decode_infer_request(body: &[u8]) -> Result<InferRequest> {
             "request body is empty: expected a JSON inference request",
         ));
     }
-    let wire: WireRequest<'_> = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid(format!("malformed inference request: {e}")))?;
+    let wire: WireRequest<'_> = serde_json::from_slice(body).map_err(|e| {
+        let hint = if e.is_syntax() && contains_non_finite_token(body) {
+            " (JSON has no NaN or Infinity: send null for NaN in floating point data)"
+        } else {
+            ""
+        };
+        Error::invalid(format!("malformed inference request: {e}{hint}"))
+    })?;
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
         inputs.push(decode_input(input)?);
@@ -547,7 +559,7 @@ mod tests {
         assert!(one("BOOL", "[1]", "[1]").contains("not a valid boolean"));
         assert!(one("BYTES", "[1]", "[1]").contains("1 is not a valid string"));
         assert!(one("FP32", "[1]", "[1e300]").contains("not a valid number"));
-        assert!(one("FP32", "[1]", "[NaN]").contains("malformed inference request"));
+        assert!(one("FP32", "[1]", "[NaN]").contains("JSON has no NaN or Infinity"));
         assert!(one("FP32", "[1]", "[Infinity]").contains("malformed inference request"));
         assert!(
             err(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#)

@@ -1,0 +1,242 @@
+//! The OIP REST API (axum): routes, handlers and the mapping of errors to HTTP.
+//!
+//! Every endpoint exists with and without `/versions/{v}`; the unversioned form resolves to the
+//! highest version served. Every error is `{"error": "..."}` with `Content-Type:
+//! application/json` (no charset: the kserve client compares the header exactly).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use oxinfer_core::protocol::{
+    ErrorBody, ModelReady, ServerLive, ServerMetadata, ServerReady, json,
+};
+use oxinfer_core::{Error, ErrorCode};
+use serde::Serialize;
+
+use crate::pipeline;
+use crate::repository::{ModelRepository, ServedModel};
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The served models.
+    pub repository: Arc<ModelRepository>,
+    /// Cleared when the server starts shutting down, so readiness probes fail first.
+    pub ready: Arc<AtomicBool>,
+    /// The largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl AppState {
+    /// State for a repository, ready, with the given body limit.
+    pub fn new(repository: ModelRepository, max_request_bytes: usize) -> Self {
+        AppState {
+            repository: Arc::new(repository),
+            ready: Arc::new(AtomicBool::new(true)),
+            max_request_bytes,
+        }
+    }
+}
+
+/// An error on its way to an HTTP client.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn to_json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => json_response(status, body),
+        Err(e) => ApiError(Error::Internal(e.to_string())).into_response(),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.0.code();
+        if code == ErrorCode::Internal {
+            tracing::warn!("request failed: {}", self.0);
+        } else {
+            tracing::debug!("request rejected: {}", self.0);
+        }
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        to_json(
+            status,
+            &ErrorBody {
+                error: self.0.to_string(),
+            },
+        )
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The REST router over `state`. Tested without a socket through `tower::ServiceExt::oneshot`.
+pub fn app(state: AppState) -> Router {
+    let limit = state.max_request_bytes;
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> Response {
+    ApiError(Error::ModelNotFound(format!(
+        "no such endpoint: {} {}",
+        request.method(),
+        request.uri().path()
+    )))
+    .into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    to_json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &ErrorBody {
+            error: format!(
+                "method {} is not allowed on {}",
+                request.method(),
+                request.uri().path()
+            ),
+        },
+    )
+}
+
+async fn server_metadata() -> Response {
+    to_json(
+        StatusCode::OK,
+        &ServerMetadata {
+            name: "oxinfer".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec![],
+        },
+    )
+}
+
+async fn live() -> Response {
+    to_json(StatusCode::OK, &ServerLive { live: true })
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        to_json(StatusCode::OK, &ServerReady { ready: true })
+    } else {
+        ApiError(Error::ModelNotReady("server is shutting down".into())).into_response()
+    }
+}
+
+fn lookup(state: &AppState, model: &str, version: Option<&str>) -> Result<Arc<ServedModel>, Error> {
+    state.repository.get(model, version)
+}
+
+async fn model_metadata(state: State<AppState>, Path(model): Path<String>) -> ApiResult {
+    metadata(&state, &model, None)
+}
+
+async fn model_metadata_v(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult {
+    metadata(&state, &model, Some(&version))
+}
+
+fn metadata(state: &AppState, model: &str, version: Option<&str>) -> ApiResult {
+    let served = lookup(state, model, version)?;
+    Ok(to_json(StatusCode::OK, &state.repository.metadata(&served)))
+}
+
+async fn model_ready(state: State<AppState>, Path(model): Path<String>) -> ApiResult {
+    readiness(&state, &model, None)
+}
+
+async fn model_ready_v(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult {
+    readiness(&state, &model, Some(&version))
+}
+
+fn readiness(state: &AppState, model: &str, version: Option<&str>) -> ApiResult {
+    let served = lookup(state, model, version)?;
+    let ready = state.ready.load(Ordering::Relaxed);
+    let body = ModelReady {
+        name: served.name.clone(),
+        ready,
+    };
+    Ok(if ready {
+        to_json(StatusCode::OK, &body)
+    } else {
+        ApiError(Error::ModelNotReady(format!("model '{model}' is not ready"))).into_response()
+    })
+}
+
+async fn infer(
+    state: State<AppState>,
+    Path(model): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    run_infer(&state, &model, None, body).await
+}
+
+async fn infer_v(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    run_infer(&state, &model, Some(&version), body).await
+}
+
+async fn run_infer(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let served = lookup(state, model, version)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::TooLarge(format!(
+                "request body is larger than the limit of {} bytes (server setting max_request_bytes)",
+                state.max_request_bytes
+            ))
+        } else {
+            Error::invalid(format!("cannot read request body: {rejection}"))
+        }
+    })?;
+    let request = json::decode_infer_request(&body)?;
+    drop(body);
+    let response = pipeline::infer(served, request).await?;
+    Ok(json_response(StatusCode::OK, json::encode_infer_response(&response)?))
+}

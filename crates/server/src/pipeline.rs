@@ -1,0 +1,223 @@
+//! The request path below the wire decoders: validate a decoded request against the model,
+//! execute it off the I/O threads, and assemble the response.
+//!
+//! Every protocol front end (REST JSON today; binary and gRPC later) decodes into an
+//! [`InferRequest`] and calls [`infer`], so a model behaves the same through all of them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use oxinfer_core::protocol::{InferRequest, InferResponse, TensorMetadata};
+use oxinfer_core::{Error, ModelSignature, Result, Tensor};
+
+use crate::repository::ServedModel;
+
+/// A request checked against its model: inputs in signature order, outputs to return.
+#[derive(Debug)]
+pub struct Validated {
+    /// One tensor per model input, in signature order.
+    pub inputs: Vec<Tensor>,
+    /// Indices into the model's outputs, in the order the client asked for them (all outputs in
+    /// model order when the client named none).
+    pub outputs: Vec<usize>,
+}
+
+fn shape_fits(declared: &[i64], actual: &[usize]) -> bool {
+    declared.len() == actual.len()
+        && declared
+            .iter()
+            .zip(actual)
+            .all(|(&d, &a)| d < 0 || d as u64 == a as u64)
+}
+
+fn list(tensors: &[TensorMetadata]) -> String {
+    tensors
+        .iter()
+        .map(|t| format!("'{}'", t.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks a request against a model signature: every declared input given exactly once, with
+/// the declared datatype and a compatible shape; no unknown inputs; requested outputs exist.
+pub fn validate(
+    model_name: &str,
+    signature: &ModelSignature,
+    request: &mut InferRequest,
+) -> Result<Validated> {
+    let mut slots: Vec<Option<Tensor>> = vec![None; signature.inputs.len()];
+    for tensor in std::mem::take(&mut request.inputs) {
+        let Some((ix, meta)) = signature.input(tensor.name()) else {
+            return Err(Error::invalid(format!(
+                "model '{model_name}' has no input '{}' (inputs: {})",
+                tensor.name(),
+                list(&signature.inputs)
+            )));
+        };
+        if tensor.datatype() != meta.datatype {
+            return Err(Error::invalid(format!(
+                "input '{}': datatype {} does not match the model's {}",
+                meta.name,
+                tensor.datatype(),
+                meta.datatype
+            )));
+        }
+        if !shape_fits(&meta.shape, tensor.shape()) {
+            return Err(Error::invalid(format!(
+                "input '{}': shape {:?} does not match the model's {:?} (-1 is any size)",
+                meta.name,
+                tensor.shape(),
+                meta.shape
+            )));
+        }
+        if slots[ix].replace(tensor).is_some() {
+            return Err(Error::invalid(format!(
+                "input '{}' is given more than once",
+                meta.name
+            )));
+        }
+    }
+    let inputs = slots
+        .into_iter()
+        .zip(&signature.inputs)
+        .map(|(slot, meta)| {
+            slot.ok_or_else(|| {
+                Error::invalid(format!(
+                    "missing input '{}' ({}, shape {:?})",
+                    meta.name, meta.datatype, meta.shape
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let outputs = if request.outputs.is_empty() {
+        (0..signature.outputs.len()).collect()
+    } else {
+        let mut seen = HashSet::new();
+        request
+            .outputs
+            .iter()
+            .map(|o| {
+                let (ix, _) = signature.output(&o.name).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "model '{model_name}' has no output '{}' (outputs: {})",
+                        o.name,
+                        list(&signature.outputs)
+                    ))
+                })?;
+                if !seen.insert(ix) {
+                    return Err(Error::invalid(format!(
+                        "output '{}' is requested more than once",
+                        o.name
+                    )));
+                }
+                Ok(ix)
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    Ok(Validated { inputs, outputs })
+}
+
+/// Runs one request on a model: validation, execution on the blocking pool, response assembly.
+pub async fn infer(model: Arc<ServedModel>, mut request: InferRequest) -> Result<InferResponse> {
+    let validated = validate(&model.name, model.signature(), &mut request)?;
+    let runner = model.clone();
+    let Validated { inputs, outputs } = validated;
+    let mut produced = tokio::task::spawn_blocking(move || runner.model.execute(inputs))
+        .await
+        .map_err(|e| {
+            tracing::error!(model = %model.name, version = %model.version, "model execution panicked: {e}");
+            Error::Internal(format!("model '{}' failed while executing the request", model.name))
+        })??;
+    let declared = &model.signature().outputs;
+    if produced.len() != declared.len() {
+        return Err(Error::Internal(format!(
+            "model '{}' returned {} outputs but declares {}",
+            model.name,
+            produced.len(),
+            declared.len()
+        )));
+    }
+    let mut slots: Vec<Option<Tensor>> = produced.drain(..).map(Some).collect();
+    let outputs = outputs
+        .into_iter()
+        .map(|ix| slots[ix].take().expect("each output index is requested once"))
+        .collect();
+    Ok(InferResponse {
+        model_name: model.name.clone(),
+        model_version: model.version.clone(),
+        id: request.id,
+        parameters: Default::default(),
+        outputs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxinfer_core::DataType;
+    use oxinfer_core::protocol::RequestedOutput;
+
+    fn signature() -> ModelSignature {
+        ModelSignature {
+            inputs: vec![
+                TensorMetadata::new("a", DataType::Fp32, vec![-1, 2]),
+                TensorMetadata::new("b", DataType::Int64, vec![3]),
+            ],
+            outputs: vec![
+                TensorMetadata::new("y", DataType::Fp32, vec![-1]),
+                TensorMetadata::new("z", DataType::Fp32, vec![-1]),
+            ],
+        }
+    }
+
+    fn request(inputs: Vec<Tensor>, outputs: &[&str]) -> InferRequest {
+        InferRequest {
+            inputs,
+            outputs: outputs
+                .iter()
+                .map(|n| RequestedOutput {
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn a(shape: Vec<usize>) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_vec("a", shape, vec![0f32; n]).unwrap()
+    }
+
+    fn b() -> Tensor {
+        Tensor::from_vec("b", vec![3], vec![1i64, 2, 3]).unwrap()
+    }
+
+    fn check(inputs: Vec<Tensor>, outputs: &[&str]) -> Result<Validated> {
+        validate("m", &signature(), &mut request(inputs, outputs))
+    }
+
+    #[test]
+    fn orders_inputs_and_outputs() {
+        let v = check(vec![b(), a(vec![5, 2])], &["z", "y"]).unwrap();
+        assert_eq!(v.inputs[0].name(), "a");
+        assert_eq!(v.inputs[1].name(), "b");
+        assert_eq!(v.outputs, vec![1, 0]);
+        assert_eq!(check(vec![a(vec![1, 2]), b()], &[]).unwrap().outputs, vec![0, 1]);
+    }
+
+    #[test]
+    fn each_mismatch_is_named() {
+        let e = |inputs, outputs: &[&str]| check(inputs, outputs).unwrap_err().to_string();
+        assert!(e(vec![a(vec![1, 2])], &[]).contains("missing input 'b'"));
+        assert!(e(vec![a(vec![1, 2]), b(), Tensor::from_vec("c", vec![1], vec![1u8]).unwrap()], &[])
+            .contains("has no input 'c' (inputs: 'a', 'b')"));
+        assert!(e(vec![a(vec![1, 3]), b()], &[]).contains("shape [1, 3] does not match the model's [-1, 2]"));
+        assert!(e(vec![a(vec![2]), b()], &[]).contains("does not match"));
+        let wrong_type = Tensor::from_vec("b", vec![3], vec![1i32, 2, 3]).unwrap();
+        assert!(e(vec![a(vec![1, 2]), wrong_type], &[]).contains("datatype INT32 does not match the model's INT64"));
+        assert!(e(vec![a(vec![1, 2]), b(), b()], &[]).contains("more than once"));
+        assert!(e(vec![a(vec![1, 2]), b()], &["nope"]).contains("has no output 'nope' (outputs: 'y', 'z')"));
+        assert!(e(vec![a(vec![1, 2]), b()], &["y", "y"]).contains("requested more than once"));
+    }
+}
