@@ -1,0 +1,267 @@
+//! REST handler tests: the real router over the tract runtime and the example models, driven
+//! through `tower::ServiceExt::oneshot` without opening a socket.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use oxinfer_core::Manifest;
+use oxinfer_server::{AppState, RuntimeRegistry, app};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const LIMIT: usize = 64 * 1024;
+
+fn state() -> AppState {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/oxinfer.toml");
+    let manifest = Manifest::load(&path).unwrap();
+    let mut registry = RuntimeRegistry::new();
+    registry.register(Arc::new(oxinfer_tract::TractRuntime));
+    AppState::new(registry.load_manifest(&manifest).unwrap(), LIMIT)
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: Value,
+}
+
+async fn call(state: &AppState, method: Method, uri: &str, body: impl Into<Body>) -> Reply {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(body.into())
+        .unwrap();
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{uri}: body is not JSON ({e}): {bytes:?}"));
+    Reply {
+        status,
+        content_type,
+        body,
+    }
+}
+
+async fn get(state: &AppState, uri: &str) -> Reply {
+    call(state, Method::GET, uri, Body::empty()).await
+}
+
+async fn post(state: &AppState, uri: &str, body: impl Into<Body>) -> Reply {
+    call(state, Method::POST, uri, body).await
+}
+
+/// Asserts a 4xx/5xx JSON error whose message contains `needle`.
+fn assert_error(reply: &Reply, status: u16, needle: &str) {
+    assert_eq!(reply.status.as_u16(), status, "{}", reply.body);
+    assert_eq!(reply.content_type, "application/json");
+    let msg = reply.body["error"].as_str().expect("an error message");
+    assert!(msg.contains(needle), "'{msg}' should contain '{needle}'");
+}
+
+fn simple_request(a: &[i32], b: &[i32]) -> Value {
+    json!({"id": "req-7", "inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": a},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": b},
+    ]})
+}
+
+#[tokio::test]
+async fn server_endpoints() {
+    let s = state();
+    for uri in ["/v2", "/v2/"] {
+        let r = get(&s, uri).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body["name"], "oxinfer");
+        assert!(r.body["version"].is_string());
+        assert!(r.body["extensions"].is_array());
+    }
+    assert_eq!(get(&s, "/v2/health/live").await.body, json!({"live": true}));
+    assert_eq!(get(&s, "/v2/health/ready").await.body, json!({"ready": true}));
+    s.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_error(&get(&s, "/v2/health/ready").await, 503, "shutting down");
+    assert_error(&get(&s, "/v2/models/simple/ready").await, 503, "not ready");
+}
+
+#[tokio::test]
+async fn model_metadata_and_readiness_with_and_without_version() {
+    let s = state();
+    let r = get(&s, "/v2/models/simple").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.body,
+        json!({"name": "simple", "versions": ["1"], "platform": "onnx_tract",
+            "inputs": [{"name": "INPUT0", "datatype": "INT32", "shape": [-1, 16]},
+                       {"name": "INPUT1", "datatype": "INT32", "shape": [-1, 16]}],
+            "outputs": [{"name": "OUTPUT0", "datatype": "INT32", "shape": [-1, 16]},
+                        {"name": "OUTPUT1", "datatype": "INT32", "shape": [-1, 16]}]})
+    );
+    assert_eq!(get(&s, "/v2/models/simple/versions/1").await.body, r.body);
+    assert_eq!(get(&s, "/v2/models/mlp").await.body["versions"], json!(["1", "2"]));
+    assert_eq!(
+        get(&s, "/v2/models/mlp/versions/2/ready").await.body,
+        json!({"name": "mlp", "ready": true})
+    );
+    assert_eq!(get(&s, "/v2/models/mlp/ready").await.status, StatusCode::OK);
+    assert_error(&get(&s, "/v2/models/nope").await, 404, "unknown model 'nope'");
+    assert_error(&get(&s, "/v2/models/nope/ready").await, 404, "unknown model");
+    assert_error(&get(&s, "/v2/models/mlp/versions/3").await, 404, "unknown version '3' of model 'mlp' (served: 1, 2)");
+    assert_error(&get(&s, "/v2/models/mlp/versions/x/ready").await, 404, "unknown version 'x'");
+    // Percent-encoded names are decoded (the Python client quotes them).
+    assert_eq!(get(&s, "/v2/models/%73imple").await.status, StatusCode::OK);
+    assert_error(&get(&s, "/v3").await, 404, "no such endpoint: GET /v3");
+    assert_error(&post(&s, "/v2/health/live", "").await, 405, "not allowed");
+}
+
+#[tokio::test]
+async fn infer_simple_echoes_id_and_names_the_version() {
+    let s = state();
+    let a: Vec<i32> = (0..16).collect();
+    let b: Vec<i32> = (0..16).map(|x| 100 - x).collect();
+    for uri in ["/v2/models/simple/infer", "/v2/models/simple/versions/1/infer"] {
+        let r = post(&s, uri, simple_request(&a, &b).to_string()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.content_type, "application/json");
+        assert_eq!(r.body["id"], "req-7");
+        assert_eq!(r.body["model_name"], "simple");
+        assert_eq!(r.body["model_version"], "1");
+        let sum: Vec<i32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        let diff: Vec<i32> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+        assert_eq!(
+            r.body["outputs"],
+            json!([{"name": "OUTPUT0", "datatype": "INT32", "shape": [1, 16], "data": sum},
+                   {"name": "OUTPUT1", "datatype": "INT32", "shape": [1, 16], "data": diff}])
+        );
+    }
+}
+
+#[tokio::test]
+async fn requested_outputs_are_honoured_and_versions_differ() {
+    let s = state();
+    let body = json!({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
+        "data": [[1.0, 2.0, 3.0, 4.0], [-1.0, 0.5, 0.0, 2.0]]}],
+        "outputs": [{"name": "probs"}]})
+    .to_string();
+    let v1 = post(&s, "/v2/models/mlp/versions/1/infer", body.clone()).await;
+    let latest = post(&s, "/v2/models/mlp/infer", body.clone()).await;
+    assert_eq!(latest.body["model_version"], "2");
+    let outputs = v1.body["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0]["name"], "probs");
+    assert_eq!(outputs[0]["shape"], json!([2, 3]));
+    let probs: Vec<f64> = serde_json::from_value(outputs[0]["data"].clone()).unwrap();
+    for row in probs.chunks(3) {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "softmax rows sum to 1: {row:?}");
+    }
+    assert_ne!(v1.body["outputs"], latest.body["outputs"], "v1 and v2 have different weights");
+    let r = post(&s, "/v2/models/mlp/infer", body.replace("probs", "nope")).await;
+    assert_error(&r, 400, "has no output 'nope' (outputs: 'logits', 'probs')");
+}
+
+#[tokio::test]
+async fn every_datatype_round_trips_through_json() {
+    let s = state();
+    let cases = [
+        ("BOOL", json!([true, false]), json!([false, true])),
+        ("UINT8", json!([0, 255]), json!([0, 255])),
+        ("UINT16", json!([0, 65535]), json!([0, 65535])),
+        ("UINT32", json!([0, 4294967295u64]), json!([0, 4294967295u64])),
+        ("UINT64", json!([0, u64::MAX]), json!([0, u64::MAX])),
+        ("INT8", json!([-128, 127]), json!([-128, 127])),
+        ("INT16", json!([-32768, 32767]), json!([-32768, 32767])),
+        ("INT32", json!([-5, 2147483646]), json!([-4, 2147483647])),
+        ("INT64", json!([i64::MIN, i64::MAX]), json!([i64::MIN, i64::MAX])),
+        ("FP16", json!([1.5, -0.25]), json!([1.5, -0.25])),
+        ("FP32", json!([1.5, -0.25]), json!([1.5, -0.25])),
+        ("FP64", json!([1e300, -0.5]), json!([2e300, -1.0])),
+        ("BYTES", json!(["héllo", ""]), json!(["héllo", ""])),
+    ];
+    let inputs: Vec<Value> = cases
+        .iter()
+        .map(|(dt, data, _)| json!({"name": format!("in_{dt}"), "shape": [1, 2], "datatype": dt, "data": data}))
+        .collect();
+    let r = post(&s, "/v2/models/dtypes/infer", json!({"inputs": inputs}).to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for (output, (dt, _, expected)) in r.body["outputs"].as_array().unwrap().iter().zip(&cases) {
+        assert_eq!(output["name"], format!("out_{dt}"));
+        assert_eq!(output["datatype"], *dt);
+        assert_eq!(output["shape"], json!([1, 2]));
+        assert_eq!(output["data"], *expected, "{dt}");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
+    let s = state();
+    let uri = "/v2/models/simple/infer";
+    let ones = [1; 16];
+    let with_input0 = |input0: Value| {
+        json!({"inputs": [input0, {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": ones}]})
+            .to_string()
+    };
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{\"inputs\": [".into(), 400, "malformed inference request"),
+        ("[1, 2]".into(), 400, "malformed inference request"),
+        ("".into(), 400, "request body is empty"),
+        ("{}".into(), 400, "missing field `inputs`"),
+        (with_input0(json!({"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": ones})), 400,
+            "datatype FP32 does not match the model's INT32"),
+        (with_input0(json!({"name": "INPUT0", "shape": [1, 16], "datatype": "INT33", "data": ones})), 400,
+            "unknown datatype 'INT33'"),
+        (with_input0(json!({"name": "INPUT0", "shape": [1, 15], "datatype": "INT32", "data": ones})), 400,
+            "more elements than the shape's 15"),
+        (with_input0(json!({"name": "INPUT0", "shape": [2, 16], "datatype": "INT32", "data": ones})), 400,
+            "needs 32 elements but 'data' has 16"),
+        (with_input0(json!({"name": "INPUT0", "shape": [16], "datatype": "INT32", "data": ones})), 400,
+            "shape [16] does not match the model's [-1, 16]"),
+        (with_input0(json!({"name": "INPUT0", "shape": [1, 8], "datatype": "INT32", "data": vec![1; 8]})), 400,
+            "shape [1, 8] does not match the model's [-1, 16]"),
+        (with_input0(json!({"name": "INPUT0", "shape": [-1, 16], "datatype": "INT32", "data": ones})), 400,
+            "negative dimension"),
+        (with_input0(json!({"name": "INPUT0", "shape": [9223372036854775807i64, 16], "datatype": "INT32", "data": ones})), 400,
+            "too large"),
+        (with_input0(json!({"name": "INPUT0", "shape": [1000000000, 16], "datatype": "INT32", "data": ones})), 400,
+            "needs 16000000000 elements but 'data' has 16"),
+        (with_input0(json!({"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": vec!["1"; 16]})), 400,
+            "\"1\" is not a valid INT32 integer"),
+        (with_input0(json!({"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": vec![1.5; 16]})), 400,
+            "1.5 is not a valid INT32 integer"),
+        (with_input0(json!({"name": "INPUT0", "shape": [1, 16], "datatype": "INT32"})), 400, "has no 'data'"),
+        (json!({"inputs": [{"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": ones}]}).to_string(), 400,
+            "missing input 'INPUT0'"),
+        (with_input0(json!({"name": "EXTRA", "shape": [1], "datatype": "INT32", "data": [1]})), 400,
+            "model 'simple' has no input 'EXTRA'"),
+        (simple_request(&ones, &ones).to_string().replacen("[1,1,1,1", "[NaN,1,1,1", 1), 400,
+            "JSON has no NaN or Infinity"),
+        (simple_request(&ones, &ones).to_string().replacen("[1,1,1,1", "[Infinity,1,1,1", 1), 400,
+            "JSON has no NaN or Infinity"),
+        (" ".repeat(LIMIT + 1), 413, "larger than the limit of 65536 bytes"),
+    ];
+    for (body, status, needle) in &cases {
+        let r = post(&s, uri, body.clone()).await;
+        assert_error(&r, *status, needle);
+        // The same state still serves a good request after each bad one.
+        let ok = post(&s, uri, simple_request(&ones, &ones).to_string()).await;
+        assert_eq!(ok.status, StatusCode::OK);
+    }
+    // Deep nesting is refused without exhausting the stack.
+    for depth in [200, 30_000] {
+        let deep = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let body = simple_request(&ones, &ones).to_string().replacen(
+            &serde_json::to_string(&ones).unwrap(),
+            &deep,
+            1,
+        );
+        assert_error(&post(&s, uri, body).await, 400, "INPUT0");
+    }
+    assert_error(&post(&s, "/v2/models/nope/infer", "{}").await, 404, "unknown model 'nope'");
+    assert_error(&post(&s, "/v2/models/simple/versions/9/infer", "{}").await, 404, "unknown version '9'");
+}
