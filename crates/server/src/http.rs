@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
+use axum::middleware::{self, Next};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -109,7 +110,32 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_declared_oversize))
         .with_state(state)
+}
+
+/// Answers 413 at once when the declared `Content-Length` is above the limit, before any of the
+/// body is read (the body limit alone would read up to the limit first).
+async fn refuse_declared_oversize(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > state.max_request_bytes as u64 => too_large(state.max_request_bytes).into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError(Error::TooLarge(format!(
+        "request body is larger than the limit of {limit} bytes (server setting max_request_bytes)"
+    )))
 }
 
 async fn not_found(request: Request) -> Response {
@@ -227,12 +253,9 @@ async fn run_infer(
     let served = lookup(state, model, version)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Error::TooLarge(format!(
-                "request body is larger than the limit of {} bytes (server setting max_request_bytes)",
-                state.max_request_bytes
-            ))
+            too_large(state.max_request_bytes)
         } else {
-            Error::invalid(format!("cannot read request body: {rejection}"))
+            ApiError(Error::invalid(format!("cannot read request body: {rejection}")))
         }
     })?;
     let request = json::decode_infer_request(&body)?;
