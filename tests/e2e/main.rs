@@ -77,7 +77,11 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "server did not exit: {}", self.log.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit: {}",
+                self.log.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -104,7 +108,10 @@ fn request(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
     };
     assert_eq!(response.content_type(), "application/json");
     let status = response.status();
-    (status, serde_json::from_str(&response.into_string().unwrap()).unwrap())
+    (
+        status,
+        serde_json::from_str(&response.into_string().unwrap()).unwrap(),
+    )
 }
 
 fn simple_body() -> String {
@@ -117,7 +124,11 @@ fn simple_body() -> String {
 }
 
 fn assert_simple_ok(server: &Server) {
-    let (status, body) = request("POST", &server.url("/v2/models/simple/infer"), Some(&simple_body()));
+    let (status, body) = request(
+        "POST",
+        &server.url("/v2/models/simple/infer"),
+        Some(&simple_body()),
+    );
     assert_eq!(status, 200, "{body}");
     let expected: Vec<i32> = (1..17).collect();
     assert_eq!(body["outputs"][0]["data"], json!(expected));
@@ -146,7 +157,11 @@ fn serves_the_example_manifest() {
     assert_eq!(status, 200);
     assert_eq!(body["versions"], json!(["1", "2"]));
     assert_simple_ok(&server);
-    let (_, body) = request("POST", &server.url("/v2/models/simple/infer"), Some(&simple_body()));
+    let (_, body) = request(
+        "POST",
+        &server.url("/v2/models/simple/infer"),
+        Some(&simple_body()),
+    );
     assert_eq!(body["id"], "e2e");
     assert_eq!(body["model_version"], "1");
 }
@@ -158,7 +173,9 @@ fn sigterm_finishes_the_in_flight_request_then_exits_zero() {
     let (first, rest) = body.as_bytes().split_at(body.len() / 2);
     // A request whose body is half sent when the signal arrives.
     let mut stream = TcpStream::connect(&server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     write!(
         stream,
         "POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -171,8 +188,7 @@ fn sigterm_finishes_the_in_flight_request_then_exits_zero() {
     std::thread::sleep(Duration::from_millis(300));
     // No new connections are accepted...
     assert!(
-        TcpStream::connect(&server.addr).is_err()
-            || !request_ok(&server.url("/v2/health/live")),
+        TcpStream::connect(&server.addr).is_err() || !request_ok(&server.url("/v2/health/live")),
         "the listener should be closed during shutdown"
     );
     // ...but the in-flight request completes.
@@ -187,7 +203,10 @@ fn sigterm_finishes_the_in_flight_request_then_exits_zero() {
 }
 
 fn request_ok(url: &str) -> bool {
-    ureq::get(url).timeout(Duration::from_secs(2)).call().is_ok()
+    ureq::get(url)
+        .timeout(Duration::from_secs(2))
+        .call()
+        .is_ok()
 }
 
 #[test]
@@ -204,7 +223,12 @@ fn oversized_and_truncated_bodies_get_answers_not_hangs() {
     let url = server.url("/v2/models/simple/infer");
     let (status, body) = request("POST", &url, Some(&" ".repeat(2000)));
     assert_eq!(status, 413);
-    assert!(body["error"].as_str().unwrap().contains("limit of 1000 bytes"));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 1000 bytes")
+    );
     // A Content-Length far above the limit is refused at once, without waiting for the body.
     let started = Instant::now();
     let reply = raw_exchange(
@@ -221,7 +245,10 @@ fn oversized_and_truncated_bodies_get_answers_not_hangs() {
         &[b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"inputs\":"],
         Duration::from_secs(10),
     );
-    assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+        "{reply}"
+    );
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_simple_ok(&server);
 }
@@ -254,7 +281,10 @@ fn check_prints_each_model_signature() {
     assert!(stdout.contains("input  INPUT0"), "{stdout}");
     assert!(stdout.contains("INT32  [-1, 16]"), "{stdout}");
     assert!(stdout.contains("output probs"), "{stdout}");
-    assert!(stdout.contains("OK, 5 model(s)") || stdout.contains("OK, 4 model(s)"), "{stdout}");
+    assert!(
+        stdout.contains("OK, 5 model(s)") || stdout.contains("OK, 4 model(s)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -270,13 +300,49 @@ fn a_bad_manifest_stops_startup_with_file_model_and_cause() {
         )
     };
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
-        ("unknown-runtime", entry("m", "pytorch", &simple, ""), vec!["model 'm' version 1", "unknown runtime 'pytorch'"]),
-        ("not-built", entry("m", "onnxruntime", &simple, ""), vec!["model 'm'", "rebuild with `--features onnxruntime`"]),
-        ("missing-file", entry("m", "tract", &dir.join("nope.onnx"), ""), vec!["model 'm'", "file not found", "nope.onnx"]),
-        ("duplicate", entry("m", "tract", &simple, "") + &entry("m", "tract", &simple, ""), vec!["model 'm' version 1 is listed twice"]),
-        ("unknown-key", entry("m", "tract", &simple, "colour = \"red\""), vec!["unknown field `colour`"]),
-        ("unknown-option", entry("m", "tract", &simple, "[models.options]\nturbo = true"), vec!["model 'm'", "invalid options for runtime 'tract'", "unknown field `turbo`"]),
-        ("load-failure", entry("broken", "tract", &dir.join("garbage.onnx"), ""), vec!["model 'broken' version 1", "tract could not load", "garbage.onnx"]),
+        (
+            "unknown-runtime",
+            entry("m", "pytorch", &simple, ""),
+            vec!["model 'm' version 1", "unknown runtime 'pytorch'"],
+        ),
+        (
+            "not-built",
+            entry("m", "onnxruntime", &simple, ""),
+            vec!["model 'm'", "rebuild with `--features onnxruntime`"],
+        ),
+        (
+            "missing-file",
+            entry("m", "tract", &dir.join("nope.onnx"), ""),
+            vec!["model 'm'", "file not found", "nope.onnx"],
+        ),
+        (
+            "duplicate",
+            entry("m", "tract", &simple, "") + &entry("m", "tract", &simple, ""),
+            vec!["model 'm' version 1 is listed twice"],
+        ),
+        (
+            "unknown-key",
+            entry("m", "tract", &simple, "colour = \"red\""),
+            vec!["unknown field `colour`"],
+        ),
+        (
+            "unknown-option",
+            entry("m", "tract", &simple, "[models.options]\nturbo = true"),
+            vec![
+                "model 'm'",
+                "invalid options for runtime 'tract'",
+                "unknown field `turbo`",
+            ],
+        ),
+        (
+            "load-failure",
+            entry("broken", "tract", &dir.join("garbage.onnx"), ""),
+            vec![
+                "model 'broken' version 1",
+                "tract could not load",
+                "garbage.onnx",
+            ],
+        ),
         ("bad-toml", "[[models]\n".to_string(), vec!["bad-toml.toml"]),
     ];
     for (name, text, needles) in cases {
@@ -287,7 +353,10 @@ fn a_bad_manifest_stops_startup_with_file_model_and_cause() {
             let (ok, _, stderr) = run(&command, &manifest);
             assert!(!ok, "{name}: {command:?} should fail");
             assert!(started.elapsed() < Duration::from_secs(30));
-            assert!(stderr.contains(&format!("{name}.toml")), "{name}: the file is named: {stderr}");
+            assert!(
+                stderr.contains(&format!("{name}.toml")),
+                "{name}: the file is named: {stderr}"
+            );
             for needle in &needles {
                 assert!(stderr.contains(needle), "{name}: '{needle}' in: {stderr}");
             }

@@ -114,14 +114,12 @@ impl Tensor {
                 )));
             }
         }
-        if datatype == DataType::Bool {
-            if let TensorData::Raw(bytes) = &data {
-                if bytes.iter().any(|&b| b > 1) {
-                    return Err(Error::invalid(format!(
-                        "tensor '{name}': BOOL elements must be 0 or 1"
-                    )));
-                }
-            }
+        if let (DataType::Bool, TensorData::Raw(bytes)) = (datatype, &data)
+            && bytes.iter().any(|&b| b > 1)
+        {
+            return Err(Error::invalid(format!(
+                "tensor '{name}': BOOL elements must be 0 or 1"
+            )));
         }
         Ok(Tensor {
             name,

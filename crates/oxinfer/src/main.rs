@@ -6,7 +6,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -81,7 +81,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(manifest_path: &PathBuf) -> Result<(Manifest, ModelRepository)> {
+fn load(manifest_path: &Path) -> Result<(Manifest, ModelRepository)> {
     let manifest = Manifest::load(manifest_path)?;
     let started = Instant::now();
     let repository = registry().load_manifest(&manifest)?;
@@ -108,7 +108,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn check(path: &PathBuf) -> Result<()> {
+fn check(path: &Path) -> Result<()> {
     let (_, repository) = load(path)?;
     for model in repository.iter() {
         println!(
@@ -118,7 +118,12 @@ fn check(path: &PathBuf) -> Result<()> {
         let signature = model.signature();
         for (kind, tensors) in [("input", &signature.inputs), ("output", &signature.outputs)] {
             for t in tensors {
-                println!("  {kind:<6} {:<24} {:<6} {:?}", t.name, t.datatype.as_str(), t.shape);
+                println!(
+                    "  {kind:<6} {:<24} {:<6} {:?}",
+                    t.name,
+                    t.datatype.as_str(),
+                    t.shape
+                );
             }
         }
     }
@@ -127,7 +132,7 @@ fn check(path: &PathBuf) -> Result<()> {
 }
 
 fn serve(
-    path: &PathBuf,
+    path: &Path,
     http: Option<String>,
     grpc: Option<String>,
     max_request_bytes: Option<usize>,

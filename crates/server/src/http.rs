@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::middleware::{self, Next};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use oxinfer_core::protocol::{
@@ -102,15 +102,24 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_v),
+        )
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_v),
+        )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(state.clone(), refuse_declared_oversize))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_declared_oversize,
+        ))
         .with_state(state)
 }
 
@@ -127,7 +136,9 @@ async fn refuse_declared_oversize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(n) if n > state.max_request_bytes as u64 => too_large(state.max_request_bytes).into_response(),
+        Some(n) if n > state.max_request_bytes as u64 => {
+            too_large(state.max_request_bytes).into_response()
+        }
         _ => next.run(request).await,
     }
 }
@@ -224,7 +235,10 @@ fn readiness(state: &AppState, model: &str, version: Option<&str>) -> ApiResult 
     Ok(if ready {
         to_json(StatusCode::OK, &body)
     } else {
-        ApiError(Error::ModelNotReady(format!("model '{model}' is not ready"))).into_response()
+        ApiError(Error::ModelNotReady(format!(
+            "model '{model}' is not ready"
+        )))
+        .into_response()
     })
 }
 
@@ -255,11 +269,16 @@ async fn run_infer(
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large(state.max_request_bytes)
         } else {
-            ApiError(Error::invalid(format!("cannot read request body: {rejection}")))
+            ApiError(Error::invalid(format!(
+                "cannot read request body: {rejection}"
+            )))
         }
     })?;
     let request = json::decode_infer_request(&body)?;
     drop(body);
     let response = pipeline::infer(served, request).await?;
-    Ok(json_response(StatusCode::OK, json::encode_infer_response(&response)?))
+    Ok(json_response(
+        StatusCode::OK,
+        json::encode_infer_response(&response)?,
+    ))
 }

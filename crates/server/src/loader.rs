@@ -61,9 +61,8 @@ impl RuntimeRegistry {
     pub fn load_manifest(&self, manifest: &Manifest) -> Result<ModelRepository> {
         let mut repo = ModelRepository::default();
         for entry in &manifest.models {
-            let fail = |e: Error| {
-                Error::Manifest(format!("{}: {entry}: {e}", manifest.source.display()))
-            };
+            let fail =
+                |e: Error| Error::Manifest(format!("{}: {entry}: {e}", manifest.source.display()));
             let runtime = self.get(&entry.runtime).map_err(fail)?;
             let model = runtime
                 .load(&LoadRequest {

@@ -140,7 +140,11 @@ pub async fn infer(model: Arc<ServedModel>, mut request: InferRequest) -> Result
     let mut slots: Vec<Option<Tensor>> = produced.drain(..).map(Some).collect();
     let outputs = outputs
         .into_iter()
-        .map(|ix| slots[ix].take().expect("each output index is requested once"))
+        .map(|ix| {
+            slots[ix]
+                .take()
+                .expect("each output index is requested once")
+        })
         .collect();
     Ok(InferResponse {
         model_name: model.name.clone(),
@@ -203,21 +207,42 @@ mod tests {
         assert_eq!(v.inputs[0].name(), "a");
         assert_eq!(v.inputs[1].name(), "b");
         assert_eq!(v.outputs, vec![1, 0]);
-        assert_eq!(check(vec![a(vec![1, 2]), b()], &[]).unwrap().outputs, vec![0, 1]);
+        assert_eq!(
+            check(vec![a(vec![1, 2]), b()], &[]).unwrap().outputs,
+            vec![0, 1]
+        );
     }
 
     #[test]
     fn each_mismatch_is_named() {
         let e = |inputs, outputs: &[&str]| check(inputs, outputs).unwrap_err().to_string();
         assert!(e(vec![a(vec![1, 2])], &[]).contains("missing input 'b'"));
-        assert!(e(vec![a(vec![1, 2]), b(), Tensor::from_vec("c", vec![1], vec![1u8]).unwrap()], &[])
-            .contains("has no input 'c' (inputs: 'a', 'b')"));
-        assert!(e(vec![a(vec![1, 3]), b()], &[]).contains("shape [1, 3] does not match the model's [-1, 2]"));
+        assert!(
+            e(
+                vec![
+                    a(vec![1, 2]),
+                    b(),
+                    Tensor::from_vec("c", vec![1], vec![1u8]).unwrap()
+                ],
+                &[]
+            )
+            .contains("has no input 'c' (inputs: 'a', 'b')")
+        );
+        assert!(
+            e(vec![a(vec![1, 3]), b()], &[])
+                .contains("shape [1, 3] does not match the model's [-1, 2]")
+        );
         assert!(e(vec![a(vec![2]), b()], &[]).contains("does not match"));
         let wrong_type = Tensor::from_vec("b", vec![3], vec![1i32, 2, 3]).unwrap();
-        assert!(e(vec![a(vec![1, 2]), wrong_type], &[]).contains("datatype INT32 does not match the model's INT64"));
+        assert!(
+            e(vec![a(vec![1, 2]), wrong_type], &[])
+                .contains("datatype INT32 does not match the model's INT64")
+        );
         assert!(e(vec![a(vec![1, 2]), b(), b()], &[]).contains("more than once"));
-        assert!(e(vec![a(vec![1, 2]), b()], &["nope"]).contains("has no output 'nope' (outputs: 'y', 'z')"));
+        assert!(
+            e(vec![a(vec![1, 2]), b()], &["nope"])
+                .contains("has no output 'nope' (outputs: 'y', 'z')")
+        );
         assert!(e(vec![a(vec![1, 2]), b()], &["y", "y"]).contains("requested more than once"));
     }
 }

@@ -61,13 +61,20 @@ impl ModelRepository {
             .ok_or_else(|| Error::ModelNotFound(format!("unknown model '{name}'")))?;
         match version {
             None => versions.values().next_back().cloned(),
-            Some(v) => v.parse::<u64>().ok().and_then(|n| versions.get(&n).cloned()),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| versions.get(&n).cloned()),
         }
         .ok_or_else(|| {
             Error::ModelNotFound(format!(
                 "unknown version '{}' of model '{name}' (served: {})",
                 version.unwrap_or_default(),
-                versions.keys().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                versions
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })
     }

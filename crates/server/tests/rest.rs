@@ -85,7 +85,10 @@ async fn server_endpoints() {
         assert!(r.body["extensions"].is_array());
     }
     assert_eq!(get(&s, "/v2/health/live").await.body, json!({"live": true}));
-    assert_eq!(get(&s, "/v2/health/ready").await.body, json!({"ready": true}));
+    assert_eq!(
+        get(&s, "/v2/health/ready").await.body,
+        json!({"ready": true})
+    );
     s.ready.store(false, std::sync::atomic::Ordering::Relaxed);
     assert_error(&get(&s, "/v2/health/ready").await, 503, "shutting down");
     assert_error(&get(&s, "/v2/models/simple/ready").await, 503, "not ready");
@@ -105,16 +108,35 @@ async fn model_metadata_and_readiness_with_and_without_version() {
                         {"name": "OUTPUT1", "datatype": "INT32", "shape": [-1, 16]}]})
     );
     assert_eq!(get(&s, "/v2/models/simple/versions/1").await.body, r.body);
-    assert_eq!(get(&s, "/v2/models/mlp").await.body["versions"], json!(["1", "2"]));
+    assert_eq!(
+        get(&s, "/v2/models/mlp").await.body["versions"],
+        json!(["1", "2"])
+    );
     assert_eq!(
         get(&s, "/v2/models/mlp/versions/2/ready").await.body,
         json!({"name": "mlp", "ready": true})
     );
     assert_eq!(get(&s, "/v2/models/mlp/ready").await.status, StatusCode::OK);
-    assert_error(&get(&s, "/v2/models/nope").await, 404, "unknown model 'nope'");
-    assert_error(&get(&s, "/v2/models/nope/ready").await, 404, "unknown model");
-    assert_error(&get(&s, "/v2/models/mlp/versions/3").await, 404, "unknown version '3' of model 'mlp' (served: 1, 2)");
-    assert_error(&get(&s, "/v2/models/mlp/versions/x/ready").await, 404, "unknown version 'x'");
+    assert_error(
+        &get(&s, "/v2/models/nope").await,
+        404,
+        "unknown model 'nope'",
+    );
+    assert_error(
+        &get(&s, "/v2/models/nope/ready").await,
+        404,
+        "unknown model",
+    );
+    assert_error(
+        &get(&s, "/v2/models/mlp/versions/3").await,
+        404,
+        "unknown version '3' of model 'mlp' (served: 1, 2)",
+    );
+    assert_error(
+        &get(&s, "/v2/models/mlp/versions/x/ready").await,
+        404,
+        "unknown version 'x'",
+    );
     // Percent-encoded names are decoded (the Python client quotes them).
     assert_eq!(get(&s, "/v2/models/%73imple").await.status, StatusCode::OK);
     assert_error(&get(&s, "/v3").await, 404, "no such endpoint: GET /v3");
@@ -126,7 +148,10 @@ async fn infer_simple_echoes_id_and_names_the_version() {
     let s = state();
     let a: Vec<i32> = (0..16).collect();
     let b: Vec<i32> = (0..16).map(|x| 100 - x).collect();
-    for uri in ["/v2/models/simple/infer", "/v2/models/simple/versions/1/infer"] {
+    for uri in [
+        "/v2/models/simple/infer",
+        "/v2/models/simple/versions/1/infer",
+    ] {
         let r = post(&s, uri, simple_request(&a, &b).to_string()).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         assert_eq!(r.content_type, "application/json");
@@ -159,9 +184,15 @@ async fn requested_outputs_are_honoured_and_versions_differ() {
     assert_eq!(outputs[0]["shape"], json!([2, 3]));
     let probs: Vec<f64> = serde_json::from_value(outputs[0]["data"].clone()).unwrap();
     for row in probs.chunks(3) {
-        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "softmax rows sum to 1: {row:?}");
+        assert!(
+            (row.iter().sum::<f64>() - 1.0).abs() < 1e-5,
+            "softmax rows sum to 1: {row:?}"
+        );
     }
-    assert_ne!(v1.body["outputs"], latest.body["outputs"], "v1 and v2 have different weights");
+    assert_ne!(
+        v1.body["outputs"], latest.body["outputs"],
+        "v1 and v2 have different weights"
+    );
     let r = post(&s, "/v2/models/mlp/infer", body.replace("probs", "nope")).await;
     assert_error(&r, 400, "has no output 'nope' (outputs: 'logits', 'probs')");
 }
@@ -173,12 +204,20 @@ async fn every_datatype_round_trips_through_json() {
         ("BOOL", json!([true, false]), json!([false, true])),
         ("UINT8", json!([0, 255]), json!([0, 255])),
         ("UINT16", json!([0, 65535]), json!([0, 65535])),
-        ("UINT32", json!([0, 4294967295u64]), json!([0, 4294967295u64])),
+        (
+            "UINT32",
+            json!([0, 4294967295u64]),
+            json!([0, 4294967295u64]),
+        ),
         ("UINT64", json!([0, u64::MAX]), json!([0, u64::MAX])),
         ("INT8", json!([-128, 127]), json!([-128, 127])),
         ("INT16", json!([-32768, 32767]), json!([-32768, 32767])),
         ("INT32", json!([-5, 2147483646]), json!([-4, 2147483647])),
-        ("INT64", json!([i64::MIN, i64::MAX]), json!([i64::MIN, i64::MAX])),
+        (
+            "INT64",
+            json!([i64::MIN, i64::MAX]),
+            json!([i64::MIN, i64::MAX]),
+        ),
         ("FP16", json!([1.5, -0.25]), json!([1.5, -0.25])),
         ("FP32", json!([1.5, -0.25]), json!([1.5, -0.25])),
         ("FP64", json!([1e300, -0.5]), json!([2e300, -1.0])),
@@ -188,7 +227,12 @@ async fn every_datatype_round_trips_through_json() {
         .iter()
         .map(|(dt, data, _)| json!({"name": format!("in_{dt}"), "shape": [1, 2], "datatype": dt, "data": data}))
         .collect();
-    let r = post(&s, "/v2/models/dtypes/infer", json!({"inputs": inputs}).to_string()).await;
+    let r = post(
+        &s,
+        "/v2/models/dtypes/infer",
+        json!({"inputs": inputs}).to_string(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     for (output, (dt, _, expected)) in r.body["outputs"].as_array().unwrap().iter().zip(&cases) {
         assert_eq!(output["name"], format!("out_{dt}"));
@@ -262,6 +306,14 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
         );
         assert_error(&post(&s, uri, body).await, 400, "INPUT0");
     }
-    assert_error(&post(&s, "/v2/models/nope/infer", "{}").await, 404, "unknown model 'nope'");
-    assert_error(&post(&s, "/v2/models/simple/versions/9/infer", "{}").await, 404, "unknown version '9'");
+    assert_error(
+        &post(&s, "/v2/models/nope/infer", "{}").await,
+        404,
+        "unknown model 'nope'",
+    );
+    assert_error(
+        &post(&s, "/v2/models/simple/versions/9/infer", "{}").await,
+        404,
+        "unknown version '9'",
+    );
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: Rust unit, handler and end-to-end tests, then the
+# Python conformance tests with real clients (tritonclient, kserve) against the real binary.
+# Installs what the tests need itself: a venv in .venv with the pinned packages of
+# tests/python/requirements.txt (reinstalled when that file changes). Nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${OXINFER_VENV:-.venv}
+requirements=tests/python/requirements.txt
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.installed-requirements.txt"; then
+  echo "==> creating Python venv $venv with $requirements"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/.installed-requirements.txt"
+fi
+
+echo "==> example models are current with their generator"
+"$venv/bin/python" examples/models/make_models.py --check
+
+echo "==> cargo test (debug build; also builds target/debug/oxinfer)"
+cargo test --workspace
+
+echo "==> conformance tests with real clients"
+OXINFER_BIN="$PWD/target/debug/oxinfer" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python

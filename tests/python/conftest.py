@@ -1,0 +1,65 @@
+"""Fixtures for the conformance tests: a running oxinfer on a free port.
+
+The binary is `$OXINFER_BIN` (scripts/test.sh sets it to the debug build), else
+target/debug/oxinfer. A missing binary is an error, never a skip.
+"""
+
+import os
+import pathlib
+import queue
+import subprocess
+import threading
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MODELS = ROOT / "examples" / "models"
+
+
+def _binary():
+    path = pathlib.Path(os.environ.get("OXINFER_BIN", ROOT / "target" / "debug" / "oxinfer"))
+    if not path.exists():
+        raise RuntimeError(f"oxinfer binary not found at {path}: run `cargo build -p oxinfer` first")
+    return path
+
+
+class Server:
+    def __init__(self, manifest, *args):
+        self.proc = subprocess.Popen(
+            [str(_binary()), "serve", "--manifest", str(manifest), "--http", "127.0.0.1:0", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.log = []
+        found = queue.Queue()
+
+        def pump():
+            for line in self.proc.stderr:
+                self.log.append(line)
+                if "HTTP listening on " in line:
+                    found.put(line.split("HTTP listening on ")[1].strip())
+
+        threading.Thread(target=pump, daemon=True).start()
+        try:
+            self.address = found.get(timeout=60)
+        except queue.Empty:
+            self.stop()
+            raise RuntimeError("oxinfer did not start:\n" + "".join(self.log))
+        self.url = f"http://{self.address}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = Server(ROOT / "examples" / "oxinfer.toml")
+    yield s
+    s.stop()
+    assert s.proc.returncode == 0, "oxinfer should exit 0 on SIGTERM:\n" + "".join(s.log)
