@@ -12,13 +12,16 @@
 //! runtime = "tract"            # tract | onnxruntime | candle | plugin
 //! path = "models/mlp.onnx"     # relative to this file's directory
 //! [models.options]             # runtime-specific, checked by that runtime
+//!
+//! [runtimes.onnxruntime]       # process-wide settings of one runtime
+//! library = "/opt/onnxruntime/lib/libonnxruntime.so.1.31.1"
 //! ```
 //!
 //! [`Manifest::load`] checks everything that does not need a runtime: unknown keys, duplicate
 //! name/version pairs, names that cannot appear in a URL path, versions that are not integers,
 //! and files that do not exist. Runtimes check their own `options` when they load the model.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +39,10 @@ pub struct Manifest {
     /// Server settings.
     #[serde(default)]
     pub server: ServerSettings,
+    /// Process-wide settings per runtime (`[runtimes.onnxruntime]`, ...), checked by that
+    /// runtime. Only runtimes that a model uses are configured.
+    #[serde(default)]
+    pub runtimes: BTreeMap<String, toml::Table>,
     /// The models to load, in file order.
     #[serde(default)]
     pub models: Vec<ModelEntry>,

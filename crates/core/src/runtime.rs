@@ -31,6 +31,9 @@ pub struct LoadRequest<'a> {
     pub path: &'a Path,
     /// The entry's `[models.options]` table, for the runtime to check and interpret.
     pub options: &'a toml::Table,
+    /// The manifest's `[runtimes.<name>]` table for this runtime (empty when absent): settings
+    /// shared by every model of the runtime, such as where a native library is.
+    pub settings: &'a toml::Table,
 }
 
 impl LoadRequest<'_> {
@@ -40,6 +43,13 @@ impl LoadRequest<'_> {
         toml::Value::Table(self.options.clone())
             .try_into()
             .map_err(|e| Error::Manifest(format!("invalid options for runtime '{runtime}': {e}")))
+    }
+
+    /// Deserializes the `[runtimes.<name>]` settings, like [`LoadRequest::parse_options`].
+    pub fn parse_settings<T: DeserializeOwned>(&self, runtime: &str) -> Result<T> {
+        toml::Value::Table(self.settings.clone())
+            .try_into()
+            .map_err(|e| Error::Manifest(format!("invalid [runtimes.{runtime}] settings: {e}")))
     }
 }
 
@@ -136,6 +146,7 @@ mod tests {
             version: "1",
             path: Path::new("m.onnx"),
             options: &table,
+            settings: &toml::Table::new(),
         };
         let e = req.parse_options::<Opts>("x").unwrap_err().to_string();
         assert!(e.contains("unknown field `treads`"), "{e}");

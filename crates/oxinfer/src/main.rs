@@ -65,6 +65,8 @@ fn registry() -> RuntimeRegistry {
     let mut registry = RuntimeRegistry::new();
     #[cfg(feature = "tract")]
     registry.register(Arc::new(oxinfer_tract::TractRuntime));
+    #[cfg(feature = "onnxruntime")]
+    registry.register(Arc::new(oxinfer_onnxruntime::OrtRuntime));
     registry
 }
 
@@ -94,10 +96,20 @@ fn load(manifest_path: &Path) -> Result<(Manifest, ModelRepository)> {
     Ok((manifest, repository))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Check { manifest } => check(&manifest),
         Command::Serve {
             manifest,

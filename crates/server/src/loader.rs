@@ -59,6 +59,15 @@ impl RuntimeRegistry {
     /// Loads every model of a manifest. Stops at the first failure, with an error that names
     /// the manifest file, the model and the cause.
     pub fn load_manifest(&self, manifest: &Manifest) -> Result<ModelRepository> {
+        for name in manifest.runtimes.keys() {
+            self.get(name).map_err(|e| {
+                Error::Manifest(format!(
+                    "{}: [runtimes.{name}]: {e}",
+                    manifest.source.display()
+                ))
+            })?;
+        }
+        let no_settings = toml::Table::new();
         let mut repo = ModelRepository::default();
         for entry in &manifest.models {
             let fail =
@@ -70,6 +79,10 @@ impl RuntimeRegistry {
                     version: &entry.version,
                     path: &entry.path,
                     options: &entry.options,
+                    settings: manifest
+                        .runtimes
+                        .get(&entry.runtime)
+                        .unwrap_or(&no_settings),
                 })
                 .map_err(fail)?;
             repo.insert(ServedModel {

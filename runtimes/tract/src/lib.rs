@@ -60,6 +60,11 @@ struct TractOptions {
     optimize: bool,
 }
 
+/// `[runtimes.tract]`: tract has no process-wide settings; any key is an error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TractSettings {}
+
 fn yes() -> bool {
     true
 }
@@ -113,6 +118,7 @@ impl Runtime for TractRuntime {
 
     fn load(&self, request: &LoadRequest<'_>) -> Result<Box<dyn Model>> {
         let options: TractOptions = request.parse_options("tract")?;
+        let TractSettings {} = request.parse_settings("tract")?;
         let started = Instant::now();
         let model = TractModel::load(request, &options).map_err(|e| {
             Error::Load(format!(
@@ -368,6 +374,7 @@ mod tests {
             version: "1",
             path: &path,
             options: &table,
+            settings: &toml::Table::new(),
         })
     }
 
