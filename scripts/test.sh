@@ -15,6 +15,11 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.installed-req
   cp "$requirements" "$venv/.installed-requirements.txt"
 fi
 
+# The ONNX Runtime library the tests use: the one in the venv's onnxruntime wheel.
+ORT_DYLIB_PATH="$("$venv/bin/python" -c 'import onnxruntime, pathlib; print(next((pathlib.Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so.1.*")))')"
+export ORT_DYLIB_PATH
+echo "==> ONNX Runtime for the tests: $ORT_DYLIB_PATH"
+
 echo "==> example models are current with their generator"
 "$venv/bin/python" examples/models/make_models.py --check
 

@@ -23,13 +23,19 @@ def _binary():
     return path
 
 
+def run_oxinfer(*args, env=None):
+    """Runs the binary to completion; returns the CompletedProcess (text)."""
+    return subprocess.run([str(_binary()), *args], capture_output=True, text=True, env=env, timeout=120)
+
+
 class Server:
-    def __init__(self, manifest, *args):
+    def __init__(self, manifest, *args, env=None):
         self.proc = subprocess.Popen(
             [str(_binary()), "serve", "--manifest", str(manifest), "--http", "127.0.0.1:0", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         self.log = []
         found = queue.Queue()

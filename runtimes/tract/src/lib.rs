@@ -504,6 +504,7 @@ mod tests {
                 version: "1",
                 path: &path,
                 options: &table,
+                settings: &table,
             })
             .err()
             .unwrap();
