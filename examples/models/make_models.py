@@ -16,6 +16,10 @@ Models:
     mlp_v2.onnx    The same graph with other weights (served as version 2 of "mlp").
     dtypes.onnx    One input/output pair per datatype, [-1,2] each: out_X = Identity(in_X),
                    except BOOL (Not), INT32 (+1) and FP64 (*2), so the tests see real compute.
+    image.onnx     An "image model" with dynamic batch, height and width: FP32 image
+                   [-1,3,-1,-1] -> mean [-1,3] (GlobalAveragePool) and max [-1,3] (ReduceMax).
+    pairs.onnx     FP32 x [-1] -> Reshape to [-1,2] -> y = row sums [-1]; only even lengths can be
+                   run (an odd length cannot be reshaped): a model with shapes that fail.
 """
 
 import argparse
@@ -133,11 +137,49 @@ def dtypes():
     return model(helper.make_graph(nodes, "dtypes", inputs, outputs, initializer=inits))
 
 
+def image():
+    return model(
+        helper.make_graph(
+            [
+                helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+                helper.make_node("Flatten", ["pooled"], ["mean"], axis=1),
+                helper.make_node("ReduceMax", ["image"], ["max"], axes=[2, 3], keepdims=0),
+            ],
+            "image",
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+            [
+                helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 3]),
+                helper.make_tensor_value_info("max", TensorProto.FLOAT, ["batch", 3]),
+            ],
+        )
+    )
+
+
+def pairs():
+    return model(
+        helper.make_graph(
+            [
+                helper.make_node("Reshape", ["x", "pair_shape"], ["paired"]),
+                helper.make_node("ReduceSum", ["paired", "sum_axes"], ["y"], keepdims=0),
+            ],
+            "pairs",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["half"])],
+            initializer=[
+                numpy_helper.from_array(np.array([-1, 2], dtype=np.int64), "pair_shape"),
+                numpy_helper.from_array(np.array([1], dtype=np.int64), "sum_axes"),
+            ],
+        )
+    )
+
+
 MODELS = {
     "simple.onnx": simple,
     "mlp.onnx": lambda: mlp(seed=1),
     "mlp_v2.onnx": lambda: mlp(seed=2),
     "dtypes.onnx": dtypes,
+    "image.onnx": image,
+    "pairs.onnx": pairs,
 }
 
 

@@ -344,10 +344,20 @@ fn a_bad_manifest_stops_startup_with_file_model_and_cause() {
             ],
         ),
         ("bad-toml", "[[models]\n".to_string(), vec!["bad-toml.toml"]),
-        ("runtime-settings-unknown", "[runtimes.pytorch]\nx = 1\n".to_string() + &entry("m", "tract", &simple, ""),
-            vec!["[runtimes.pytorch]", "unknown runtime 'pytorch'"]),
-        ("runtime-settings-key", "[runtimes.tract]\nthreads = 1\n".to_string() + &entry("m", "tract", &simple, ""),
-            vec!["model 'm'", "invalid [runtimes.tract] settings", "unknown field `threads`"]),
+        (
+            "runtime-settings-unknown",
+            "[runtimes.pytorch]\nx = 1\n".to_string() + &entry("m", "tract", &simple, ""),
+            vec!["[runtimes.pytorch]", "unknown runtime 'pytorch'"],
+        ),
+        (
+            "runtime-settings-key",
+            "[runtimes.tract]\nthreads = 1\n".to_string() + &entry("m", "tract", &simple, ""),
+            vec![
+                "model 'm'",
+                "invalid [runtimes.tract] settings",
+                "unknown field `threads`",
+            ],
+        ),
     ];
     for (name, text, needles) in cases {
         let manifest = dir.join(format!("{name}.toml"));

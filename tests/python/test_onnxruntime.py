@@ -36,6 +36,12 @@ def manifest_text(extra=""):
         f'[[models]]\nname = "magika"\nruntime = "onnxruntime"\npath = "{MAGIKA_MODEL}"\n'
         '[models.options]\nintra_op_threads = 1\ngraph_optimization_level = "all"\n'
     )
+    # tract cannot compile magika with a symbolic batch (a BroadcastTo whose shape input has a
+    # variable length); strategy auto falls back to one plan per input-shape signature.
+    entries.append(
+        f'[[models]]\nname = "magika-tract"\nruntime = "tract"\npath = "{MAGIKA_MODEL}"\n'
+        '[models.options]\nplan_cache_size = 4\n'
+    )
     return extra + "\n".join(entries)
 
 
@@ -127,9 +133,10 @@ def test_metadata_platform_and_types(parity):
         "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES",
     }
     assert parity.get_model_metadata("dtypes-tract")["inputs"] == meta["inputs"]
-    magika_meta = parity.get_model_metadata("magika")
-    assert magika_meta["inputs"] == [{"name": "bytes", "datatype": "INT32", "shape": [-1, 2048]}]
-    assert magika_meta["outputs"] == [{"name": "target_label", "datatype": "FP32", "shape": [-1, 214]}]
+    for name in ("magika", "magika-tract"):
+        magika_meta = parity.get_model_metadata(name)
+        assert magika_meta["inputs"] == [{"name": "bytes", "datatype": "INT32", "shape": [-1, 2048]}]
+        assert magika_meta["outputs"] == [{"name": "target_label", "datatype": "FP32", "shape": [-1, 214]}]
 
 
 def magika_features(batch):
@@ -142,11 +149,12 @@ def magika_features(batch):
     return np.array(rows, dtype=np.int32)
 
 
+@pytest.mark.parametrize("model", ["magika", "magika-tract"])
 @pytest.mark.parametrize("batch", [1, 5])
-def test_magika_real_model_matches_python_onnxruntime(parity, batch):
+def test_magika_real_model_matches_python_onnxruntime(parity, model, batch):
     x = magika_features(batch)
     want = reference(MAGIKA_MODEL, {"bytes": x})["target_label"]
-    _, got = infer(parity, "magika", {"bytes": x})
+    _, got = infer(parity, model, {"bytes": x})
     np.testing.assert_allclose(got["target_label"], want, rtol=1e-4, atol=1e-5)
     assert (got["target_label"].argmax(axis=1) == want.argmax(axis=1)).all()
 
@@ -157,7 +165,7 @@ def test_ort_errors_are_400s_and_the_server_keeps_serving(parity):
     with pytest.raises(Exception, match=r"shape \[1, 2047\] does not match the model's \[-1, 2048\]"):
         parity.infer("magika", [bad])
     assert parity.is_model_ready("magika")
-    test_magika_real_model_matches_python_onnxruntime(parity, 1)
+    test_magika_real_model_matches_python_onnxruntime(parity, "magika", 1)
 
 
 def _env_without_ort(**extra):

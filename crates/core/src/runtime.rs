@@ -112,6 +112,12 @@ pub trait Model: Send + Sync {
     /// Errors caused by the input values (for example a shape the graph cannot take) should be
     /// [`Error::InvalidInput`]; failures of the runtime itself [`Error::Execution`].
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
+
+    /// Counters the runtime keeps about this model (e.g. `plans_compiled`, `plan_cache_hits`),
+    /// for statistics and metrics. Empty by default.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

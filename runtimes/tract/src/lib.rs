@@ -1,14 +1,25 @@
 //! The tract runtime: pure-Rust ONNX inference, compiled into oxinfer by default.
 //!
-//! Selected with `runtime = "tract"` in the manifest. The model is parsed, analysed and optimised
-//! once at load, with its dynamic dimensions (ONNX `dim_param`s, such as a batch dimension) kept
-//! symbolic, so one plan serves every batch size. Requests run the plan; nothing is recompiled
-//! per request.
+//! Selected with `runtime = "tract"` in the manifest. Models are compiled at load, never per
+//! request, with one of two strategies:
+//!
+//! - **symbolic**: one plan with the dynamic dimensions (ONNX `dim_param`s such as a batch
+//!   dimension) left symbolic, serving every shape;
+//! - **per_shape**: for models tract cannot analyse that way (a `BroadcastTo` whose shape input
+//!   has variable length, a source without a determined fact, symbols it cannot unify...), one
+//!   plan per concrete input-shape signature, compiled on first use (on the blocking pool, never
+//!   on the I/O threads) and kept in a bounded LRU cache (see [`plans`]).
+//!
+//! `auto` (the default) tries symbolic first and falls back to per_shape, logging why. Model
+//! metadata reports the graph's own dims (`-1` where dynamic) whatever the strategy.
 //!
 //! Options (`[models.options]`, unknown keys are an error):
 //!
 //! ```toml
 //! [models.options]
+//! strategy = "auto"            # auto | symbolic | per_shape
+//! plan_cache_size = 8          # per_shape: plans kept (least recently used evicted)
+//! warmup_shapes = [{ x = [1, 3, 224, 224] }, { x = [8, 3, 224, 224] }]  # compiled at load
 //! # Replace what the ONNX file says about an input: integers are fixed sizes, strings name a
 //! # symbolic (dynamic) dimension. Use it when the file's shapes are missing or wrong.
 //! inputs.x = { shape = ["batch", 3, 224, 224], datatype = "FP32" }
@@ -18,17 +29,21 @@
 //! optimize = true
 //! ```
 
+mod convert;
+pub mod plans;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use bytes::Bytes;
 use oxinfer_core::protocol::TensorMetadata;
-use oxinfer_core::{
-    DataType, Error, LoadRequest, Model, ModelSignature, Result, Runtime, Tensor, TensorData,
-};
+use oxinfer_core::{DataType, Error, LoadRequest, Model, ModelSignature, Result, Runtime, Tensor};
 use serde::Deserialize;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::{ShapeFactoid, format_err};
+
+use convert::{datum_type, from_tract, oip_type, to_tract};
+use plans::{ShapeCache, ShapeKey};
 
 /// The runtime factory registered as `tract`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -49,6 +64,19 @@ struct InputOverride {
     datatype: Option<DataType>,
 }
 
+/// How a model is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Strategy {
+    /// Symbolic first, per-shape plans when tract cannot analyse the model symbolically.
+    #[default]
+    Auto,
+    /// One plan with symbolic dims; a model tract cannot analyse that way fails to load.
+    Symbolic,
+    /// One plan per input-shape signature, always.
+    PerShape,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TractOptions {
@@ -58,6 +86,12 @@ struct TractOptions {
     dims: BTreeMap<String, u64>,
     #[serde(default = "yes")]
     optimize: bool,
+    #[serde(default)]
+    strategy: Strategy,
+    #[serde(default = "default_cache_size")]
+    plan_cache_size: usize,
+    #[serde(default)]
+    warmup_shapes: Vec<BTreeMap<String, Vec<usize>>>,
 }
 
 /// `[runtimes.tract]`: tract has no process-wide settings; any key is an error.
@@ -69,42 +103,8 @@ fn yes() -> bool {
     true
 }
 
-fn datum_type(dt: DataType) -> Option<DatumType> {
-    Some(match dt {
-        DataType::Bool => DatumType::Bool,
-        DataType::Uint8 => DatumType::U8,
-        DataType::Uint16 => DatumType::U16,
-        DataType::Uint32 => DatumType::U32,
-        DataType::Uint64 => DatumType::U64,
-        DataType::Int8 => DatumType::I8,
-        DataType::Int16 => DatumType::I16,
-        DataType::Int32 => DatumType::I32,
-        DataType::Int64 => DatumType::I64,
-        DataType::Fp16 => DatumType::F16,
-        DataType::Fp32 => DatumType::F32,
-        DataType::Fp64 => DatumType::F64,
-        DataType::Bytes => DatumType::String,
-        DataType::Bf16 => return None,
-    })
-}
-
-fn oip_type(dt: DatumType) -> Option<DataType> {
-    Some(match dt {
-        DatumType::Bool => DataType::Bool,
-        DatumType::U8 => DataType::Uint8,
-        DatumType::U16 => DataType::Uint16,
-        DatumType::U32 => DataType::Uint32,
-        DatumType::U64 => DataType::Uint64,
-        DatumType::I8 => DataType::Int8,
-        DatumType::I16 => DataType::Int16,
-        DatumType::I32 => DataType::Int32,
-        DatumType::I64 => DataType::Int64,
-        DatumType::F16 => DataType::Fp16,
-        DatumType::F32 => DataType::Fp32,
-        DatumType::F64 => DataType::Fp64,
-        DatumType::String => DataType::Bytes,
-        _ => return None,
-    })
+fn default_cache_size() -> usize {
+    8
 }
 
 impl Runtime for TractRuntime {
@@ -119,6 +119,11 @@ impl Runtime for TractRuntime {
     fn load(&self, request: &LoadRequest<'_>) -> Result<Box<dyn Model>> {
         let options: TractOptions = request.parse_options("tract")?;
         let TractSettings {} = request.parse_settings("tract")?;
+        if options.plan_cache_size == 0 {
+            return Err(Error::Manifest(
+                "invalid options for runtime 'tract': plan_cache_size must be at least 1".into(),
+            ));
+        }
         let started = Instant::now();
         let model = TractModel::load(request, &options).map_err(|e| {
             Error::Load(format!(
@@ -130,6 +135,7 @@ impl Runtime for TractRuntime {
             model = request.name,
             version = request.version,
             runtime = "tract",
+            strategy = model.engine.name(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
@@ -137,16 +143,37 @@ impl Runtime for TractRuntime {
     }
 }
 
-/// One loaded, optimised tract plan.
-struct TractModel {
-    plan: Arc<TypedSimplePlan>,
-    signature: ModelSignature,
-    /// Per input, per dimension: the symbol that dimension is bound to, if any. Used to check
-    /// that inputs agree on shared dynamic dimensions before running.
-    input_symbols: Vec<Vec<Option<Symbol>>>,
+/// How a loaded model runs.
+enum Engine {
+    /// One plan for every shape; per input and dimension, the symbol it is bound to (to check
+    /// that inputs agree on shared dynamic dimensions before running).
+    Symbolic {
+        plan: Arc<TypedSimplePlan>,
+        input_symbols: Vec<Vec<Option<Symbol>>>,
+    },
+    /// One plan per input-shape signature, and the symbols of the graph's input dims.
+    PerShape {
+        cache: ShapeCache,
+        input_symbols: Vec<Vec<Option<Symbol>>>,
+    },
 }
 
-fn tensor_metadata(name: String, fact: &TypedFact) -> TractResult<TensorMetadata> {
+impl Engine {
+    fn name(&self) -> &'static str {
+        match self {
+            Engine::Symbolic { .. } => "symbolic",
+            Engine::PerShape { .. } => "per_shape",
+        }
+    }
+}
+
+/// A loaded tract model.
+struct TractModel {
+    engine: Engine,
+    signature: ModelSignature,
+}
+
+fn typed_metadata(name: &str, fact: &TypedFact) -> TractResult<TensorMetadata> {
     let datatype = oip_type(fact.datum_type).ok_or_else(|| {
         format_err!(
             "tensor '{name}' has type {:?}, which OIP cannot carry",
@@ -159,6 +186,52 @@ fn tensor_metadata(name: String, fact: &TypedFact) -> TractResult<TensorMetadata
         .map(|d| d.as_i64().unwrap_or(-1))
         .collect();
     Ok(TensorMetadata::new(name, datatype, shape))
+}
+
+/// Metadata from the graph's own facts, before (or without) full analysis. `what` is "input"
+/// or "output"; an input's missing fact can be given with the `inputs` option.
+fn inference_metadata(name: &str, fact: &InferenceFact, what: &str) -> TractResult<TensorMetadata> {
+    let fix = if what == "input" {
+        format!("; set it with the option inputs.{name}")
+    } else {
+        " (the ONNX file does not declare it)".to_string()
+    };
+    let dt = fact
+        .datum_type
+        .concretize()
+        .ok_or_else(|| format_err!("the datatype of {what} '{name}' is not known{fix}"))?;
+    let datatype = oip_type(dt)
+        .ok_or_else(|| format_err!("{what} '{name}' has type {dt:?}, which OIP cannot carry"))?;
+    if fact.shape.is_open() {
+        return Err(format_err!("the rank of {what} '{name}' is not known{fix}"));
+    }
+    let shape = fact
+        .shape
+        .dims()
+        .map(|d| d.concretize().and_then(|d| d.as_i64()).unwrap_or(-1))
+        .collect();
+    Ok(TensorMetadata::new(name, datatype, shape))
+}
+
+/// Compiles a template into a runnable plan (symbolic dims stay symbolic unless `dims` fixes them).
+fn compile(model: InferenceModel, options: &TractOptions) -> TractResult<Arc<TypedSimplePlan>> {
+    optimise(model, options)?.into_runnable()
+}
+
+fn optimise(model: InferenceModel, options: &TractOptions) -> TractResult<TypedModel> {
+    let mut typed = model.into_typed()?;
+    if !options.dims.is_empty() {
+        let mut values = HashMap::new();
+        for (name, value) in &options.dims {
+            values.insert(typed.symbols.sym(name), TDim::Val(*value as i64));
+        }
+        typed = typed.set_symbols(&values)?;
+    }
+    if options.optimize {
+        typed.into_optimized()
+    } else {
+        typed.into_decluttered()
+    }
 }
 
 impl TractModel {
@@ -200,22 +273,39 @@ impl TractModel {
             }
             model.set_input_fact(ix, fact)?;
         }
-        let mut typed = model.into_typed()?;
-        if !options.dims.is_empty() {
-            let mut values = HashMap::new();
-            for (name, value) in &options.dims {
-                values.insert(typed.symbols.sym(name), TDim::Val(*value as i64));
+        let warmup = warmup_keys(&options.warmup_shapes, &input_names)?;
+
+        if options.strategy != Strategy::PerShape {
+            match optimise(model.clone(), options) {
+                Ok(typed) => {
+                    if !warmup.is_empty() {
+                        tracing::info!(
+                            model = request.name,
+                            "warmup_shapes ignored: the symbolic plan serves every shape"
+                        );
+                    }
+                    return Self::symbolic(typed, &input_names, &output_names);
+                }
+                Err(e) if options.strategy == Strategy::Auto => tracing::warn!(
+                    model = request.name,
+                    version = request.version,
+                    "tract cannot compile the model with symbolic dimensions ({e:#});                      using one plan per input-shape signature (strategy per_shape, up to {} plans)",
+                    options.plan_cache_size
+                ),
+                Err(e) => return Err(e),
             }
-            typed = typed.set_symbols(&values)?;
         }
-        let typed = if options.optimize {
-            typed.into_optimized()?
-        } else {
-            typed.into_decluttered()?
-        };
+        Self::per_shape(request, options, model, &input_names, &output_names, warmup)
+    }
+
+    fn symbolic(
+        typed: TypedModel,
+        input_names: &[String],
+        output_names: &[String],
+    ) -> TractResult<TractModel> {
         let mut signature = ModelSignature::default();
         let mut input_symbols = Vec::new();
-        for (ix, name) in input_names.into_iter().enumerate() {
+        for (ix, name) in input_names.iter().enumerate() {
             let fact = typed.input_fact(ix)?;
             input_symbols.push(
                 fact.shape
@@ -226,25 +316,102 @@ impl TractModel {
                     })
                     .collect(),
             );
-            signature.inputs.push(tensor_metadata(name, fact)?);
+            signature.inputs.push(typed_metadata(name, fact)?);
         }
-        for (ix, name) in output_names.into_iter().enumerate() {
-            let fact = typed.output_fact(ix)?;
-            signature.outputs.push(tensor_metadata(name, fact)?);
+        for (ix, name) in output_names.iter().enumerate() {
+            signature
+                .outputs
+                .push(typed_metadata(name, typed.output_fact(ix)?)?);
         }
         let plan = typed.into_runnable()?;
         Ok(TractModel {
-            plan,
+            engine: Engine::Symbolic {
+                plan,
+                input_symbols,
+            },
             signature,
-            input_symbols,
+        })
+    }
+
+    fn per_shape(
+        request: &LoadRequest<'_>,
+        options: &TractOptions,
+        template: InferenceModel,
+        input_names: &[String],
+        output_names: &[String],
+        warmup: Vec<ShapeKey>,
+    ) -> TractResult<TractModel> {
+        // Metadata from the graph's declared facts, refined by a best-effort analysis.
+        let mut analysed = template.clone();
+        let _ = analysed.analyse(true);
+        let mut signature = ModelSignature::default();
+        let mut input_symbols = Vec::new();
+        for (ix, name) in input_names.iter().enumerate() {
+            let fact = analysed.input_fact(ix)?;
+            input_symbols.push(
+                fact.shape
+                    .dims()
+                    .map(|d| match d.concretize() {
+                        Some(TDim::Sym(s)) => Some(s),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+            signature
+                .inputs
+                .push(inference_metadata(name, fact, "input")?);
+        }
+        // tract ignores the output types and shapes an ONNX file declares unless asked; what the
+        // analysis could not find out is taken from them.
+        let declared = tract_onnx::onnx()
+            .with_ignore_output_shapes(false)
+            .model_for_path(request.path)?;
+        for (ix, name) in output_names.iter().enumerate() {
+            let analysed_fact = analysed.output_fact(ix)?;
+            let fact = if analysed_fact.datum_type.concretize().is_some()
+                && !analysed_fact.shape.is_open()
+            {
+                analysed_fact
+            } else {
+                declared.output_fact(ix)?
+            };
+            signature
+                .outputs
+                .push(inference_metadata(name, fact, "output")?);
+        }
+        let input_types: Vec<DatumType> = signature
+            .inputs
+            .iter()
+            .map(|t| datum_type(t.datatype).expect("tract types only"))
+            .collect();
+        let compile_options = options.clone();
+        let compiler = move |key: &ShapeKey| {
+            let mut model = template.clone();
+            for (ix, (shape, dt)) in key.iter().zip(&input_types).enumerate() {
+                model.set_input_fact(ix, InferenceFact::dt_shape(*dt, shape.as_slice()))?;
+            }
+            compile(model, &compile_options)
+        };
+        let cache = ShapeCache::new(request.name, options.plan_cache_size, Box::new(compiler));
+        for key in &warmup {
+            cache
+                .get(key)
+                .map_err(|e| format_err!("warmup_shapes: {e}"))?;
+        }
+        Ok(TractModel {
+            engine: Engine::PerShape {
+                cache,
+                input_symbols,
+            },
+            signature,
         })
     }
 
     /// Dynamic dimensions that share a symbol (say `batch`) must have the same size in every
     /// input; tract would fail later with a less helpful message.
-    fn check_symbols(&self, inputs: &[Tensor]) -> Result<()> {
+    fn check_symbols(input_symbols: &[Vec<Option<Symbol>>], inputs: &[Tensor]) -> Result<()> {
         let mut seen: HashMap<&Symbol, (usize, &str)> = HashMap::new();
-        for (input, symbols) in inputs.iter().zip(&self.input_symbols) {
+        for (input, symbols) in inputs.iter().zip(input_symbols) {
             for (&size, symbol) in input.shape().iter().zip(symbols) {
                 let Some(symbol) = symbol else { continue };
                 match seen.get(symbol) {
@@ -264,76 +431,31 @@ impl TractModel {
     }
 }
 
-fn to_tract(t: &Tensor) -> Result<TValue> {
-    let tensor = match t.data() {
-        TensorData::Raw(bytes) => {
-            let dt = datum_type(t.datatype()).ok_or_else(|| {
-                Error::invalid(format!("tract does not support {}", t.datatype()))
-            })?;
-            #[allow(unsafe_code)]
-            // SAFETY: `dt` is a plain fixed-size type (never String, TDim or Blob), for which any
-            // byte pattern of the right length is a valid value except BOOL, whose 0/1 values
-            // `Tensor::new` has checked; `from_raw_dt` checks the length against the shape and
-            // copies into an aligned buffer.
-            unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, t.shape(), bytes) }
-                .map_err(|e| Error::Internal(format!("{e:#}")))?
-        }
-        TensorData::Strings(items) => {
-            let strings = items
+/// Turns `warmup_shapes` tables into signatures in input order; every input must be given.
+fn warmup_keys(
+    tables: &[BTreeMap<String, Vec<usize>>],
+    input_names: &[String],
+) -> TractResult<Vec<ShapeKey>> {
+    tables
+        .iter()
+        .map(|table| {
+            if let Some(unknown) = table.keys().find(|k| !input_names.contains(k)) {
+                return Err(format_err!(
+                    "warmup_shapes: the model has no input '{unknown}' (inputs: {input_names:?})"
+                ));
+            }
+            input_names
                 .iter()
-                .map(|b| {
-                    String::from_utf8(b.to_vec()).map_err(|_| {
-                        Error::invalid(format!(
-                            "input '{}': tract needs UTF-8 strings for BYTES tensors",
-                            t.name()
-                        ))
+                .map(|name| {
+                    table.get(name).cloned().ok_or_else(|| {
+                        format_err!(
+                            "warmup_shapes: every entry must give a shape for input '{name}'"
+                        )
                     })
                 })
-                .collect::<Result<Vec<_>>>()?;
-            tract_ndarray::ArrayD::from_shape_vec(t.shape(), strings)
-                .map_err(|e| Error::Internal(e.to_string()))?
-                .into()
-        }
-    };
-    Ok(tensor.into_tvalue())
-}
-
-/// Lends a tract tensor's memory to a [`Bytes`] without copying it.
-struct TractBytes(Arc<tract_onnx::prelude::Tensor>);
-
-impl AsRef<[u8]> for TractBytes {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-fn from_tract(meta: &TensorMetadata, value: TValue) -> Result<Tensor> {
-    let tensor = value.into_arc_tensor();
-    let datatype = oip_type(tensor.datum_type()).ok_or_else(|| {
-        Error::Execution(format!(
-            "output '{}' has type {:?}, which OIP cannot carry",
-            meta.name,
-            tensor.datum_type()
-        ))
-    })?;
-    let shape = tensor.shape().to_vec();
-    let plain = tensor
-        .try_as_plain_ram()
-        .map_err(|e| Error::Execution(format!("output '{}': {e:#}", meta.name)))?;
-    let data = if datatype == DataType::Bytes {
-        let strings = plain
-            .as_slice::<String>()
-            .map_err(|e| Error::Execution(format!("{e:#}")))?;
-        TensorData::Strings(
-            strings
-                .iter()
-                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-                .collect(),
-        )
-    } else {
-        TensorData::Raw(Bytes::from_owner(TractBytes(tensor.clone())))
-    };
-    Tensor::new(meta.name.clone(), datatype, shape, data)
+                .collect()
+        })
+        .collect()
 }
 
 impl Model for TractModel {
@@ -342,11 +464,26 @@ impl Model for TractModel {
     }
 
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        self.check_symbols(&inputs)?;
+        let plan = match &self.engine {
+            Engine::Symbolic {
+                plan,
+                input_symbols,
+            } => {
+                Self::check_symbols(input_symbols, &inputs)?;
+                plan.clone()
+            }
+            Engine::PerShape {
+                cache,
+                input_symbols,
+            } => {
+                Self::check_symbols(input_symbols, &inputs)?;
+                let key: ShapeKey = inputs.iter().map(|t| t.shape().to_vec()).collect();
+                cache.get(&key)?
+            }
+        };
         let values = inputs.iter().map(to_tract).collect::<Result<TVec<_>>>()?;
         drop(inputs);
-        let outputs = self
-            .plan
+        let outputs = plan
             .run(values)
             .map_err(|e| Error::Execution(format!("{e:#}")))?;
         outputs
@@ -355,11 +492,28 @@ impl Model for TractModel {
             .map(|(value, meta)| from_tract(meta, value))
             .collect()
     }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        match &self.engine {
+            Engine::Symbolic { .. } => vec![("plans_compiled", 1)],
+            Engine::PerShape { cache, .. } => {
+                let c = cache.counters();
+                vec![
+                    ("plans_compiled", c.compilations),
+                    ("plan_cache_hits", c.hits),
+                    ("plan_cache_evictions", c.evictions),
+                    ("plans_cached", c.cached),
+                ]
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use oxinfer_core::TensorData;
     use std::path::{Path, PathBuf};
 
     fn models() -> PathBuf {
@@ -509,5 +663,189 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("tract could not load"), "{e}");
+    }
+
+    fn counters(m: &dyn Model) -> HashMap<&'static str, u64> {
+        m.counters().into_iter().collect()
+    }
+
+    /// An image batch whose pixel values encode their position, and its expected mean and max.
+    fn image(batch: usize, h: usize, w: usize) -> (Tensor, Vec<f32>, Vec<f32>) {
+        let n = batch * 3 * h * w;
+        let values: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 10.0).collect();
+        let (mut mean, mut max) = (Vec::new(), Vec::new());
+        for plane in values.chunks(h * w) {
+            mean.push(plane.iter().sum::<f32>() / (h * w) as f32);
+            max.push(plane.iter().cloned().fold(f32::MIN, f32::max));
+        }
+        (
+            Tensor::from_vec("image", vec![batch, 3, h, w], values).unwrap(),
+            mean,
+            max,
+        )
+    }
+
+    fn check_image(m: &dyn Model, batch: usize, h: usize, w: usize) {
+        let (input, mean, max) = image(batch, h, w);
+        let out = m.execute(vec![input]).unwrap();
+        assert_eq!(out[0].shape(), &[batch, 3]);
+        for (got, want) in out[0].to_vec::<f32>().unwrap().iter().zip(&mean) {
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+        }
+        assert_eq!(out[1].to_vec::<f32>().unwrap(), max);
+    }
+
+    #[test]
+    fn auto_keeps_one_symbolic_plan_when_tract_can() {
+        let m = load("image.onnx", "").unwrap();
+        assert_eq!(m.signature().inputs[0].shape, vec![-1, 3, -1, -1]);
+        check_image(m.as_ref(), 1, 4, 4);
+        check_image(m.as_ref(), 2, 8, 6);
+        assert_eq!(counters(m.as_ref()), HashMap::from([("plans_compiled", 1)]));
+    }
+
+    #[test]
+    fn per_shape_serves_two_resolutions_with_two_plans() {
+        let m = load("image.onnx", "strategy = \"per_shape\"").unwrap();
+        // The graph's own dims, whatever the strategy.
+        assert_eq!(m.signature().inputs[0].shape, vec![-1, 3, -1, -1]);
+        assert_eq!(m.signature().outputs[0].shape, vec![-1, 3]);
+        assert_eq!(counters(m.as_ref())["plans_compiled"], 0);
+        check_image(m.as_ref(), 1, 4, 4);
+        check_image(m.as_ref(), 2, 8, 6);
+        check_image(m.as_ref(), 1, 4, 4);
+        let c = counters(m.as_ref());
+        assert_eq!(
+            (c["plans_compiled"], c["plans_cached"], c["plan_cache_hits"]),
+            (2, 2, 1)
+        );
+    }
+
+    #[test]
+    fn cache_of_one_alternating_shapes_stays_correct() {
+        let m = load(
+            "image.onnx",
+            "strategy = \"per_shape\"\nplan_cache_size = 1",
+        )
+        .unwrap();
+        for _ in 0..3 {
+            check_image(m.as_ref(), 1, 4, 4);
+            check_image(m.as_ref(), 3, 5, 7);
+        }
+        let c = counters(m.as_ref());
+        assert_eq!(
+            (
+                c["plans_compiled"],
+                c["plans_cached"],
+                c["plan_cache_evictions"]
+            ),
+            (6, 1, 5)
+        );
+    }
+
+    #[test]
+    fn concurrent_first_requests_compile_once() {
+        let m: Arc<dyn Model> = Arc::from(load("image.onnx", "strategy = \"per_shape\"").unwrap());
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (m, barrier) = (m.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    check_image(m.as_ref(), 2, 16, 16);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let c = counters(m.as_ref());
+        assert_eq!((c["plans_compiled"], c["plan_cache_hits"]), (1, 15));
+    }
+
+    #[test]
+    fn a_failing_shape_is_a_remembered_400_that_does_not_poison_others() {
+        let m = load("pairs.onnx", "strategy = \"per_shape\"").unwrap();
+        let run =
+            |n: usize| m.execute(vec![Tensor::from_vec("x", vec![n], vec![1f32; n]).unwrap()]);
+        let e = run(3).unwrap_err();
+        assert_eq!(e.code(), oxinfer_core::ErrorCode::InvalidArgument, "{e}");
+        assert!(
+            e.to_string()
+                .contains("tract cannot compile the model for input shapes [[3]]"),
+            "{e}"
+        );
+        assert_eq!(run(3).unwrap_err().to_string(), e.to_string());
+        assert_eq!(
+            counters(m.as_ref())["plans_compiled"],
+            1,
+            "the failure is not retried"
+        );
+        assert_eq!(run(4).unwrap()[0].to_vec::<f32>().unwrap(), vec![2.0, 2.0]);
+        assert_eq!(run(6).unwrap()[0].to_vec::<f32>().unwrap(), vec![2.0; 3]);
+        let c = counters(m.as_ref());
+        assert_eq!((c["plans_compiled"], c["plans_cached"]), (3, 2));
+    }
+
+    #[test]
+    fn per_shape_checks_shared_dims_before_compiling() {
+        let m = load("simple.onnx", "strategy = \"per_shape\"").unwrap();
+        let e = m
+            .execute(vec![
+                Tensor::from_vec("INPUT0", vec![2, 16], vec![1i32; 32]).unwrap(),
+                Tensor::from_vec("INPUT1", vec![3, 16], vec![2i32; 48]).unwrap(),
+            ])
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("dimension 'batch' is 2 in input 'INPUT0' but 3"),
+            "{e}"
+        );
+        assert_eq!(counters(m.as_ref())["plans_compiled"], 0);
+    }
+
+    #[test]
+    fn warmup_shapes_are_compiled_at_load() {
+        let m = load(
+            "image.onnx",
+            "strategy = \"per_shape\"\nwarmup_shapes = [{ image = [1, 3, 4, 4] }, { image = [2, 3, 8, 8] }]",
+        )
+        .unwrap();
+        assert_eq!(counters(m.as_ref())["plans_compiled"], 2);
+        check_image(m.as_ref(), 2, 8, 8);
+        let c = counters(m.as_ref());
+        assert_eq!((c["plans_compiled"], c["plan_cache_hits"]), (2, 1));
+        let e = load(
+            "image.onnx",
+            "strategy = \"per_shape\"\nwarmup_shapes = [{ img = [1] }]",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string()
+                .contains("warmup_shapes: the model has no input 'img'"),
+            "{e}"
+        );
+        let e = load(
+            "simple.onnx",
+            "strategy = \"per_shape\"\nwarmup_shapes = [{ INPUT0 = [1, 16] }]",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string()
+                .contains("must give a shape for input 'INPUT1'"),
+            "{e}"
+        );
+        let e = load("image.onnx", "plan_cache_size = 0").err().unwrap();
+        assert!(
+            e.to_string().contains("plan_cache_size must be at least 1"),
+            "{e}"
+        );
+        let e = load("image.onnx", "strategy = \"fast\"").err().unwrap();
+        assert!(e.to_string().contains("unknown variant `fast`"), "{e}");
     }
 }
