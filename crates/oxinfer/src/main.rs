@@ -122,7 +122,7 @@ fn run(command: Command) -> Result<()> {
 
 fn check(path: &Path) -> Result<()> {
     let (_, repository) = load(path)?;
-    for model in repository.iter() {
+    for model in repository.ready_models() {
         println!(
             "{} (version {}, {}):",
             model.name, model.version, model.entry.runtime

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,7 +19,14 @@ use oxinfer_core::protocol::{
     ErrorBody, ModelReady, ServerLive, ServerMetadata, ServerReady, json,
 };
 use oxinfer_core::{Error, ErrorCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+
+use std::collections::BTreeMap;
+
+use crate::config::ModelConfig;
+use crate::stats::InferenceStats;
 
 use crate::pipeline;
 use crate::repository::{ModelRepository, ServedModel};
@@ -93,6 +100,17 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// The binary tensor extension's header: the length of the JSON part of the body.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// The protocol extensions this server implements (`GET /v2`).
+pub const EXTENSIONS: [&str; 4] = [
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+];
+
 /// The REST router over `state`. Tested without a socket through `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> Router {
     let limit = state.max_request_bytes;
@@ -113,9 +131,29 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config_v),
+        )
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_stats_v),
+        )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // The limit applies to the decompressed body: a small gzip bomb cannot exceed it.
         .layer(DefaultBodyLimit::max(limit))
+        .layer(RequestDecompressionLayer::new())
+        .layer(CompressionLayer::new())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_declared_oversize,
@@ -177,7 +215,7 @@ async fn server_metadata() -> Response {
         &ServerMetadata {
             name: "oxinfer".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec![],
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
         },
     )
 }
@@ -245,23 +283,26 @@ fn readiness(state: &AppState, model: &str, version: Option<&str>) -> ApiResult 
 async fn infer(
     state: State<AppState>,
     Path(model): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    run_infer(&state, &model, None, body).await
+    run_infer(&state, &model, None, &headers, body).await
 }
 
 async fn infer_v(
     state: State<AppState>,
     Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    run_infer(&state, &model, Some(&version), body).await
+    run_infer(&state, &model, Some(&version), &headers, body).await
 }
 
 async fn run_infer(
     state: &AppState,
     model: &str,
     version: Option<&str>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let served = lookup(state, model, version)?;
@@ -274,11 +315,179 @@ async fn run_infer(
             )))
         }
     })?;
-    let request = json::decode_infer_request(&body)?;
-    drop(body);
+    let json_len = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Error::invalid("Inference-Header-Content-Length must be a non-negative integer")
+                })?,
+        ),
+    };
+    let request = json::decode_infer_request(&body, json_len)?;
+    let binary = json::BinaryOutputs::from_request(&request);
     let response = pipeline::infer(served, request).await?;
-    Ok(json_response(
+    drop(body);
+    let encoded = json::encode_infer_response(&response, &binary)?;
+    Ok(match encoded.json_len {
+        None => json_response(StatusCode::OK, encoded.body),
+        Some(len) => {
+            let mut response = (StatusCode::OK, encoded.body).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(len));
+            response
+        }
+    })
+}
+
+async fn model_config(state: State<AppState>, Path(model): Path<String>) -> ApiResult {
+    config(&state, &model, None)
+}
+
+async fn model_config_v(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult {
+    config(&state, &model, Some(&version))
+}
+
+fn config(state: &AppState, model: &str, version: Option<&str>) -> ApiResult {
+    let served = lookup(state, model, version)?;
+    Ok(to_json(StatusCode::OK, &ModelConfig::of(&served)))
+}
+
+/// One `model_stats` entry of Triton's statistics extension.
+#[derive(Serialize)]
+struct ModelStatsJson {
+    name: String,
+    version: String,
+    last_inference: u64,
+    inference_count: u64,
+    execution_count: u64,
+    inference_stats: InferenceStats,
+    batch_stats: Vec<()>,
+    memory_usage: Vec<()>,
+    /// oxinfer's addition: the runtime's own counters (e.g. tract's plan compilations).
+    runtime_counters: BTreeMap<&'static str, u64>,
+}
+
+fn stats_json(model: &ServedModel) -> ModelStatsJson {
+    let s = model.stats.snapshot();
+    ModelStatsJson {
+        name: model.name.clone(),
+        version: model.version.clone(),
+        last_inference: s.last_inference,
+        inference_count: s.inference_count,
+        execution_count: s.execution_count,
+        inference_stats: s.inference_stats,
+        batch_stats: Vec::new(),
+        memory_usage: Vec::new(),
+        runtime_counters: model.model.counters().into_iter().collect(),
+    }
+}
+
+fn stats(models: Vec<Arc<ServedModel>>) -> ApiResult {
+    let model_stats: Vec<_> = models.iter().map(|m| stats_json(m)).collect();
+    Ok(to_json(
         StatusCode::OK,
-        json::encode_infer_response(&response)?,
+        &serde_json::json!({ "model_stats": model_stats }),
     ))
+}
+
+async fn all_stats(state: State<AppState>) -> ApiResult {
+    stats(state.repository.ready_models())
+}
+
+async fn model_stats(state: State<AppState>, Path(model): Path<String>) -> ApiResult {
+    let models: Vec<_> = state
+        .repository
+        .ready_models()
+        .into_iter()
+        .filter(|m| m.name == model)
+        .collect();
+    if models.is_empty() {
+        lookup(&state, &model, None)?;
+    }
+    stats(models)
+}
+
+async fn model_stats_v(
+    state: State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult {
+    let served = lookup(&state, &model, Some(&version))?;
+    stats(vec![served])
+}
+
+#[derive(Deserialize, Default)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+/// Parses an optional JSON body (the Python client sends none).
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| Error::invalid(format!("malformed request body: {e}")))
+}
+
+async fn repository_index(state: State<AppState>, body: Bytes) -> ApiResult {
+    let request: IndexRequest = optional_json(&body)?;
+    Ok(to_json(
+        StatusCode::OK,
+        &state.repository.index(request.ready),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct RepositoryParameters {
+    #[serde(default)]
+    parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn repository_load(
+    state: State<AppState>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let request: RepositoryParameters = optional_json(&body)?;
+    if let Some(key) = request.parameters.keys().next() {
+        return Err(ApiError(Error::invalid(format!(
+            "load parameter '{key}' is not supported: oxinfer loads a model only from the files \
+             its manifest lists"
+        ))));
+    }
+    let repository = state.repository.clone();
+    let name = model.clone();
+    tokio::task::spawn_blocking(move || repository.reload(&name))
+        .await
+        .map_err(|e| Error::Internal(format!("loading model '{model}' panicked: {e}")))??;
+    Ok(to_json(StatusCode::OK, &serde_json::json!({})))
+}
+
+async fn repository_unload(
+    state: State<AppState>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let request: RepositoryParameters = optional_json(&body)?;
+    if let Some(key) = request
+        .parameters
+        .keys()
+        .find(|k| *k != "unload_dependents")
+    {
+        return Err(ApiError(Error::invalid(format!(
+            "unload parameter '{key}' is not supported"
+        ))));
+    }
+    state.repository.unload(&model)?;
+    Ok(to_json(StatusCode::OK, &serde_json::json!({})))
 }

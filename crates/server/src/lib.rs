@@ -6,10 +6,12 @@
 //! - [`http`]: the REST routes (axum), tested without a socket;
 //! - [`serve_http`]: runs the REST API on a listener until a shutdown signal.
 
+pub mod config;
 pub mod http;
 pub mod loader;
 pub mod pipeline;
 pub mod repository;
+pub mod stats;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;

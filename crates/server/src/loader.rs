@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use oxinfer_core::{Error, LoadRequest, Manifest, Result, Runtime};
+use oxinfer_core::{Error, Manifest, Result, Runtime};
 
-use crate::repository::{ModelRepository, ServedModel};
+use crate::repository::ModelRepository;
 
 /// Runtime names a manifest may use, whether or not this binary was built with them, and the
 /// cargo feature that adds each.
@@ -56,43 +56,8 @@ impl RuntimeRegistry {
         ))
     }
 
-    /// Loads every model of a manifest. Stops at the first failure, with an error that names
-    /// the manifest file, the model and the cause.
+    /// Loads every model of a manifest into a repository; see [`ModelRepository::load`].
     pub fn load_manifest(&self, manifest: &Manifest) -> Result<ModelRepository> {
-        for name in manifest.runtimes.keys() {
-            self.get(name).map_err(|e| {
-                Error::Manifest(format!(
-                    "{}: [runtimes.{name}]: {e}",
-                    manifest.source.display()
-                ))
-            })?;
-        }
-        let no_settings = toml::Table::new();
-        let mut repo = ModelRepository::default();
-        for entry in &manifest.models {
-            let fail =
-                |e: Error| Error::Manifest(format!("{}: {entry}: {e}", manifest.source.display()));
-            let runtime = self.get(&entry.runtime).map_err(fail)?;
-            let model = runtime
-                .load(&LoadRequest {
-                    name: &entry.name,
-                    version: &entry.version,
-                    path: &entry.path,
-                    options: &entry.options,
-                    settings: manifest
-                        .runtimes
-                        .get(&entry.runtime)
-                        .unwrap_or(&no_settings),
-                })
-                .map_err(fail)?;
-            repo.insert(ServedModel {
-                name: entry.name.clone(),
-                version: entry.version.clone(),
-                platform: runtime.platform(),
-                entry: entry.clone(),
-                model: Arc::from(model),
-            });
-        }
-        Ok(repo)
+        ModelRepository::load(self.clone(), manifest.clone())
     }
 }

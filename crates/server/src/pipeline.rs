@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use oxinfer_core::protocol::{InferRequest, InferResponse, TensorMetadata};
 use oxinfer_core::{Error, ModelSignature, Result, Tensor};
@@ -118,16 +119,48 @@ pub fn validate(
 }
 
 /// Runs one request on a model: validation, execution on the blocking pool, response assembly.
-pub async fn infer(model: Arc<ServedModel>, mut request: InferRequest) -> Result<InferResponse> {
+/// Records the request in the model's statistics, success or failure.
+pub async fn infer(model: Arc<ServedModel>, request: InferRequest) -> Result<InferResponse> {
+    let started = Instant::now();
+    let result = run(&model, request, started).await;
+    match &result {
+        Ok(_) => model.stats.success.record(started.elapsed()),
+        Err(_) => model.stats.fail.record(started.elapsed()),
+    }
+    result
+}
+
+async fn run(
+    model: &Arc<ServedModel>,
+    mut request: InferRequest,
+    started: Instant,
+) -> Result<InferResponse> {
     let validated = validate(&model.name, model.signature(), &mut request)?;
+    let stats = &model.stats;
+    stats.compute_input.record(started.elapsed());
+    let batch = validated
+        .inputs
+        .first()
+        .and_then(|t| t.shape().first().copied())
+        .unwrap_or(1) as u64;
     let runner = model.clone();
     let Validated { inputs, outputs } = validated;
-    let mut produced = tokio::task::spawn_blocking(move || runner.model.execute(inputs))
-        .await
-        .map_err(|e| {
-            tracing::error!(model = %model.name, version = %model.version, "model execution panicked: {e}");
-            Error::Internal(format!("model '{}' failed while executing the request", model.name))
-        })??;
+    let queued = Instant::now();
+    let (produced, infer_time) = tokio::task::spawn_blocking(move || {
+        runner.stats.queue.record(queued.elapsed());
+        let executing = Instant::now();
+        let result = runner.model.execute(inputs);
+        (result, executing.elapsed())
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(model = %model.name, version = %model.version, "model execution panicked: {e}");
+        Error::Internal(format!("model '{}' failed while executing the request", model.name))
+    })?;
+    stats.compute_infer.record(infer_time);
+    let mut produced = produced?;
+    stats.record_execution(batch);
+    let assembling = Instant::now();
     let declared = &model.signature().outputs;
     if produced.len() != declared.len() {
         return Err(Error::Internal(format!(
@@ -146,13 +179,15 @@ pub async fn infer(model: Arc<ServedModel>, mut request: InferRequest) -> Result
                 .expect("each output index is requested once")
         })
         .collect();
-    Ok(InferResponse {
+    let response = InferResponse {
         model_name: model.name.clone(),
         model_version: model.version.clone(),
         id: request.id,
         parameters: Default::default(),
         outputs,
-    })
+    };
+    stats.compute_output.record(assembling.elapsed());
+    Ok(response)
 }
 
 #[cfg(test)]

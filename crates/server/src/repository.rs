@@ -1,10 +1,22 @@
-//! The model repository: every loaded model, by name and version.
+//! The model repository: every model of the manifest, by name and version, and its state.
+//!
+//! Models can be taken out of service and brought back at run time (Triton's model repository
+//! extension):
+//! - **unload** marks every version of a name unavailable: new requests get 503, requests already
+//!   running hold their own reference to the model and finish normally; the memory is freed when
+//!   the last of them completes.
+//! - **load** re-reads the model's files, as listed in the manifest, with a fresh runtime load,
+//!   and puts the new instance in service (a model already loaded is replaced once the new one
+//!   is ready). Only models named in the manifest can be loaded; nothing else is read.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use oxinfer_core::protocol::ModelMetadata;
-use oxinfer_core::{Error, Model, ModelEntry, ModelSignature, Result};
+use oxinfer_core::{Error, LoadRequest, Manifest, Model, ModelEntry, ModelSignature, Result};
+
+use crate::loader::RuntimeRegistry;
+use crate::stats::ModelStats;
 
 /// One loaded model version, ready to serve.
 pub struct ServedModel {
@@ -18,6 +30,8 @@ pub struct ServedModel {
     pub entry: ModelEntry,
     /// The loaded instance.
     pub model: Arc<dyn Model>,
+    /// Request statistics of this loaded instance.
+    pub stats: ModelStats,
 }
 
 impl ServedModel {
@@ -37,77 +51,265 @@ impl std::fmt::Debug for ServedModel {
     }
 }
 
-/// All served models. Versions of one name are ordered numerically.
-#[derive(Debug, Default)]
+/// The state of one model version.
+#[derive(Debug, Clone)]
+pub enum Slot {
+    /// Loaded and serving.
+    Ready(Arc<ServedModel>),
+    /// Not serving, with the reason (unloaded, or a reload that failed).
+    Unavailable(String),
+}
+
+/// One row of the repository index.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IndexEntry {
+    /// Model name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// `READY` or `UNAVAILABLE`.
+    pub state: String,
+    /// Why it is not ready (empty when ready).
+    pub reason: String,
+}
+
+type Models = BTreeMap<String, BTreeMap<u64, Slot>>;
+
+/// All models of the manifest.
+#[derive(Debug)]
 pub struct ModelRepository {
-    models: BTreeMap<String, BTreeMap<u64, Arc<ServedModel>>>,
+    registry: RuntimeRegistry,
+    manifest: Manifest,
+    models: RwLock<Models>,
+}
+
+impl std::fmt::Debug for RuntimeRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
 }
 
 impl ModelRepository {
-    /// Adds a model; the manifest has already rejected duplicate name/version pairs.
-    pub fn insert(&mut self, model: ServedModel) {
-        let version = model.entry.version_number();
-        self.models
-            .entry(model.name.clone())
-            .or_default()
-            .insert(version, Arc::new(model));
+    /// Loads every model of a manifest. Stops at the first failure, with an error that names
+    /// the manifest file, the model and the cause.
+    pub fn load(registry: RuntimeRegistry, manifest: Manifest) -> Result<ModelRepository> {
+        for name in manifest.runtimes.keys() {
+            registry.get(name).map_err(|e| {
+                Error::Manifest(format!(
+                    "{}: [runtimes.{name}]: {e}",
+                    manifest.source.display()
+                ))
+            })?;
+        }
+        let mut models = Models::new();
+        for entry in &manifest.models {
+            let served = load_entry(&registry, &manifest, entry).map_err(|e| {
+                Error::Manifest(format!("{}: {entry}: {e}", manifest.source.display()))
+            })?;
+            models
+                .entry(entry.name.clone())
+                .or_default()
+                .insert(entry.version_number(), Slot::Ready(Arc::new(served)));
+        }
+        Ok(ModelRepository {
+            registry,
+            manifest,
+            models: RwLock::new(models),
+        })
     }
 
-    /// Finds a model: the given version, or the highest when `version` is `None`.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Models> {
+        self.models.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Finds a ready model: the given version, or the highest ready one when `version` is `None`.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<ServedModel>> {
-        let versions = self
-            .models
+        let models = self.read();
+        let versions = models
             .get(name)
             .ok_or_else(|| Error::ModelNotFound(format!("unknown model '{name}'")))?;
-        match version {
-            None => versions.values().next_back().cloned(),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| versions.get(&n).cloned()),
-        }
-        .ok_or_else(|| {
-            Error::ModelNotFound(format!(
-                "unknown version '{}' of model '{name}' (served: {})",
+        let slot = match version {
+            None => {
+                return versions
+                    .values()
+                    .rev()
+                    .find_map(|slot| match slot {
+                        Slot::Ready(m) => Some(m.clone()),
+                        Slot::Unavailable(_) => None,
+                    })
+                    .ok_or_else(|| {
+                        Error::ModelNotReady(format!("model '{name}' has no version loaded"))
+                    });
+            }
+            Some(v) => v.parse::<u64>().ok().and_then(|n| versions.get(&n)),
+        };
+        match slot {
+            Some(Slot::Ready(m)) => Ok(m.clone()),
+            Some(Slot::Unavailable(reason)) => Err(Error::ModelNotReady(format!(
+                "model '{name}' version {} is not loaded: {reason}",
+                version.unwrap_or_default()
+            ))),
+            None => Err(Error::ModelNotFound(format!(
+                "unknown version '{}' of model '{name}' (versions: {})",
                 version.unwrap_or_default(),
                 versions
                     .keys()
                     .map(u64::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
-            ))
-        })
+            ))),
+        }
     }
 
-    /// Every served model version, by name then version.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
-        self.models.values().flat_map(BTreeMap::values)
+    /// Every ready model version, by name then version.
+    pub fn ready_models(&self) -> Vec<Arc<ServedModel>> {
+        self.read()
+            .values()
+            .flat_map(BTreeMap::values)
+            .filter_map(|slot| match slot {
+                Slot::Ready(m) => Some(m.clone()),
+                Slot::Unavailable(_) => None,
+            })
+            .collect()
     }
 
-    /// The number of served model versions.
+    /// The number of ready model versions.
     pub fn len(&self) -> usize {
-        self.models.values().map(BTreeMap::len).sum()
+        self.ready_models().len()
     }
 
-    /// Whether no model is served.
+    /// Whether no model version is ready.
     pub fn is_empty(&self) -> bool {
-        self.models.is_empty()
+        self.len() == 0
     }
 
-    /// The metadata of a model version, listing every version served under its name.
+    /// The metadata of a model version, listing the versions of its name that are ready.
     pub fn metadata(&self, model: &ServedModel) -> ModelMetadata {
         let signature = model.signature();
+        let versions = self
+            .read()
+            .get(&model.name)
+            .map(|v| {
+                v.iter()
+                    .filter(|(_, s)| matches!(s, Slot::Ready(_)))
+                    .map(|(n, _)| n.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
         ModelMetadata {
             name: model.name.clone(),
-            versions: self
-                .models
-                .get(&model.name)
-                .map(|v| v.keys().map(u64::to_string).collect())
-                .unwrap_or_default(),
+            versions,
             platform: model.platform.to_string(),
             inputs: signature.inputs.clone(),
             outputs: signature.outputs.clone(),
             parameters: Default::default(),
         }
     }
+
+    /// Every model version of the manifest with its state, by name then version; only ready
+    /// ones when `ready_only`.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        self.read()
+            .iter()
+            .flat_map(|(name, versions)| {
+                versions.iter().map(move |(v, slot)| {
+                    let (state, reason) = match slot {
+                        Slot::Ready(_) => ("READY", String::new()),
+                        Slot::Unavailable(r) => ("UNAVAILABLE", r.clone()),
+                    };
+                    IndexEntry {
+                        name: name.clone(),
+                        version: v.to_string(),
+                        state: state.to_string(),
+                        reason,
+                    }
+                })
+            })
+            .filter(|e| !ready_only || e.state == "READY")
+            .collect()
+    }
+
+    fn check_known(&self, name: &str) -> Result<()> {
+        if self.manifest.models.iter().any(|e| e.name == name) {
+            Ok(())
+        } else {
+            Err(Error::ModelNotFound(format!(
+                "model '{name}' is not in the manifest {}",
+                self.manifest.source.display()
+            )))
+        }
+    }
+
+    /// Takes every version of `name` out of service.
+    pub fn unload(&self, name: &str) -> Result<()> {
+        self.check_known(name)?;
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        for slot in models
+            .get_mut(name)
+            .into_iter()
+            .flat_map(BTreeMap::values_mut)
+        {
+            *slot = Slot::Unavailable("unloaded".into());
+        }
+        tracing::info!(model = name, "model unloaded");
+        Ok(())
+    }
+
+    /// Loads every version of `name` from its files again (blocking: call it off the I/O
+    /// threads). A version that fails to load is left unavailable with the reason.
+    pub fn reload(&self, name: &str) -> Result<()> {
+        self.check_known(name)?;
+        let mut first_error = None;
+        for entry in self.manifest.models.iter().filter(|e| e.name == name) {
+            let slot = match load_entry(&self.registry, &self.manifest, entry) {
+                Ok(served) => Slot::Ready(Arc::new(served)),
+                Err(e) => {
+                    let reason = format!("load failed: {e}");
+                    tracing::warn!(model = name, version = %entry.version, "{reason}");
+                    first_error.get_or_insert(Error::Load(format!("{entry}: {e}")));
+                    Slot::Unavailable(reason)
+                }
+            };
+            self.models
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(name.to_string())
+                .or_default()
+                .insert(entry.version_number(), slot);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => {
+                tracing::info!(model = name, "model loaded through the repository API");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn load_entry(
+    registry: &RuntimeRegistry,
+    manifest: &Manifest,
+    entry: &ModelEntry,
+) -> Result<ServedModel> {
+    let no_settings = toml::Table::new();
+    let runtime = registry.get(&entry.runtime)?;
+    let model = runtime.load(&LoadRequest {
+        name: &entry.name,
+        version: &entry.version,
+        path: &entry.path,
+        options: &entry.options,
+        settings: manifest
+            .runtimes
+            .get(&entry.runtime)
+            .unwrap_or(&no_settings),
+    })?;
+    Ok(ServedModel {
+        name: entry.name.clone(),
+        version: entry.version.clone(),
+        platform: runtime.platform(),
+        entry: entry.clone(),
+        model: Arc::from(model),
+        stats: ModelStats::default(),
+    })
 }

@@ -130,7 +130,7 @@ async fn model_metadata_and_readiness_with_and_without_version() {
     assert_error(
         &get(&s, "/v2/models/mlp/versions/3").await,
         404,
-        "unknown version '3' of model 'mlp' (served: 1, 2)",
+        "unknown version '3' of model 'mlp' (versions: 1, 2)",
     );
     assert_error(
         &get(&s, "/v2/models/mlp/versions/x/ready").await,

@@ -20,7 +20,7 @@ use serde::ser::{self, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{InferRequest, InferResponse, Parameters, RequestedOutput};
+use super::{InferRequest, InferResponse, Parameter, Parameters, RequestedOutput, raw};
 use crate::tensor::{bytes_from_vec, element_count};
 use crate::{DataType, Element, Error, Result, Tensor, TensorData};
 
@@ -86,24 +86,52 @@ fn contains_non_finite_token(body: &[u8]) -> bool {
         .any(|token| body.windows(token.len()).any(|w| w == *token))
 }
 
-/// Decodes a REST JSON inference request body.
-pub fn decode_infer_request(body: &[u8]) -> Result<InferRequest> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+/// Decodes a REST inference request: `body` is JSON, or, with the binary tensor extension,
+/// `json_len` bytes of JSON (the `Inference-Header-Content-Length` header) followed by the raw
+/// data of every input that carries a `binary_data_size` parameter, in input order. Binary input
+/// data is sliced out of `body` without copying.
+pub fn decode_infer_request(body: &Bytes, json_len: Option<usize>) -> Result<InferRequest> {
+    let json_len = match json_len {
+        None => body.len(),
+        Some(0) => {
+            return Err(Error::invalid(
+                "Inference-Header-Content-Length: 0 (a raw binary request without JSON) is not \
+                 supported; send a JSON header describing the inputs",
+            ));
+        }
+        Some(n) if n > body.len() => {
+            return Err(Error::invalid(format!(
+                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                body.len()
+            )));
+        }
+        Some(n) => n,
+    };
+    let json = &body[..json_len];
+    if json.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::invalid(
             "request body is empty: expected a JSON inference request",
         ));
     }
-    let wire: WireRequest<'_> = serde_json::from_slice(body).map_err(|e| {
-        let hint = if e.is_syntax() && contains_non_finite_token(body) {
+    let wire: WireRequest<'_> = serde_json::from_slice(json).map_err(|e| {
+        let hint = if e.is_syntax() && contains_non_finite_token(json) {
             " (JSON has no NaN or Infinity: send null for NaN in floating point data)"
         } else {
             ""
         };
         Error::invalid(format!("malformed inference request: {e}{hint}"))
     })?;
+    let mut binary = body.slice(json_len..);
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
-        inputs.push(decode_input(input)?);
+        inputs.push(decode_input(input, &mut binary)?);
+    }
+    if !binary.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} bytes of binary data follow the JSON header but no input's binary_data_size \
+             accounts for them",
+            binary.len()
+        )));
     }
     let outputs = wire
         .outputs
@@ -122,23 +150,40 @@ pub fn decode_infer_request(body: &[u8]) -> Result<InferRequest> {
     })
 }
 
-fn decode_input(input: WireInput<'_>) -> Result<Tensor> {
+fn decode_input(input: WireInput<'_>, binary: &mut Bytes) -> Result<Tensor> {
     let name = input.name;
     let datatype: DataType = input
         .datatype
         .parse()
         .map_err(|e| Error::invalid(format!("input '{name}': {e}")))?;
-    if let Some(params) = &input.parameters {
-        for key in ["binary_data_size", "shared_memory_region"] {
-            if params.contains_key(key) {
-                return Err(Error::invalid(format!(
-                    "input '{name}': parameter '{key}' needs a protocol extension this server \
-                     does not implement yet; send the data as JSON"
-                )));
-            }
-        }
+    let params = input.parameters.unwrap_or_default();
+    if params.contains_key("shared_memory_region") {
+        return Err(Error::invalid(format!(
+            "input '{name}': the shared memory extension is not supported; send the data in the \
+             request"
+        )));
     }
     let (shape, count) = check_shape(&name, &input.shape)?;
+    if let Some(size) = params.get("binary_data_size") {
+        let size = size.as_u64().ok_or_else(|| {
+            Error::invalid(format!(
+                "input '{name}': binary_data_size must be a non-negative integer"
+            ))
+        })?;
+        if input.data.is_some() {
+            return Err(Error::invalid(format!(
+                "input '{name}' has both 'data' and binary_data_size; send one or the other"
+            )));
+        }
+        if size > binary.len() as u64 {
+            return Err(Error::invalid(format!(
+                "input '{name}': binary_data_size is {size} but only {} bytes of binary data remain",
+                binary.len()
+            )));
+        }
+        let data = binary.split_to(size as usize);
+        return raw::tensor_from_raw(name, datatype, shape, data);
+    }
     let raw = input
         .data
         .ok_or_else(|| Error::invalid(format!("input '{name}' has no 'data'")))?;
@@ -374,13 +419,63 @@ struct WireResponse<'a> {
 }
 
 // No `parameters` on outputs that carry JSON data: the C++ tritonclient treats any output with
-// parameters as binary (WIRE-COMPAT.md, section 4).
+// parameters as binary (WIRE-COMPAT.md, section 4). Binary outputs carry only
+// `binary_data_size`.
 #[derive(Serialize)]
 struct WireOutput<'a> {
     name: &'a str,
     datatype: DataType,
     shape: &'a [usize],
-    data: JsonData<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
+/// Which outputs of a response go out as binary data (the binary tensor extension): a requested
+/// output's `binary_data` parameter, else the request's `binary_data_output`, else JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BinaryOutputs {
+    default: bool,
+    per_output: Vec<(String, bool)>,
+}
+
+impl BinaryOutputs {
+    /// Reads the choice from a request's parameters.
+    pub fn from_request(request: &InferRequest) -> Self {
+        let flag = |p: &Parameters, key: &str| p.get(key).and_then(Parameter::as_bool);
+        BinaryOutputs {
+            default: flag(&request.parameters, "binary_data_output").unwrap_or(false),
+            per_output: request
+                .outputs
+                .iter()
+                .filter_map(|o| flag(&o.parameters, "binary_data").map(|b| (o.name.clone(), b)))
+                .collect(),
+        }
+    }
+
+    /// Whether output `name` is sent as binary data.
+    pub fn is_binary(&self, name: &str) -> bool {
+        self.per_output
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(self.default, |(_, b)| *b)
+    }
+}
+
+/// An encoded REST response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedResponse {
+    /// The body: JSON, followed by the binary outputs' bytes when there are any.
+    pub body: Vec<u8>,
+    /// The JSON's length when binary data follows it (the `Inference-Header-Content-Length`
+    /// header, with `Content-Type: application/octet-stream`); `None` for a pure JSON body.
+    pub json_len: Option<usize>,
 }
 
 /// Serializes a tensor's elements as a flat JSON array.
@@ -440,32 +535,62 @@ impl Serialize for JsonData<'_> {
     }
 }
 
-/// Encodes an inference response as REST JSON (output data flat, row-major).
-pub fn encode_infer_response(response: &InferResponse) -> Result<Vec<u8>> {
+/// Encodes an inference response: JSON with flat, row-major data, except the outputs `binary`
+/// selects, whose raw bytes follow the JSON in output order.
+pub fn encode_infer_response(
+    response: &InferResponse,
+    binary: &BinaryOutputs,
+) -> Result<EncodedResponse> {
+    let mut blobs = Vec::new();
+    let outputs = response
+        .outputs
+        .iter()
+        .map(|t| {
+            if binary.is_binary(t.name()) {
+                let blob = raw::raw_bytes(t);
+                let size = blob.len();
+                blobs.push(blob);
+                WireOutput {
+                    name: t.name(),
+                    datatype: t.datatype(),
+                    shape: t.shape(),
+                    parameters: Some(BinarySize {
+                        binary_data_size: size,
+                    }),
+                    data: None,
+                }
+            } else {
+                WireOutput {
+                    name: t.name(),
+                    datatype: t.datatype(),
+                    shape: t.shape(),
+                    parameters: None,
+                    data: Some(JsonData(t)),
+                }
+            }
+        })
+        .collect();
     let wire = WireResponse {
         model_name: &response.model_name,
         model_version: &response.model_version,
         id: response.id.as_deref(),
         parameters: &response.parameters,
-        outputs: response
-            .outputs
-            .iter()
-            .map(|t| WireOutput {
-                name: t.name(),
-                datatype: t.datatype(),
-                shape: t.shape(),
-                data: JsonData(t),
-            })
-            .collect(),
+        outputs,
     };
-    let bytes: usize = response
+    let json_estimate: usize = response
         .outputs
         .iter()
+        .filter(|t| !binary.is_binary(t.name()))
         .map(|t| t.raw().map_or(16 * t.element_count(), |b| 4 * b.len()))
         .sum();
-    let mut out = Vec::with_capacity(128 + bytes);
-    serde_json::to_writer(&mut out, &wire).map_err(|e| Error::invalid(without_position(&e)))?;
-    Ok(out)
+    let blob_len: usize = blobs.iter().map(Bytes::len).sum();
+    let mut body = Vec::with_capacity(128 + json_estimate + blob_len);
+    serde_json::to_writer(&mut body, &wire).map_err(|e| Error::invalid(without_position(&e)))?;
+    let json_len = (blob_len > 0).then_some(body.len());
+    for blob in &blobs {
+        body.extend_from_slice(blob);
+    }
+    Ok(EncodedResponse { body, json_len })
 }
 
 #[cfg(test)]
@@ -474,7 +599,7 @@ mod tests {
     use crate::protocol::Parameter;
 
     fn decode(s: &str) -> Result<InferRequest> {
-        decode_infer_request(s.as_bytes())
+        decode_infer_request(&Bytes::copy_from_slice(s.as_bytes()), None)
     }
 
     fn err(s: &str) -> String {
@@ -593,8 +718,12 @@ mod tests {
                 Tensor::from_vec("h", vec![1], vec![f16::from_f32(0.5)]).unwrap(),
             ],
         };
-        let json: serde_json::Value =
-            serde_json::from_slice(&encode_infer_response(&resp).unwrap()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(
+            &encode_infer_response(&resp, &BinaryOutputs::default())
+                .unwrap()
+                .body,
+        )
+        .unwrap();
         assert_eq!(
             json,
             serde_json::json!({"model_name":"m","model_version":"2","id":"abc","outputs":[
@@ -616,10 +745,120 @@ mod tests {
             outputs: vec![Tensor::from_strings("s", vec![1], [&b"\xff"[..]]).unwrap()],
         };
         assert!(
-            encode_infer_response(&resp)
+            encode_infer_response(&resp, &BinaryOutputs::default())
                 .unwrap_err()
                 .to_string()
                 .contains("not UTF-8")
+        );
+    }
+
+    fn binary_body(json: &str, blobs: &[&[u8]]) -> (Bytes, usize) {
+        let mut body = json.as_bytes().to_vec();
+        for b in blobs {
+            body.extend_from_slice(b);
+        }
+        (Bytes::from(body), json.len())
+    }
+
+    #[test]
+    fn binary_inputs_are_sliced_from_the_body() {
+        let floats: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        let strings =
+            raw::encode_bytes_elements(&[Bytes::from_static(b"ab"), Bytes::from_static(b"\xff")]);
+        let json = r#"{"inputs":[
+            {"name":"f","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}},
+            {"name":"j","shape":[1],"datatype":"INT32","data":[7]},
+            {"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":11}}]}"#;
+        let (body, len) = binary_body(json, &[&floats, &strings]);
+        let r = decode_infer_request(&body, Some(len)).unwrap();
+        assert_eq!(r.inputs[0].to_vec::<f32>().unwrap(), vec![1.5, -2.0]);
+        assert_eq!(
+            r.inputs[0].raw().unwrap().as_ptr(),
+            body[len..].as_ptr(),
+            "no copy"
+        );
+        assert_eq!(r.inputs[1].to_vec::<i32>().unwrap(), vec![7]);
+        assert_eq!(r.inputs[2].strings().unwrap()[1].as_ref(), b"\xff");
+    }
+
+    #[test]
+    fn binary_input_mistakes_are_named() {
+        let json = r#"{"inputs":[{"name":"f","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let e = |blobs: &[&[u8]], len: Option<usize>| {
+            let (body, n) = binary_body(json, blobs);
+            decode_infer_request(&body, len.or(Some(n)))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e(&[&[0; 4]], None).contains("binary_data_size is 8 but only 4 bytes"));
+        assert!(e(&[&[0; 12]], None).contains("4 bytes of binary data follow the JSON header"));
+        assert!(e(&[&[0; 8]], Some(10_000)).contains("Inference-Header-Content-Length is 10000"));
+        assert!(e(&[&[0; 8]], Some(0)).contains("raw binary request"));
+        let both = r#"{"inputs":[{"name":"f","shape":[1],"datatype":"FP32","data":[1],"parameters":{"binary_data_size":4}}]}"#;
+        let (body, n) = binary_body(both, &[&[0; 4]]);
+        assert!(
+            decode_infer_request(&body, Some(n))
+                .unwrap_err()
+                .to_string()
+                .contains("both 'data' and binary_data_size")
+        );
+        let wrong = json.replace("FP32", "FP64");
+        let (body, n) = binary_body(&wrong, &[&[0; 8]]);
+        assert!(
+            decode_infer_request(&body, Some(n))
+                .unwrap_err()
+                .to_string()
+                .contains("needs 16 bytes of raw data, got 8")
+        );
+    }
+
+    #[test]
+    fn binary_outputs_follow_the_json_in_order() {
+        let mut request = decode(r#"{"inputs":[],"parameters":{"binary_data_output":true},
+            "outputs":[{"name":"a"},{"name":"b","parameters":{"binary_data":false}},{"name":"s"},{"name":"e"}]}"#).unwrap();
+        let choice = BinaryOutputs::from_request(&request);
+        assert!(choice.is_binary("a") && !choice.is_binary("b") && choice.is_binary("s"));
+        request.parameters.clear();
+        assert!(!BinaryOutputs::from_request(&request).is_binary("a"));
+        let resp = InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: None,
+            parameters: Parameters::new(),
+            outputs: vec![
+                Tensor::from_vec("a", vec![2], vec![1u16, 2]).unwrap(),
+                Tensor::from_vec("b", vec![1], vec![0.5f64]).unwrap(),
+                Tensor::from_strings("s", vec![1], ["hé"]).unwrap(),
+                Tensor::from_vec("e", vec![0], Vec::<f32>::new()).unwrap(),
+            ],
+        };
+        let encoded = encode_infer_response(&resp, &choice).unwrap();
+        let len = encoded.json_len.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&encoded.body[..len]).unwrap();
+        assert_eq!(
+            json["outputs"][0]["parameters"],
+            serde_json::json!({"binary_data_size": 4})
+        );
+        assert!(json["outputs"][0].get("data").is_none());
+        assert_eq!(json["outputs"][1]["data"], serde_json::json!([0.5]));
+        assert!(json["outputs"][1].get("parameters").is_none());
+        assert_eq!(json["outputs"][2]["parameters"]["binary_data_size"], 7);
+        assert_eq!(json["outputs"][3]["parameters"]["binary_data_size"], 0);
+        assert_eq!(
+            &encoded.body[len..],
+            b"\x01\x00\x02\x00\x03\x00\x00\x00h\xc3\xa9"
+        );
+        // Only zero-size binary outputs: a pure JSON body, no header.
+        let empty = InferResponse {
+            outputs: vec![resp.outputs[3].clone()],
+            ..resp
+        };
+        assert_eq!(
+            encode_infer_response(&empty, &choice).unwrap().json_len,
+            None
         );
     }
 }
