@@ -31,24 +31,26 @@ def run_oxinfer(*args, env=None):
 class Server:
     def __init__(self, manifest, *args, env=None):
         self.proc = subprocess.Popen(
-            [str(_binary()), "serve", "--manifest", str(manifest), "--http", "127.0.0.1:0", *args],
+            [str(_binary()), "serve", "--manifest", str(manifest), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
         self.log = []
-        found = queue.Queue()
+        found = {"HTTP": queue.Queue(), "gRPC": queue.Queue()}
 
         def pump():
             for line in self.proc.stderr:
                 self.log.append(line)
-                if "HTTP listening on " in line:
-                    found.put(line.split("HTTP listening on ")[1].strip())
+                for kind, q in found.items():
+                    if f"{kind} listening on " in line:
+                        q.put(line.split(f"{kind} listening on ")[1].strip())
 
         threading.Thread(target=pump, daemon=True).start()
         try:
-            self.address = found.get(timeout=60)
+            self.address = found["HTTP"].get(timeout=60)
+            self.grpc_address = found["gRPC"].get(timeout=10)
         except queue.Empty:
             self.stop()
             raise RuntimeError("oxinfer did not start:\n" + "".join(self.log))

@@ -1,18 +1,16 @@
-"""Conformance with real clients: tritonclient (HTTP) and the kserve SDK's v2 REST client drive a
-running oxinfer; every number is checked against an independent reference (reference.py).
+"""Conformance with tritonclient's HTTP client (JSON data) against a running oxinfer; every number
+is checked against an independent reference (reference.py). The kserve SDK is driven from
+kserve_checks.py (test_kserve.py), the gRPC clients from test_grpc.py.
 
 Tolerances: FP32 outputs are compared with rtol=1e-5, atol=1e-6 (the reference evaluator and
 numpy may order float operations differently from tract); integers and strings exactly.
 """
-
-import asyncio
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-import kserve
 from reference import evaluate, mlp_numpy
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -148,42 +146,3 @@ def test_triton_errors_are_reported(triton):
         triton.get_model_metadata("nope")
     # And the server keeps serving.
     assert triton.is_server_ready()
-
-
-def test_kserve_rest_client_v2(server):
-    async def scenario():
-        client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", timeout=30))
-        try:
-            assert await client.is_server_live(server.url) is True
-            assert await client.is_server_ready(server.url) is True
-            assert await client.is_model_ready(server.url, "mlp") is True
-            assert await client.is_model_ready(server.url, "nope") is False
-            x = np.random.default_rng(2).standard_normal((2, 4)).astype(np.float32)
-            request = kserve.InferRequest(
-                model_name="mlp",
-                request_id="ks-1",
-                infer_inputs=[kserve.InferInput("x", [2, 4], "FP32", data=x.flatten().tolist())],
-            )
-            response = await client.infer(server.url, request, model_name="mlp")
-            assert response.id == "ks-1"
-            assert response.model_name == "mlp"
-            # kserve's REST client drops model_version when it parses a response; the numbers
-            # below show that version 2 (the highest) answered.
-            outputs = {o.name: o.as_numpy() for o in response.outputs}
-            logits, probs = mlp_numpy("mlp_v2.onnx", x)
-            np.testing.assert_allclose(outputs["logits"].reshape(2, 3), logits, rtol=RTOL, atol=ATOL)
-            np.testing.assert_allclose(outputs["probs"].reshape(2, 3), probs, rtol=RTOL, atol=ATOL)
-            # A dict body, as users of the SDK also send.
-            body = {
-                "inputs": [
-                    {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))},
-                    {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [3] * 16},
-                ]
-            }
-            response = await client.infer(server.url, body, model_name="simple")
-            got = {o.name: o.as_numpy() for o in response.outputs}
-            np.testing.assert_array_equal(got["OUTPUT1"].reshape(-1), np.arange(16) - 3)
-        finally:
-            await client.close()
-
-    asyncio.run(scenario())

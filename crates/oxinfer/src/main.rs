@@ -42,7 +42,8 @@ enum Command {
         /// HTTP listen address; overrides `[server] http`. Port 0 picks a free port.
         #[arg(long)]
         http: Option<String>,
-        /// gRPC listen address; overrides `[server] grpc`. Accepted now, used once gRPC exists.
+        /// gRPC listen address; overrides `[server] grpc`. Port 0 picks a free port. Without
+        /// either, gRPC is not served.
         #[arg(long)]
         grpc: Option<String>,
         /// Largest request body in bytes; overrides `[server] max_request_bytes`.
@@ -156,9 +157,13 @@ fn serve(
     let http: SocketAddr = http
         .parse()
         .with_context(|| format!("invalid HTTP listen address '{http}'"))?;
-    if let Some(grpc) = grpc.or(manifest.server.grpc.clone()) {
-        tracing::warn!(%grpc, "gRPC is not available in this version yet; only HTTP is served");
-    }
+    let grpc: Option<SocketAddr> = grpc
+        .or(manifest.server.grpc.clone())
+        .map(|g| {
+            g.parse()
+                .with_context(|| format!("invalid gRPC listen address '{g}'"))
+        })
+        .transpose()?;
     let max_request_bytes = max_request_bytes.unwrap_or(manifest.max_request_bytes());
     let state = AppState::new(repository, max_request_bytes);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -166,12 +171,44 @@ fn serve(
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(http)
+        let http_listener = tokio::net::TcpListener::bind(http)
             .await
             .with_context(|| format!("cannot listen on {http}"))?;
-        let bound = listener.local_addr()?;
-        tracing::info!("HTTP listening on {bound}");
-        oxinfer_server::serve_http(listener, state, shutdown_signal()).await?;
+        tracing::info!("HTTP listening on {}", http_listener.local_addr()?);
+        let grpc_listener = match grpc {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                tracing::info!("gRPC listening on {}", listener.local_addr()?);
+                Some(listener)
+            }
+            None => None,
+        };
+        // One signal stops both listeners.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let wait = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
+        let http_server = oxinfer_server::serve_http(http_listener, state.clone(), wait());
+        let grpc_server = async {
+            match grpc_listener {
+                Some(listener) => oxinfer_server::grpc::serve_grpc(listener, state.clone(), wait())
+                    .await
+                    .context("gRPC server failed"),
+                None => Ok(()),
+            }
+        };
+        let (http_result, grpc_result) = tokio::join!(http_server, grpc_server);
+        http_result.context("HTTP server failed")?;
+        grpc_result?;
         tracing::info!("stopped");
         Ok(())
     })

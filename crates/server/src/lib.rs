@@ -4,9 +4,11 @@
 //! - [`repository`]: the loaded models by name and version;
 //! - [`pipeline`]: validate -> execute -> assemble, shared by every protocol front end;
 //! - [`http`]: the REST routes (axum), tested without a socket;
-//! - [`serve_http`]: runs the REST API on a listener until a shutdown signal.
+//! - [`grpc`]: the gRPC service (tonic) and the standard health service;
+//! - [`serve_http`] / [`grpc::serve_grpc`]: run them on a listener until a shutdown signal.
 
 pub mod config;
+pub mod grpc;
 pub mod http;
 pub mod loader;
 pub mod pipeline;

@@ -1,0 +1,15 @@
+//! Generates the gRPC code from `proto/inference.proto` with a pure-Rust protobuf compiler
+//! (protox), so a fresh machine needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/inference.proto");
+    let descriptors = protox::compile(["inference.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        // `bytes` fields (raw_input_contents, ...) decode as `bytes::Bytes`: no copy out of the
+        // received message.
+        .bytes(".")
+        .compile_fds(descriptors)?;
+    Ok(())
+}
