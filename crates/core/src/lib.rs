@@ -11,6 +11,7 @@
 //! it without pulling in the server.
 
 pub mod datatype;
+pub mod digest;
 pub mod error;
 pub mod manifest;
 pub mod protocol;
@@ -19,7 +20,7 @@ pub mod tensor;
 
 pub use datatype::DataType;
 pub use error::{Error, ErrorCode, Result};
-pub use manifest::{Manifest, ModelEntry};
+pub use manifest::{Manifest, ModelEntry, Provenance};
 pub use runtime::{LoadRequest, Model, ModelSignature, Runtime};
 pub use tensor::{Element, Tensor, TensorData};
 

@@ -46,6 +46,8 @@ pub struct Manifest {
     /// The models to load, in file order.
     #[serde(default)]
     pub models: Vec<ModelEntry>,
+    /// The inference log (`[inference_log]`); off when absent.
+    pub inference_log: Option<InferenceLogSettings>,
     /// The file this manifest was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -61,6 +63,57 @@ pub struct ServerSettings {
     pub grpc: Option<String>,
     /// The largest request body accepted, in bytes ([`DEFAULT_MAX_REQUEST_BYTES`] if unset).
     pub max_request_bytes: Option<usize>,
+}
+
+/// What to do when the inference log's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFull {
+    /// Wait for room: requests slow down, no record is lost (default).
+    #[default]
+    Block,
+    /// Drop the record and count it in `oxinfer_inference_log_records_dropped_total`.
+    Drop,
+}
+
+/// The `[inference_log]` table: one tamper-evident JSON Lines record per inference request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceLogSettings {
+    /// The log file (relative to the manifest's directory); rotated files get a UTC timestamp
+    /// suffix.
+    pub path: PathBuf,
+    /// Rotate when the file reaches this size in bytes (default 100 MiB).
+    #[serde(default = "default_log_bytes")]
+    pub max_file_bytes: u64,
+    /// Also rotate when the file is this many seconds old (default: size only).
+    pub rotate_seconds: Option<u64>,
+    /// Rotated files kept; older ones are deleted (default 10).
+    #[serde(default = "default_retention")]
+    pub retention_files: usize,
+    /// Tensors larger than this many bytes are recorded as their SHA-256 and size only
+    /// (default 65536).
+    #[serde(default = "default_tensor_cap")]
+    pub max_tensor_bytes: usize,
+    /// Records queued between the request path and the writer (default 4096).
+    #[serde(default = "default_capacity")]
+    pub queue_capacity: usize,
+    /// Policy when the queue is full.
+    #[serde(default)]
+    pub on_full: OnFull,
+}
+
+fn default_log_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+fn default_retention() -> usize {
+    10
+}
+fn default_tensor_cap() -> usize {
+    64 * 1024
+}
+fn default_capacity() -> usize {
+    4096
 }
 
 /// One `[[models]]` entry.
@@ -81,6 +134,54 @@ pub struct ModelEntry {
     /// Runtime-specific options.
     #[serde(default)]
     pub options: toml::Table,
+    /// The expected SHA-256 of the model (hex; for a directory, its stable digest, see
+    /// `digest`): loading refuses a model whose digest differs.
+    pub sha256: Option<String>,
+    /// Where the model came from, reported with every prediction.
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+/// What the manifest says about where a model came from (all optional).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// The registry entry or URL, e.g. `models:/fraud/3` or `https://...`.
+    pub source: Option<String>,
+    /// The registry's version of the model.
+    pub registry_version: Option<String>,
+    /// The training run that produced it.
+    pub run_id: Option<String>,
+    /// When it was created (free text, ideally RFC 3339).
+    pub created: Option<String>,
+    /// A model card: URL or path.
+    pub model_card: Option<String>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Provenance {
+    /// The provenance as flat `provenance.<key>` string pairs (labels as
+    /// `provenance.labels.<name>`), for protocol `parameters`.
+    pub fn flatten(&self) -> Vec<(String, String)> {
+        let fields = [
+            ("source", &self.source),
+            ("registry_version", &self.registry_version),
+            ("run_id", &self.run_id),
+            ("created", &self.created),
+            ("model_card", &self.model_card),
+        ];
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (format!("provenance.{k}"), v.clone())))
+            .chain(
+                self.labels
+                    .iter()
+                    .map(|(k, v)| (format!("provenance.labels.{k}"), v.clone())),
+            )
+            .collect()
+    }
 }
 
 fn default_version() -> String {
@@ -130,6 +231,16 @@ impl Manifest {
         let mut manifest: Manifest = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
         manifest.source = path.to_path_buf();
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(log) = &mut manifest.inference_log {
+            if log.path.is_relative() {
+                log.path = base.join(&log.path);
+            }
+            if log.queue_capacity == 0 || log.max_file_bytes == 0 {
+                return Err(fail(
+                    "[inference_log]: queue_capacity and max_file_bytes must be at least 1".into(),
+                ));
+            }
+        }
         let mut seen = HashSet::new();
         for entry in &mut manifest.models {
             if entry.name.is_empty()
@@ -157,6 +268,15 @@ impl Manifest {
             }
             if entry.path.is_relative() {
                 entry.path = base.join(&entry.path);
+            }
+            if let Some(pin) = &entry.sha256 {
+                let hex = pin.strip_prefix("sha256:").unwrap_or(pin);
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(fail(format!(
+                        "{entry}: sha256 = \"{pin}\" is not a SHA-256 digest (64 hex digits)"
+                    )));
+                }
+                entry.sha256 = Some(hex.to_ascii_lowercase());
             }
             if !entry.path.exists() {
                 return Err(fail(format!(

@@ -57,6 +57,29 @@ enum Command {
         #[arg(long, short)]
         manifest: PathBuf,
     },
+    /// Work with inference logs.
+    #[command(subcommand)]
+    Audit(Audit),
+}
+
+#[derive(Debug, Subcommand)]
+enum Audit {
+    /// Check the hash chain of inference log files (oldest first; rotated files sort by name).
+    /// Exits 0 when intact, 1 with the first broken record otherwise.
+    Verify {
+        /// Log files, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the record(s) of one request.
+    Show {
+        /// The request id.
+        #[arg(long)]
+        id: String,
+        /// Log files to search.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// The address used when neither the command line nor the manifest gives one.
@@ -111,6 +134,24 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
+        Command::Audit(Audit::Verify { files }) => {
+            let verified = oxinfer_server::audit::verify(&files).map_err(anyhow::Error::msg)?;
+            println!(
+                "OK: {} record(s) intact; chain starts from {} and ends at {}",
+                verified.records, verified.starts_from, verified.last_hash
+            );
+            Ok(())
+        }
+        Command::Audit(Audit::Show { id, files }) => {
+            let found = oxinfer_server::audit::find(&files, &id).map_err(anyhow::Error::msg)?;
+            if found.is_empty() {
+                anyhow::bail!("no record with request_id {id}");
+            }
+            for (at, line) in found {
+                println!("{at}\n{line}");
+            }
+            Ok(())
+        }
         Command::Check { manifest } => check(&manifest),
         Command::Serve {
             manifest,
@@ -165,11 +206,18 @@ fn serve(
         })
         .transpose()?;
     let max_request_bytes = max_request_bytes.unwrap_or(manifest.max_request_bytes());
-    let state = AppState::new(repository, max_request_bytes);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let mut state = AppState::new(repository, max_request_bytes);
+    let log = match manifest.inference_log.clone() {
+        Some(settings) => Some(oxinfer_server::audit::InferenceLog::start(settings)?),
+        None => None,
+    };
+    if let Some(log) = &log {
+        state = state.with_log(log.clone());
+    }
     runtime.block_on(async move {
         let http_listener = tokio::net::TcpListener::bind(http)
             .await
@@ -207,6 +255,11 @@ fn serve(
             }
         };
         let (http_result, grpc_result) = tokio::join!(http_server, grpc_server);
+        if let Some(log) = &log {
+            // Every request has finished: write out what is queued before exiting.
+            log.shutdown().await;
+            tracing::info!("inference log flushed");
+        }
         http_result.context("HTTP server failed")?;
         grpc_result?;
         tracing::info!("stopped");

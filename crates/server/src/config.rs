@@ -4,6 +4,8 @@
 //! `max_batch_size` is 0: oxinfer does not batch requests yet, so `dims` are the full shapes
 //! (leading `-1` included), as Triton does for models without batching.
 
+use std::collections::BTreeMap;
+
 use oxinfer_core::DataType;
 use oxinfer_core::protocol::TensorMetadata;
 use serde::Serialize;
@@ -49,6 +51,16 @@ pub struct ModelConfig {
     pub output: Vec<ConfigTensor>,
     /// Instances.
     pub instance_group: Vec<InstanceGroup>,
+    /// The model's digest (`sha256`) and provenance (`provenance.*`), as Triton's
+    /// `{"string_value": ...}` parameters.
+    pub parameters: BTreeMap<String, StringValue>,
+}
+
+/// A Triton `ModelParameter`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StringValue {
+    /// The value.
+    pub string_value: String,
 }
 
 /// Triton's `DataType` enum name for an OIP datatype.
@@ -97,6 +109,11 @@ impl ModelConfig {
                 kind: "KIND_CPU",
                 count: 1,
             }],
+            parameters: model
+                .provenance()
+                .into_iter()
+                .map(|(k, v)| (k, StringValue { string_value: v }))
+                .collect(),
         }
     }
 }

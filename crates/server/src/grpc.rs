@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::ModelConfig;
 use crate::http::{AppState, EXTENSIONS};
+use crate::metrics::Protocol;
 use crate::pipeline;
 use crate::repository::ServedModel;
 use crate::stats::Duration64;
@@ -245,13 +246,22 @@ impl GrpcService {
         self.state.repository.get(name, version(v)).map_err(status)
     }
 
-    async fn infer(&self, request: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, Error> {
-        let model = self
-            .state
-            .repository
-            .get(&request.model_name, version(&request.model_version))?;
-        let request = decode(request)?;
-        Ok(encode(pipeline::infer(model, request).await?))
+    async fn infer(
+        &self,
+        request: pb::ModelInferRequest,
+        client: Option<std::net::SocketAddr>,
+    ) -> (String, Result<pb::ModelInferResponse, Error>) {
+        let model = request.model_name.clone();
+        let model_version = request.model_version.clone();
+        let call = pipeline::Call {
+            model: &model,
+            version: version(&model_version),
+            protocol: Protocol::Grpc,
+            client,
+            header_id: None,
+        };
+        let (id, result) = pipeline::handle(&self.state, call, decode(request)).await;
+        (id, result.map(encode))
     }
 }
 
@@ -323,6 +333,18 @@ fn pb_config(model: &ServedModel) -> pb::ModelConfig {
                 kind: pb::model_instance_group::Kind::Cpu as i32,
                 count: g.count,
                 ..Default::default()
+            })
+            .collect(),
+        parameters: config
+            .parameters
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    pb::ModelParameter {
+                        string_value: v.string_value,
+                    },
+                )
             })
             .collect(),
         ..Default::default()
@@ -431,7 +453,7 @@ impl GrpcInferenceService for GrpcService {
             platform: meta.platform,
             inputs: tensor_metadata(&meta.inputs),
             outputs: tensor_metadata(&meta.outputs),
-            properties: HashMap::new(),
+            properties: model.provenance().into_iter().collect(),
         }))
     }
 
@@ -439,8 +461,10 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        self.infer(request.into_inner())
+        let client = request.remote_addr();
+        self.infer(request.into_inner(), client)
             .await
+            .1
             .map(Response::new)
             .map_err(status)
     }
@@ -451,6 +475,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<tonic::Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let client = request.remote_addr();
         let mut inbound = request.into_inner();
         let service = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -459,13 +484,12 @@ impl GrpcInferenceService for GrpcService {
             // the stream stays open.
             while let Some(item) = inbound.next().await {
                 let Ok(request) = item else { break };
-                let id = request.id.clone();
-                let reply = match service.infer(request).await {
-                    Ok(response) => pb::ModelStreamInferResponse {
+                let reply = match service.infer(request, client).await {
+                    (_, Ok(response)) => pb::ModelStreamInferResponse {
                         error_message: String::new(),
                         infer_response: Some(response),
                     },
-                    Err(e) => pb::ModelStreamInferResponse {
+                    (id, Err(e)) => pb::ModelStreamInferResponse {
                         error_message: e.to_string(),
                         infer_response: Some(pb::ModelInferResponse {
                             id,

@@ -4,13 +4,15 @@
 //! highest version served. Every error is `{"error": "..."}` with `Content-Type:
 //! application/json` (no charset: the kserve client compares the header exactly).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +27,9 @@ use tower_http::decompression::RequestDecompressionLayer;
 
 use std::collections::BTreeMap;
 
+use crate::audit::InferenceLog;
 use crate::config::ModelConfig;
+use crate::metrics::{ModelView, Protocol, ServerMetrics};
 use crate::stats::InferenceStats;
 
 use crate::pipeline;
@@ -40,6 +44,10 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The largest request body accepted, in bytes.
     pub max_request_bytes: usize,
+    /// The inference log, when enabled.
+    pub log: Option<InferenceLog>,
+    /// Server-wide metrics.
+    pub metrics: Arc<ServerMetrics>,
 }
 
 impl AppState {
@@ -49,7 +57,15 @@ impl AppState {
             repository: Arc::new(repository),
             ready: Arc::new(AtomicBool::new(true)),
             max_request_bytes,
+            log: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// The same state, writing an inference log.
+    pub fn with_log(mut self, log: InferenceLog) -> Self {
+        self.log = Some(log);
+        self
     }
 }
 
@@ -143,6 +159,7 @@ pub fn app(state: AppState) -> Router {
             get(model_stats_v),
         )
         .route("/v2/repository/index", post(repository_index))
+        .route("/metrics", get(metrics))
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
             "/v2/repository/models/{model}/unload",
@@ -283,36 +300,85 @@ fn readiness(state: &AppState, model: &str, version: Option<&str>) -> ApiResult 
 async fn infer(
     state: State<AppState>,
     Path(model): Path<String>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    run_infer(&state, &model, None, &headers, body).await
+) -> Response {
+    let client = client.map(|c| c.0.0);
+    run_infer(&state, &model, None, &headers, client, body).await
 }
 
 async fn infer_v(
     state: State<AppState>,
     Path((model, version)): Path<(String, String)>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    run_infer(&state, &model, Some(&version), &headers, body).await
+) -> Response {
+    let client = client.map(|c| c.0.0);
+    run_infer(&state, &model, Some(&version), &headers, client, body).await
 }
+
+/// The request id header: accepted from the client, always returned.
+pub const X_REQUEST_ID: &str = "x-request-id";
 
 async fn run_infer(
     state: &AppState,
     model: &str,
     version: Option<&str>,
     headers: &HeaderMap,
+    client: Option<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let served = lookup(state, model, version)?;
+) -> Response {
+    let decoded = decode_body(state, headers, body);
+    let binary = decoded
+        .as_ref()
+        .map(json::BinaryOutputs::from_request)
+        .unwrap_or_default();
+    let call = pipeline::Call {
+        model,
+        version,
+        protocol: Protocol::Http,
+        client,
+        header_id: headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+    };
+    let (id, result) = pipeline::handle(state, call, decoded).await;
+    let mut response = match result.and_then(|r| json::encode_infer_response(&r, &binary)) {
+        Ok(encoded) => match encoded.json_len {
+            None => json_response(StatusCode::OK, encoded.body),
+            Some(len) => {
+                let mut response = (StatusCode::OK, encoded.body).into_response();
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(len));
+                response
+            }
+        },
+        Err(e) => ApiError(e).into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    response
+}
+
+fn decode_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<oxinfer_core::protocol::InferRequest, Error> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large(state.max_request_bytes)
+            too_large(state.max_request_bytes).0
         } else {
-            ApiError(Error::invalid(format!(
-                "cannot read request body: {rejection}"
-            )))
+            Error::invalid(format!("cannot read request body: {rejection}"))
         }
     })?;
     let json_len = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
@@ -326,24 +392,33 @@ async fn run_infer(
                 })?,
         ),
     };
-    let request = json::decode_infer_request(&body, json_len)?;
-    let binary = json::BinaryOutputs::from_request(&request);
-    let response = pipeline::infer(served, request).await?;
-    drop(body);
-    let encoded = json::encode_infer_response(&response, &binary)?;
-    Ok(match encoded.json_len {
-        None => json_response(StatusCode::OK, encoded.body),
-        Some(len) => {
-            let mut response = (StatusCode::OK, encoded.body).into_response();
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(len));
-            response
-        }
-    })
+    json::decode_infer_request(&body, json_len)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let models = state.repository.ready_models();
+    let views: Vec<ModelView<'_>> = models
+        .iter()
+        .map(|m| ModelView {
+            name: &m.name,
+            version: &m.version,
+            metrics: &m.metrics,
+        })
+        .collect();
+    let (written, dropped) = state.log.as_ref().map_or((0, 0), |log| {
+        let c = log.counters();
+        (
+            c.written.load(std::sync::atomic::Ordering::Relaxed),
+            c.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    });
+    let text = crate::metrics::render(&views, &state.metrics, written, dropped);
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 async fn model_config(state: State<AppState>, Path(model): Path<String>) -> ApiResult {

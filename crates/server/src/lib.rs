@@ -7,10 +7,12 @@
 //! - [`grpc`]: the gRPC service (tonic) and the standard health service;
 //! - [`serve_http`] / [`grpc::serve_grpc`]: run them on a listener until a shutdown signal.
 
+pub mod audit;
 pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod loader;
+pub mod metrics;
 pub mod pipeline;
 pub mod repository;
 pub mod stats;
@@ -30,11 +32,14 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let ready = state.ready.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            ready.store(false, Ordering::Relaxed);
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        })
-        .await
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        ready.store(false, Ordering::Relaxed);
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    })
+    .await
 }

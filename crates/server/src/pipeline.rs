@@ -5,12 +5,19 @@
 //! [`InferRequest`] and calls [`infer`], so a model behaves the same through all of them.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
 
-use oxinfer_core::protocol::{InferRequest, InferResponse, TensorMetadata};
+use tracing::Instrument;
+
+use oxinfer_core::protocol::{InferRequest, InferResponse, Parameter, TensorMetadata};
 use oxinfer_core::{Error, ModelSignature, Result, Tensor};
 
+use crate::audit::Event;
+use crate::http::AppState;
+use crate::metrics::Protocol;
 use crate::repository::ServedModel;
 
 /// A request checked against its model: inputs in signature order, outputs to return.
@@ -118,6 +125,110 @@ pub fn validate(
     Ok(Validated { inputs, outputs })
 }
 
+/// Where a request came from.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    /// The model name in the URL or message.
+    pub model: &'a str,
+    /// The version asked for, if any.
+    pub version: Option<&'a str>,
+    /// The protocol it arrived by.
+    pub protocol: Protocol,
+    /// The client's address, when known.
+    pub client: Option<SocketAddr>,
+    /// A request id from outside the body (REST's `X-Request-ID` header).
+    pub header_id: Option<String>,
+}
+
+/// The front ends' entry point: given the decoded request (or why decoding failed), assigns the
+/// request id (the client's, else the `X-Request-ID` header, else a new UUID), finds the model,
+/// runs [`infer`], and records the request in metrics, the inference log and the debug log.
+/// Returns the request id with the outcome.
+pub async fn handle(
+    state: &AppState,
+    call: Call<'_>,
+    decoded: Result<InferRequest>,
+) -> (String, Result<InferResponse>) {
+    let arrived = SystemTime::now();
+    let started = Instant::now();
+    let id = match &decoded {
+        Ok(r) if r.id.as_deref().is_some_and(|id| !id.is_empty()) => {
+            r.id.clone().unwrap_or_default()
+        }
+        _ => call
+            .header_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    };
+    let span = tracing::debug_span!(
+        "infer",
+        request_id = %id,
+        model = call.model,
+        protocol = call.protocol.as_str()
+    );
+    let (model, inputs, result) = async {
+        let model = match state.repository.get(call.model, call.version) {
+            Ok(model) => model,
+            Err(e) => return (None, Vec::new(), Err(e)),
+        };
+        let mut request = match decoded {
+            Ok(request) => request,
+            Err(e) => {
+                model.stats.fail.record(started.elapsed());
+                return (Some(model), Vec::new(), Err(e));
+            }
+        };
+        request.id = Some(id.clone());
+        let inputs = if state.log.is_some() {
+            request.inputs.clone()
+        } else {
+            Vec::new()
+        };
+        let result = infer(model.clone(), request).await;
+        (Some(model), inputs, result)
+    }
+    .instrument(span.clone())
+    .await;
+    let elapsed = started.elapsed();
+    match &model {
+        Some(m) => m
+            .metrics
+            .record_request(call.protocol, result.is_ok(), elapsed),
+        None => state.metrics.record_rejected(call.protocol),
+    }
+    span.in_scope(|| match &result {
+        Ok(_) => tracing::debug!(latency_us = elapsed.as_micros() as u64, "request succeeded"),
+        Err(e) => {
+            tracing::debug!(latency_us = elapsed.as_micros() as u64, error = %e, "request failed")
+        }
+    });
+    if let Some(log) = &state.log {
+        log.record(Event {
+            timestamp: arrived,
+            request_id: id.clone(),
+            model: call.model.to_string(),
+            version: model
+                .as_ref()
+                .map(|m| m.version.clone())
+                .or(call.version.map(str::to_string))
+                .unwrap_or_default(),
+            sha256: model.as_ref().map(|m| m.sha256.clone()),
+            protocol: call.protocol.as_str(),
+            client: call.client,
+            identity: None,
+            error: result.as_ref().err().map(ToString::to_string),
+            latency_us: elapsed.as_micros() as u64,
+            inputs,
+            outputs: result
+                .as_ref()
+                .map(|r| r.outputs.clone())
+                .unwrap_or_default(),
+        })
+        .await;
+    }
+    (id, result)
+}
+
 /// Runs one request on a model: validation, execution on the blocking pool, response assembly.
 /// Records the request in the model's statistics, success or failure.
 pub async fn infer(model: Arc<ServedModel>, request: InferRequest) -> Result<InferResponse> {
@@ -146,8 +257,12 @@ async fn run(
     let runner = model.clone();
     let Validated { inputs, outputs } = validated;
     let queued = Instant::now();
+    model.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
     let (produced, infer_time) = tokio::task::spawn_blocking(move || {
-        runner.stats.queue.record(queued.elapsed());
+        let waited = queued.elapsed();
+        runner.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        runner.stats.queue.record(waited);
+        runner.metrics.queue_duration.observe_duration(waited);
         let executing = Instant::now();
         let result = runner.model.execute(inputs);
         (result, executing.elapsed())
@@ -158,8 +273,10 @@ async fn run(
         Error::Internal(format!("model '{}' failed while executing the request", model.name))
     })?;
     stats.compute_infer.record(infer_time);
+    model.metrics.compute_duration.observe_duration(infer_time);
     let mut produced = produced?;
     stats.record_execution(batch);
+    model.metrics.batch_size.observe(batch as f64);
     let assembling = Instant::now();
     let declared = &model.signature().outputs;
     if produced.len() != declared.len() {
@@ -183,7 +300,11 @@ async fn run(
         model_name: model.name.clone(),
         model_version: model.version.clone(),
         id: request.id,
-        parameters: Default::default(),
+        parameters: [(
+            "model_sha256".to_string(),
+            Parameter::String(model.sha256.clone()),
+        )]
+        .into(),
         outputs,
     };
     stats.compute_output.record(assembling.elapsed());

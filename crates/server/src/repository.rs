@@ -13,9 +13,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use oxinfer_core::protocol::ModelMetadata;
-use oxinfer_core::{Error, LoadRequest, Manifest, Model, ModelEntry, ModelSignature, Result};
+use oxinfer_core::protocol::{Parameter, Parameters};
+use oxinfer_core::{
+    Error, LoadRequest, Manifest, Model, ModelEntry, ModelSignature, Result, digest,
+};
 
 use crate::loader::RuntimeRegistry;
+use crate::metrics::ModelMetrics;
 use crate::stats::ModelStats;
 
 /// One loaded model version, ready to serve.
@@ -32,12 +36,24 @@ pub struct ServedModel {
     pub model: Arc<dyn Model>,
     /// Request statistics of this loaded instance.
     pub stats: ModelStats,
+    /// The SHA-256 of the model's file (or the stable digest of its directory), as loaded.
+    pub sha256: String,
+    /// Prometheus metrics of this loaded instance.
+    pub metrics: ModelMetrics,
 }
 
 impl ServedModel {
     /// The model's declared inputs and outputs.
     pub fn signature(&self) -> &ModelSignature {
         self.model.signature()
+    }
+
+    /// Digest and provenance as flat string pairs: `sha256`, then `provenance.*` from the
+    /// manifest. Reported in model metadata and configuration.
+    pub fn provenance(&self) -> Vec<(String, String)> {
+        let mut pairs = vec![("sha256".to_string(), self.sha256.clone())];
+        pairs.extend(self.entry.provenance.flatten());
+        pairs
     }
 }
 
@@ -202,7 +218,11 @@ impl ModelRepository {
             platform: model.platform.to_string(),
             inputs: signature.inputs.clone(),
             outputs: signature.outputs.clone(),
-            parameters: Default::default(),
+            parameters: model
+                .provenance()
+                .into_iter()
+                .map(|(k, v)| (k, Parameter::String(v)))
+                .collect::<Parameters>(),
         }
     }
 
@@ -294,6 +314,18 @@ fn load_entry(
 ) -> Result<ServedModel> {
     let no_settings = toml::Table::new();
     let runtime = registry.get(&entry.runtime)?;
+    // The digest is taken before the runtime reads the files, and a pinned one is checked
+    // before anything is loaded.
+    let sha256 = digest::model_sha256(&entry.path)?;
+    if let Some(pinned) = &entry.sha256
+        && *pinned != sha256
+    {
+        return Err(Error::Load(format!(
+            "sha256 mismatch for {}: the manifest pins {pinned} but the file's digest is {sha256}; \
+             refusing to load it",
+            entry.path.display()
+        )));
+    }
     let model = runtime.load(&LoadRequest {
         name: &entry.name,
         version: &entry.version,
@@ -311,5 +343,7 @@ fn load_entry(
         entry: entry.clone(),
         model: Arc::from(model),
         stats: ModelStats::default(),
+        sha256,
+        metrics: ModelMetrics::default(),
     })
 }

@@ -99,9 +99,14 @@ async fn model_metadata_and_readiness_with_and_without_version() {
     let s = state();
     let r = get(&s, "/v2/models/simple").await;
     assert_eq!(r.status, StatusCode::OK);
+    let sha256 = oxinfer_core::digest::file_sha256(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/simple.onnx"),
+    )
+    .unwrap();
     assert_eq!(
         r.body,
         json!({"name": "simple", "versions": ["1"], "platform": "onnx_tract",
+            "parameters": {"sha256": sha256},
             "inputs": [{"name": "INPUT0", "datatype": "INT32", "shape": [-1, 16]},
                        {"name": "INPUT1", "datatype": "INT32", "shape": [-1, 16]}],
             "outputs": [{"name": "OUTPUT0", "datatype": "INT32", "shape": [-1, 16]},

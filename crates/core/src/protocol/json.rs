@@ -478,6 +478,23 @@ pub struct EncodedResponse {
     pub json_len: Option<usize>,
 }
 
+/// Serializes a tensor as an OIP JSON tensor: `{"name", "datatype", "shape", "data"}` with flat
+/// data (fails for BYTES that are not UTF-8).
+pub struct JsonTensor<'a>(pub &'a Tensor);
+
+impl Serialize for JsonTensor<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireOutput {
+            name: self.0.name(),
+            datatype: self.0.datatype(),
+            shape: self.0.shape(),
+            parameters: None,
+            data: Some(JsonData(self.0)),
+        }
+        .serialize(s)
+    }
+}
+
 /// Serializes a tensor's elements as a flat JSON array.
 struct JsonData<'a>(&'a Tensor);
 
