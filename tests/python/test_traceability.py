@@ -288,3 +288,10 @@ def test_metrics_parse_and_match_the_requests(traced):
     assert value("oxinfer_inference_log_records_written", "_total") >= 0
     assert value("oxinfer_inference_log_records_dropped", "_total") == 0
     assert value("oxinfer_process_resident_memory_bytes") > 1_000_000
+
+
+def test_the_example_traceability_manifest_pins_the_current_model():
+    from conftest import ROOT
+
+    result = run_oxinfer("check", "--manifest", str(ROOT / "examples" / "traceability.toml"))
+    assert result.returncode == 0, result.stderr
