@@ -377,3 +377,89 @@ fn a_bad_manifest_stops_startup_with_file_model_and_cause() {
         }
     }
 }
+
+/// A minimal OTLP/HTTP collector: accepts `POST /v1/traces` (protobuf) and keeps the requests.
+fn fake_collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let sink = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_ok() {
+                sink.lock().unwrap().push(body);
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    (addr, bodies)
+}
+
+#[test]
+fn request_spans_are_exported_over_otlp() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    let (collector, bodies) = fake_collector();
+    let dir = temp_dir("otlp");
+    let manifest = dir.join("otlp.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[telemetry]\notlp_endpoint = \"http://{collector}\"\nservice_name = \"oxinfer-e2e\"\n\
+             [[models]]\nname = \"simple\"\nruntime = \"tract\"\npath = \"{}\"\n",
+            repo_root().join("examples/models/simple.onnx").display()
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start(&manifest, &[]);
+    let response = ureq::post(&server.url("/v2/models/simple/infer"))
+        .set("X-Request-ID", "traced-1")
+        .send_string(&simple_body())
+        .unwrap();
+    assert_eq!(response.header("x-request-id"), Some("e2e"));
+    server.signal("-TERM");
+    assert!(server.wait(Duration::from_secs(30)).success());
+    let bodies = bodies.lock().unwrap();
+    let spans: Vec<_> = bodies
+        .iter()
+        .flat_map(|b| {
+            ExportTraceServiceRequest::decode(b.as_slice())
+                .unwrap()
+                .resource_spans
+        })
+        .inspect(|rs| {
+            let service = rs
+                .resource
+                .as_ref()
+                .unwrap()
+                .attributes
+                .iter()
+                .find(|a| a.key == "service.name");
+            assert!(format!("{service:?}").contains("oxinfer-e2e"));
+        })
+        .flat_map(|rs| rs.scope_spans)
+        .flat_map(|ss| ss.spans)
+        .collect();
+    let infer = spans
+        .iter()
+        .find(|s| s.name == "infer")
+        .expect("an infer span");
+    let attributes = format!("{:?}", infer.attributes);
+    assert!(
+        attributes.contains("request_id") && attributes.contains("e2e"),
+        "{attributes}"
+    );
+    assert!(attributes.contains("simple"), "{attributes}");
+}

@@ -48,6 +48,8 @@ pub struct Manifest {
     pub models: Vec<ModelEntry>,
     /// The inference log (`[inference_log]`); off when absent.
     pub inference_log: Option<InferenceLogSettings>,
+    /// OpenTelemetry export (`[telemetry]`); off when absent.
+    pub telemetry: Option<TelemetrySettings>,
     /// The file this manifest was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -63,6 +65,17 @@ pub struct ServerSettings {
     pub grpc: Option<String>,
     /// The largest request body accepted, in bytes ([`DEFAULT_MAX_REQUEST_BYTES`] if unset).
     pub max_request_bytes: Option<usize>,
+}
+
+/// The `[telemetry]` table: export request spans to an OpenTelemetry collector over OTLP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318` (spans go to
+    /// `<endpoint>/v1/traces`, protobuf encoded).
+    pub otlp_endpoint: String,
+    /// The `service.name` resource attribute (default `oxinfer`).
+    pub service_name: Option<String>,
 }
 
 /// What to do when the inference log's queue is full.

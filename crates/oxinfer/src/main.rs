@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use oxinfer_core::Manifest;
+use oxinfer_core::manifest::TelemetrySettings;
 use oxinfer_server::{AppState, ModelRepository, RuntimeRegistry};
 
 /// oxinfer: a model server for the Open Inference Protocol (KServe v2).
@@ -94,17 +96,59 @@ fn registry() -> RuntimeRegistry {
     registry
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr (text or JSON) with `OXINFER_LOG` as the filter, and, when the manifest has a
+/// `[telemetry]` section, exports request spans over OTLP/HTTP. Returns the tracer provider to
+/// flush at exit.
+fn init_logging(
+    format: LogFormat,
+    telemetry: Option<&TelemetrySettings>,
+) -> Result<Option<SdkTracerProvider>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("OXINFER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let fmt = match format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+    };
+    let (otel, provider) = match telemetry {
+        None => (None, None),
+        Some(settings) => {
+            use opentelemetry::trace::TracerProvider as _;
+            use opentelemetry_otlp::WithExportConfig;
+            let endpoint = format!("{}/v1/traces", settings.otlp_endpoint.trim_end_matches('/'));
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(&endpoint)
+                .build()
+                .with_context(|| format!("cannot set up OTLP export to {endpoint}"))?;
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(
+                    settings
+                        .service_name
+                        .clone()
+                        .unwrap_or_else(|| "oxinfer".into()),
+                )
+                .build();
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource)
+                .build();
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("oxinfer"))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+            (Some(layer), Some(provider))
+        }
+    };
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    if let Some(settings) = telemetry {
+        tracing::info!(endpoint = %settings.otlp_endpoint, "exporting request spans over OTLP");
     }
+    Ok(provider)
 }
 
 fn load(manifest_path: &Path) -> Result<(Manifest, ModelRepository)> {
@@ -122,8 +166,31 @@ fn load(manifest_path: &Path) -> Result<(Manifest, ModelRepository)> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match run(cli.command) {
+    // `serve` reads the manifest first: its [telemetry] section shapes the logging set-up.
+    let telemetry = match &cli.command {
+        Command::Serve { manifest, .. } => match Manifest::load(manifest) {
+            Ok(m) => m.telemetry,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let provider = match init_logging(cli.log_format, telemetry.as_ref()) {
+        Ok(provider) => provider,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = run(cli.command);
+    if let Some(provider) = provider
+        && let Err(e) = provider.shutdown()
+    {
+        eprintln!("warning: flushing OTLP spans failed: {e}");
+    }
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -160,7 +160,7 @@ pub async fn handle(
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
     };
-    let span = tracing::debug_span!(
+    let span = tracing::info_span!(
         "infer",
         request_id = %id,
         model = call.model,
