@@ -17,6 +17,8 @@ pub mod manifest;
 pub mod protocol;
 pub mod runtime;
 pub mod tensor;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use datatype::DataType;
 pub use error::{Error, ErrorCode, Result};

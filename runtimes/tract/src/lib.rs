@@ -514,22 +514,9 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use oxinfer_core::TensorData;
-    use std::path::{Path, PathBuf};
-
-    fn models() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models")
-    }
 
     fn load(file: &str, options: &str) -> Result<Box<dyn Model>> {
-        let table: toml::Table = toml::from_str(options).unwrap();
-        let path = models().join(file);
-        TractRuntime.load(&LoadRequest {
-            name: "m",
-            version: "1",
-            path: &path,
-            options: &table,
-            settings: &toml::Table::new(),
-        })
+        oxinfer_core::testing::load_example(&TractRuntime, file, options)
     }
 
     #[test]
