@@ -138,9 +138,15 @@ fn init_logging(
                 .with_batch_exporter(exporter)
                 .with_resource(resource)
                 .build();
+            // The per-request `infer` spans are at debug level, so that they cost nothing when
+            // nobody exports them.
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("oxinfer"))
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("oxinfer_server", tracing::Level::DEBUG)
+                        .with_default(tracing::Level::INFO),
+                );
             (Some(layer), Some(provider))
         }
     };

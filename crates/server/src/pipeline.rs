@@ -160,7 +160,9 @@ pub async fn handle(
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
     };
-    let span = tracing::info_span!(
+    // Debug level: free unless a subscriber wants it (the OTLP exporter does; plain info logs
+    // do not pay for a span per request).
+    let span = tracing::debug_span!(
         "infer",
         request_id = %id,
         model = call.model,
