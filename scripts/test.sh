@@ -23,7 +23,10 @@ echo "==> ONNX Runtime for the tests: $ORT_DYLIB_PATH"
 echo "==> example models are current with their generator"
 "$venv/bin/python" examples/models/make_models.py --check
 
-echo "==> cargo test (debug build; also builds target/debug/oxinfer)"
+echo "==> cargo build (debug: the binary and the example plugin libraries the tests load)"
+cargo build --workspace
+
+echo "==> cargo test"
 cargo test --workspace
 
 echo "==> conformance tests with real clients"

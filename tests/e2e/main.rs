@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod plugins;
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_oxinfer")
 }

@@ -29,6 +29,8 @@ pub struct LoadRequest<'a> {
     pub version: &'a str,
     /// The model file or directory, already resolved against the manifest's directory.
     pub path: &'a Path,
+    /// The manifest's directory, for options that name other files.
+    pub base_dir: &'a Path,
     /// The entry's `[models.options]` table, for the runtime to check and interpret.
     pub options: &'a toml::Table,
     /// The manifest's `[runtimes.<name>]` table for this runtime (empty when absent): settings
@@ -151,6 +153,7 @@ mod tests {
             name: "m",
             version: "1",
             path: Path::new("m.onnx"),
+            base_dir: Path::new("."),
             options: &table,
             settings: &toml::Table::new(),
         };

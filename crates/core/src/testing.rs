@@ -20,6 +20,7 @@ pub fn load_example(runtime: &dyn Runtime, file: &str, options: &str) -> Result<
         name: "m",
         version: "1",
         path: &path,
+        base_dir: Path::new("."),
         options: &table,
         settings: &toml::Table::new(),
     })

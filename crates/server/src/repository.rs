@@ -330,6 +330,10 @@ fn load_entry(
         name: &entry.name,
         version: &entry.version,
         path: &entry.path,
+        base_dir: manifest
+            .source
+            .parent()
+            .unwrap_or(std::path::Path::new(".")),
         options: &entry.options,
         settings: manifest
             .runtimes

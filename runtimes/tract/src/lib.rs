@@ -644,6 +644,7 @@ mod tests {
                 name: "m",
                 version: "1",
                 path: &path,
+                base_dir: &dir,
                 options: &table,
                 settings: &table,
             })

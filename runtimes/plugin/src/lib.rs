@@ -1,0 +1,404 @@
+//! The plugin runtime (`runtime = "plugin"`): loads a shared library that speaks the oxinfer C
+//! ABI (`oxinfer-plugin-abi`, `docs/plugin-abi.md`) and serves its model.
+//!
+//! - The library path comes only from the manifest's `path`; a pinned `sha256` is checked by the
+//!   server before this runtime opens the file.
+//! - At load, the entry symbol, the magic value, the ABI major version and the table size are
+//!   checked; a mismatch stops startup with a message naming the plugin, the ABI it was built for
+//!   and the one this server speaks. Libraries are never unloaded.
+//! - Inputs are lent as pointer + length views of the request's buffers (BYTES tensors are
+//!   serialised to the length-prefixed form); outputs are written into buffers this host
+//!   allocates and then owns; errors are created by this host.
+//! - A plugin that declares itself not thread-safe has its calls serialised.
+//!
+//! Options: `model_dir` (relative to the manifest) is the plugin's model directory; every other
+//! key of `[models.options]` is passed to the plugin as a JSON object.
+
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use bytes::Bytes;
+use oxinfer_core::protocol::{TensorMetadata, raw};
+use oxinfer_core::{DataType, Error, LoadRequest, Model, ModelSignature, Result, Runtime, Tensor};
+use oxinfer_plugin_abi::{
+    ABI_MAJOR, ABI_MINOR, ENTRY_SYMBOL, EntryFn, MAGIC, OxError, OxErrorCode, OxHostApi,
+    OxPluginApi, OxTensor, datatype as code,
+};
+
+/// The runtime factory registered as `plugin`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PluginRuntime;
+
+const CODES: [(DataType, u32); 14] = [
+    (DataType::Bool, code::BOOL),
+    (DataType::Uint8, code::UINT8),
+    (DataType::Uint16, code::UINT16),
+    (DataType::Uint32, code::UINT32),
+    (DataType::Uint64, code::UINT64),
+    (DataType::Int8, code::INT8),
+    (DataType::Int16, code::INT16),
+    (DataType::Int32, code::INT32),
+    (DataType::Int64, code::INT64),
+    (DataType::Fp16, code::FP16),
+    (DataType::Bf16, code::BF16),
+    (DataType::Fp32, code::FP32),
+    (DataType::Fp64, code::FP64),
+    (DataType::Bytes, code::BYTES),
+];
+
+fn to_code(dt: DataType) -> u32 {
+    CODES.iter().find(|(d, _)| *d == dt).map_or(0, |(_, c)| *c)
+}
+
+fn from_code(c: u32) -> Option<DataType> {
+    CODES.iter().find(|(_, x)| *x == c).map(|(d, _)| *d)
+}
+
+/// An error created through [`OxHostApi::error_new`]; the pointer handed to the plugin is a
+/// `Box<HostError>`.
+struct HostError {
+    code: u32,
+    message: String,
+}
+
+unsafe extern "C" fn error_new(code: u32, message: *const u8, len: usize) -> *mut OxError {
+    let message = if len == 0 {
+        String::new()
+    } else {
+        // SAFETY: the plugin passes `len` readable bytes.
+        String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(message, len) }).into_owned()
+    };
+    Box::into_raw(Box::new(HostError { code, message })).cast()
+}
+
+/// An output a plugin allocated: datatype, shape and the buffer it fills.
+type Produced = (DataType, Vec<usize>, Vec<u8>);
+
+/// Where one `execute` call's outputs go.
+struct OutputSink<'a> {
+    declared: &'a [TensorMetadata],
+    produced: Vec<Option<Produced>>,
+}
+
+unsafe extern "C" fn alloc_output(
+    ctx: *mut c_void,
+    name: *const u8,
+    name_len: usize,
+    datatype: u32,
+    shape: *const i64,
+    rank: usize,
+    byte_len: usize,
+) -> *mut u8 {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is the `OutputSink` this host passed to `execute`; name and shape are
+        // valid for the call.
+        let (sink, name, shape) = unsafe {
+            (
+                &mut *ctx.cast::<OutputSink<'_>>(),
+                std::str::from_utf8(std::slice::from_raw_parts(name, name_len)).ok()?,
+                if rank == 0 {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(shape, rank)
+                },
+            )
+        };
+        let ix = sink.declared.iter().position(|t| t.name == name)?;
+        let dt = from_code(datatype).filter(|dt| *dt == sink.declared[ix].datatype)?;
+        let shape: Vec<usize> = shape
+            .iter()
+            .map(|&d| usize::try_from(d).ok())
+            .collect::<Option<_>>()?;
+        if let Some(size) = dt.size() {
+            let count = oxinfer_core::tensor::element_count(&shape)?;
+            if count.checked_mul(size)? != byte_len {
+                return None;
+            }
+        }
+        let slot = &mut sink.produced[ix];
+        *slot = Some((dt, shape, vec![0u8; byte_len]));
+        slot.as_mut().map(|(_, _, buffer)| buffer.as_mut_ptr())
+    }));
+    result.ok().flatten().unwrap_or(std::ptr::null_mut())
+}
+
+static HOST: OxHostApi = OxHostApi {
+    struct_size: std::mem::size_of::<OxHostApi>(),
+    error_new,
+    alloc_output,
+};
+
+/// Takes back an error the plugin returned.
+fn take_error(plugin: &str, e: *mut OxError) -> Error {
+    // SAFETY: every non-null error comes from `error_new` (a `Box<HostError>`), returned once.
+    let e = unsafe { Box::from_raw(e.cast::<HostError>()) };
+    if e.code == OxErrorCode::InvalidInput as u32 {
+        Error::invalid(e.message)
+    } else {
+        tracing::error!(plugin, "plugin failed: {}", e.message);
+        Error::Execution(format!("plugin '{plugin}': {}", e.message))
+    }
+}
+
+/// Opened libraries by path: never unloaded, so their code outlives every instance.
+fn open_library(path: &Path) -> Result<&'static libloading::Library> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, &'static libloading::Library>>> = OnceLock::new();
+    let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mut open = OPEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(lib) = open.get(&key) {
+        return Ok(lib);
+    }
+    // SAFETY: loading a library runs its initialisers; the manifest names it deliberately (and
+    // may pin its sha256, checked before this call).
+    let lib = unsafe { libloading::Library::new(&key) }.map_err(|e| {
+        Error::Load(format!(
+            "cannot load plugin library {}: {e}",
+            path.display()
+        ))
+    })?;
+    let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+    open.insert(key, lib);
+    Ok(lib)
+}
+
+/// Finds and checks a library's plugin table.
+fn plugin_api(path: &Path) -> Result<&'static OxPluginApi> {
+    let lib = open_library(path)?;
+    let name = path.display();
+    // SAFETY: the symbol's type is the ABI's entry function type.
+    let entry: libloading::Symbol<'static, EntryFn> =
+        unsafe { lib.get(ENTRY_SYMBOL) }.map_err(|e| {
+            Error::Load(format!(
+                "{name} is not an oxinfer plugin: it does not export `oxinfer_plugin_entry` ({e})"
+            ))
+        })?;
+    // SAFETY: calling the entry function, which takes nothing and returns a pointer to a static
+    // table (checked below before any other use).
+    let api = unsafe { entry() };
+    if api.is_null() {
+        return Err(Error::Load(format!(
+            "plugin {name}: oxinfer_plugin_entry returned null"
+        )));
+    }
+    // SAFETY: the first fields (magic, versions, size) are read before trusting the rest.
+    let (magic, major, minor, size) = unsafe {
+        let p = api.cast::<u8>();
+        (
+            std::ptr::read_unaligned(p.cast::<u64>()),
+            std::ptr::read_unaligned(p.add(8).cast::<u32>()),
+            std::ptr::read_unaligned(p.add(12).cast::<u32>()),
+            std::ptr::read_unaligned(p.add(16).cast::<usize>()),
+        )
+    };
+    if magic != MAGIC {
+        return Err(Error::Load(format!(
+            "plugin {name}: wrong magic value {magic:#018x} (expected {MAGIC:#018x}): not an oxinfer plugin table"
+        )));
+    }
+    if major != ABI_MAJOR {
+        return Err(Error::Load(format!(
+            "plugin {name} was built for oxinfer plugin ABI {major}.{minor}, but this server speaks ABI \
+             {ABI_MAJOR}.{ABI_MINOR}; rebuild the plugin against oxinfer-plugin-sdk {ABI_MAJOR}.x"
+        )));
+    }
+    if size < std::mem::size_of::<OxPluginApi>() {
+        return Err(Error::Load(format!(
+            "plugin {name} (ABI {major}.{minor}) has a {size}-byte table, smaller than the {} bytes ABI \
+             {ABI_MAJOR}.{ABI_MINOR} defines",
+            std::mem::size_of::<OxPluginApi>()
+        )));
+    }
+    // SAFETY: magic, major version and size are right: the table has the ABI's layout.
+    Ok(unsafe { &*api })
+}
+
+#[derive(serde::Deserialize)]
+struct WireSpec {
+    name: String,
+    datatype: DataType,
+    shape: Vec<i64>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireMetadata {
+    inputs: Vec<WireSpec>,
+    outputs: Vec<WireSpec>,
+}
+
+/// A loaded plugin instance.
+struct PluginModel {
+    name: String,
+    api: &'static OxPluginApi,
+    instance: *mut c_void,
+    signature: ModelSignature,
+    /// Held around `execute` when the plugin is not thread-safe.
+    serial: Option<Mutex<()>>,
+}
+
+// SAFETY: the instance pointer is only used through the plugin's functions; a plugin that is not
+// thread-safe is only called under `serial`.
+unsafe impl Send for PluginModel {}
+// SAFETY: see above.
+unsafe impl Sync for PluginModel {}
+
+impl Drop for PluginModel {
+    fn drop(&mut self) {
+        // SAFETY: the instance was created by this table's `create` and is destroyed once.
+        unsafe { (self.api.destroy)(self.instance) };
+    }
+}
+
+impl Runtime for PluginRuntime {
+    fn name(&self) -> &'static str {
+        "plugin"
+    }
+
+    fn platform(&self) -> &'static str {
+        "oxinfer_plugin"
+    }
+
+    fn load(&self, request: &LoadRequest<'_>) -> Result<Box<dyn Model>> {
+        let mut options = request.options.clone();
+        let model_dir = match options.remove("model_dir") {
+            None => PathBuf::new(),
+            Some(toml::Value::String(dir)) => request.base_dir.join(dir),
+            Some(other) => {
+                return Err(Error::Manifest(format!(
+                    "invalid options for runtime 'plugin': model_dir must be a string, not {other}"
+                )));
+            }
+        };
+        let options_json = serde_json::to_string(&options).map_err(|e| {
+            Error::Manifest(format!("plugin options cannot be passed as JSON: {e}"))
+        })?;
+        let api = plugin_api(request.path)?;
+        let plugin = request.name.to_string();
+        let dir = model_dir.to_string_lossy();
+        let mut instance = std::ptr::null_mut();
+        // SAFETY: valid pointers for the call; `instance` receives the new instance.
+        let e = unsafe {
+            (api.create)(
+                &HOST,
+                options_json.as_ptr(),
+                options_json.len(),
+                dir.as_ptr(),
+                dir.len(),
+                &mut instance,
+            )
+        };
+        if !e.is_null() {
+            return Err(Error::Load(format!(
+                "plugin '{plugin}' ({}) could not create its model: {}",
+                request.path.display(),
+                take_error(&plugin, e)
+            )));
+        }
+        let mut model = PluginModel {
+            name: plugin.clone(),
+            api,
+            instance,
+            signature: ModelSignature::default(),
+            serial: (api.thread_safe == 0).then(|| Mutex::new(())),
+        };
+        let (mut json, mut len) = (std::ptr::null(), 0usize);
+        // SAFETY: the instance is live; the plugin stores a pointer to its own string.
+        let e = unsafe { (api.metadata_json)(instance, &mut json, &mut len) };
+        if !e.is_null() {
+            return Err(Error::Load(format!(
+                "plugin '{plugin}': metadata failed: {}",
+                take_error(&plugin, e)
+            )));
+        }
+        // SAFETY: the plugin's metadata string is valid until `destroy`.
+        let text = unsafe { std::slice::from_raw_parts(json, len) };
+        let metadata: WireMetadata = serde_json::from_slice(text)
+            .map_err(|e| Error::Load(format!("plugin '{plugin}': invalid metadata JSON: {e}")))?;
+        let spec = |s: WireSpec| TensorMetadata::new(s.name, s.datatype, s.shape);
+        model.signature = ModelSignature {
+            inputs: metadata.inputs.into_iter().map(spec).collect(),
+            outputs: metadata.outputs.into_iter().map(spec).collect(),
+        };
+        tracing::info!(
+            model = request.name,
+            version = request.version,
+            runtime = "plugin",
+            library = %request.path.display(),
+            abi = format!("{}.{}", api.abi_major, api.abi_minor),
+            thread_safe = api.thread_safe != 0,
+            "model loaded"
+        );
+        Ok(Box::new(model))
+    }
+}
+
+impl Model for PluginModel {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        // BYTES inputs go as length-prefixed buffers; the others are lent as they are.
+        let buffers: Vec<Bytes> = inputs.iter().map(raw::raw_bytes).collect();
+        let shapes: Vec<Vec<i64>> = inputs
+            .iter()
+            .map(|t| t.shape().iter().map(|&d| d as i64).collect())
+            .collect();
+        let views: Vec<OxTensor> = inputs
+            .iter()
+            .zip(&buffers)
+            .zip(&shapes)
+            .map(|((t, data), shape)| OxTensor {
+                name: t.name().as_ptr(),
+                name_len: t.name().len(),
+                datatype: to_code(t.datatype()),
+                shape: shape.as_ptr(),
+                rank: shape.len(),
+                data: data.as_ptr(),
+                data_len: data.len(),
+            })
+            .collect();
+        let mut sink = OutputSink {
+            declared: &self.signature.outputs,
+            produced: vec![None; self.signature.outputs.len()],
+        };
+        let _serial = self
+            .serial
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+        // SAFETY: the views point into `inputs`, `buffers` and `shapes`, alive for the call; the
+        // sink outlives it.
+        let e = unsafe {
+            (self.api.execute)(
+                self.instance,
+                &HOST,
+                views.as_ptr(),
+                views.len(),
+                (&mut sink as *mut OutputSink<'_>).cast(),
+            )
+        };
+        if !e.is_null() {
+            return Err(take_error(&self.name, e));
+        }
+        sink.produced
+            .into_iter()
+            .zip(&self.signature.outputs)
+            .map(|(produced, meta)| {
+                let (dt, shape, data) = produced.ok_or_else(|| {
+                    Error::Execution(format!(
+                        "plugin '{}' did not produce output '{}'",
+                        self.name, meta.name
+                    ))
+                })?;
+                raw::tensor_from_raw(meta.name.clone(), dt, shape, Bytes::from(data))
+                    .map_err(|e| Error::Execution(format!("plugin '{}': {e}", self.name)))
+            })
+            .collect()
+    }
+}
