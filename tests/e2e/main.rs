@@ -36,7 +36,7 @@ impl Server {
         let mut child = Command::new(bin())
             .args(["serve", "--manifest"])
             .arg(manifest)
-            .args(["--http", "127.0.0.1:0"])
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
             .args(extra)
             .env("OXINFER_LOG", "info")
             .stdout(Stdio::null())

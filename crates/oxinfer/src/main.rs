@@ -294,20 +294,23 @@ fn serve(
         state = state.with_log(log.clone());
     }
     runtime.block_on(async move {
+        // Bind every listener before announcing any, so that a port in use fails startup
+        // before a client is told where to connect.
         let http_listener = tokio::net::TcpListener::bind(http)
             .await
             .with_context(|| format!("cannot listen on {http}"))?;
-        tracing::info!("HTTP listening on {}", http_listener.local_addr()?);
         let grpc_listener = match grpc {
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("cannot listen on {addr}"))?;
-                tracing::info!("gRPC listening on {}", listener.local_addr()?);
-                Some(listener)
-            }
+                    .with_context(|| format!("cannot listen on {addr} (gRPC)"))?,
+            ),
             None => None,
         };
+        tracing::info!("HTTP listening on {}", http_listener.local_addr()?);
+        if let Some(listener) = &grpc_listener {
+            tracing::info!("gRPC listening on {}", listener.local_addr()?);
+        }
         // One signal stops both listeners.
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
