@@ -20,6 +20,7 @@ Models:
                    [-1,3,-1,-1] -> mean [-1,3] (GlobalAveragePool) and max [-1,3] (ReduceMax).
     pairs.onnx     FP32 x [-1] -> Reshape to [-1,2] -> y = row sums [-1]; only even lengths can be
                    run (an odd length cannot be reshaped): a model with shapes that fail.
+    identity.onnx  FP32 x [-1,16] -> y = Identity(x): the cheapest model, for overhead measurements.
 """
 
 import argparse
@@ -173,6 +174,17 @@ def pairs():
     )
 
 
+def identity():
+    return model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "identity",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        )
+    )
+
+
 MODELS = {
     "simple.onnx": simple,
     "mlp.onnx": lambda: mlp(seed=1),
@@ -180,6 +192,7 @@ MODELS = {
     "dtypes.onnx": dtypes,
     "image.onnx": image,
     "pairs.onnx": pairs,
+    "identity.onnx": identity,
 }
 
 
