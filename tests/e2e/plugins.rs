@@ -284,3 +284,42 @@ fn oxinfer_core_sha(path: &std::path::Path) -> String {
         .unwrap()
         .to_string()
 }
+
+#[test]
+fn a_plugin_written_in_c_against_the_header_is_served() {
+    let dir = temp_dir("c-plugin");
+    let library = dir.join("libdoubler.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
+        .arg(repo_root().join("docs"))
+        .arg("-o")
+        .arg(&library)
+        .arg(repo_root().join("plugins/c-doubler/doubler.c"))
+        .status()
+        .expect("a C compiler (cc)");
+    assert!(
+        status.success(),
+        "the C example plugin compiles against docs/oxinfer_plugin.h"
+    );
+    let server = Server::start(
+        &manifest(
+            "c",
+            &format!(
+                "[[models]]\nname = \"doubler\"\nruntime = \"plugin\"\npath = \"{}\"\n",
+                library.display()
+            ),
+        ),
+        &[],
+    );
+    let url = server.url("/v2/models/doubler/infer");
+    let body = |data: &[f32]| {
+        json!({"inputs": [{"name": "x", "shape": [data.len()], "datatype": "FP32", "data": data}]})
+            .to_string()
+    };
+    let (status, out) = request("POST", &url, Some(&body(&[1.5, 0.0, 3.25])));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["outputs"][0]["data"], json!([3.0, 0.0, 6.5]));
+    let (status, out) = request("POST", &url, Some(&body(&[-1.0])));
+    assert_eq!(status, 400);
+    assert!(out["error"].as_str().unwrap().contains("negative input"));
+}

@@ -199,3 +199,12 @@ def test_statistics_count_real_requests(client):
     assert success(after) - success(before) == 3
     assert int(after["inference_stats"]["compute_infer"]["ns"]) > int(before["inference_stats"].get("compute_infer", {}).get("ns", 0))
     assert int(after["execution_count"]) >= 3
+
+
+def test_messages_above_grpcs_default_4_mib_limit(client):
+    # 400,000 rows x 4 FP32 = 6.4 MB each way, over tonic's 4 MiB default.
+    x = np.random.default_rng(11).standard_normal((400_000, 4)).astype(np.float32)
+    inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("mlp", [inp], model_version="1", outputs=[grpcclient.InferRequestedOutput("logits")])
+    np.testing.assert_allclose(result.as_numpy("logits"), mlp_numpy("mlp.onnx", x)[0], rtol=1e-4, atol=1e-5)

@@ -295,3 +295,26 @@ def test_the_example_traceability_manifest_pins_the_current_model():
 
     result = run_oxinfer("check", "--manifest", str(ROOT / "examples" / "traceability.toml"))
     assert result.returncode == 0, result.stderr
+
+
+def test_time_based_rotation(tmp_path):
+    server = Server(manifest(tmp_path, rotate_seconds=1))
+    assert post(server, "/v2/models/simple/infer", simple_body(1, "t-1"))[0] == 200
+    time.sleep(1.2)
+    assert post(server, "/v2/models/simple/infer", simple_body(2, "t-2"))[0] == 200
+    server.stop()
+    log = tmp_path / "audit" / "inference.jsonl"
+    rotated = sorted(log.parent.glob("inference.jsonl.*"))
+    assert len(rotated) == 1
+    assert [r["request_id"] for r in log_records(rotated[0])] == ["t-1"]
+    assert [r["request_id"] for r in log_records(log)] == ["t-2"]
+    assert run_oxinfer("audit", "verify", str(rotated[0]), str(log)).returncode == 0
+
+
+def test_json_logs(tmp_path):
+    result = run_oxinfer("--log-format", "json", "check", "--manifest", str(manifest(tmp_path, log=False)))
+    assert result.returncode == 0
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    loaded = [l for l in lines if l["fields"].get("message") == "model loaded"]
+    assert {l["fields"]["model"] for l in loaded} == {"simple", "mlp"}
+    assert all(l["level"] == "INFO" for l in loaded)

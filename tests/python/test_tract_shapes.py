@@ -62,3 +62,20 @@ def test_alternating_resolutions_with_a_one_plan_cache(image_server):
         np.testing.assert_array_equal(result.as_numpy("max"), x.max(axis=(2, 3)))
     log = "".join(image_server.log)
     assert log.count("compiled a plan for new input shapes") == 5  # warmup + 4 misses (cache of 1)
+    # The same counts in the statistics and in /metrics.
+    stats = httpclient.InferenceServerClient(url=image_server.address).get_inference_statistics("image")
+    counters = stats["model_stats"][0]["runtime_counters"]
+    assert counters["plans_compiled"] == 5 and counters["plans_cached"] == 1
+    assert counters["plan_cache_evictions"] == 4 and counters["plan_cache_hits"] == 1
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"{image_server.url}/metrics").read().decode()
+    values = {
+        s.labels["name"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "oxinfer_runtime_value"
+        for s in f.samples
+    }
+    assert values["plans_compiled"] == 5 and values["plan_cache_hits"] == 1

@@ -403,6 +403,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             name: &m.name,
             version: &m.version,
             metrics: &m.metrics,
+            runtime: m.model.counters(),
         })
         .collect();
     let (written, dropped) = state.log.as_ref().map_or((0, 0), |log| {

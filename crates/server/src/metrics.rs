@@ -9,6 +9,7 @@
 //! | `oxinfer_batch_size` | histogram | model, version | first dimension of each execution's inputs |
 //! | `oxinfer_queue_depth` | gauge | model, version | requests waiting for a worker now |
 //! | `oxinfer_requests_rejected_total` | counter | protocol | requests that failed before a model was found (unknown model, undecodable body) |
+//! | `oxinfer_runtime_value` | gauge | model, version, name | a runtime's own counters, e.g. tract's `plans_compiled`, `plan_cache_hits`, `plan_cache_evictions`, `plans_cached` |
 //! | `oxinfer_models_loaded` | gauge | | model versions ready to serve |
 //! | `oxinfer_inference_log_records_written_total` | counter | | inference-log records written |
 //! | `oxinfer_inference_log_records_dropped_total` | counter | | inference-log records dropped (queue full, `on_full = "drop"`) |
@@ -183,6 +184,8 @@ pub struct ModelView<'a> {
     pub version: &'a str,
     /// Its metrics.
     pub metrics: &'a ModelMetrics,
+    /// The runtime's own counters ([`oxinfer_core::Model::counters`]).
+    pub runtime: Vec<(&'static str, u64)>,
 }
 
 /// Renders the exposition text.
@@ -259,6 +262,16 @@ pub fn render(
             labels(m),
             m.metrics.queue_depth.load(Ordering::Relaxed)
         );
+    }
+    out.push_str("# HELP oxinfer_runtime_value A runtime's own counters for a model (e.g. tract's plan compilations and cache hits).\n# TYPE oxinfer_runtime_value gauge\n");
+    for m in models {
+        for (name, value) in &m.runtime {
+            let _ = writeln!(
+                out,
+                "oxinfer_runtime_value{{{},name=\"{name}\"}} {value}",
+                labels(m)
+            );
+        }
     }
     out.push_str("# HELP oxinfer_requests_rejected_total Requests that failed before a model was found.\n# TYPE oxinfer_requests_rejected_total counter\n");
     for p in Protocol::ALL {
