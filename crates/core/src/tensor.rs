@@ -249,6 +249,28 @@ impl Tensor {
             .collect())
     }
 
+    /// The elements of a `BYTES` tensor as text, for runtimes whose string tensors hold UTF-8;
+    /// `runtime` names the runtime in the error for elements that are not UTF-8.
+    pub fn to_utf8_strings(&self, runtime: &str) -> Result<Vec<String>> {
+        let items = self.strings().ok_or_else(|| {
+            Error::invalid(format!(
+                "tensor '{}' is {}, not BYTES",
+                self.name, self.datatype
+            ))
+        })?;
+        items
+            .iter()
+            .map(|b| {
+                String::from_utf8(b.to_vec()).map_err(|_| {
+                    Error::invalid(format!(
+                        "input '{}': {runtime} needs UTF-8 text in BYTES tensors",
+                        self.name
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// The elements of a `BOOL` tensor.
     pub fn to_bools(&self) -> Result<Vec<bool>> {
         match (&self.data, self.datatype) {

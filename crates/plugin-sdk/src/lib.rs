@@ -5,8 +5,8 @@
 //! the macro generates catches panics and turns them into internal errors: a panic never crosses
 //! into the server, the request fails with 500 and the server keeps serving.
 //!
-//! ```ignore
-//! use oxinfer_plugin_sdk::{export_plugin, DataType, Metadata, Outputs, Plugin, PluginError, TensorSpec, TensorView};
+//! ```no_run
+//! use oxinfer_plugin_sdk::{export_plugin, serde_json, DataType, Metadata, Outputs, Plugin, PluginError, TensorSpec, TensorView};
 //!
 //! struct Doubler;
 //!

@@ -444,20 +444,7 @@ macro_rules! prepared {
             Ok(match t.datatype() {
                 $(DataType::$dt => Prepared::$variant(typed::<$t>(t)?),)*
                 DataType::Bool => Prepared::Bool(t.to_bools()?),
-                DataType::Bytes => Prepared::Strings(
-                    t.strings()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|b| {
-                            String::from_utf8(b.to_vec()).map_err(|_| {
-                                Error::invalid(format!(
-                                    "input '{}': ONNX Runtime string tensors must be UTF-8",
-                                    t.name()
-                                ))
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?,
-                ),
+                DataType::Bytes => Prepared::Strings(t.to_utf8_strings("ONNX Runtime")?),
             })
         }
 

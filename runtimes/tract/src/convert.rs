@@ -59,18 +59,8 @@ pub(crate) fn to_tract(t: &Tensor) -> Result<TValue> {
             unsafe { tract_onnx::prelude::Tensor::from_raw_dt(dt, t.shape(), bytes) }
                 .map_err(|e| Error::Internal(format!("{e:#}")))?
         }
-        TensorData::Strings(items) => {
-            let strings = items
-                .iter()
-                .map(|b| {
-                    String::from_utf8(b.to_vec()).map_err(|_| {
-                        Error::invalid(format!(
-                            "input '{}': tract needs UTF-8 strings for BYTES tensors",
-                            t.name()
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+        TensorData::Strings(_) => {
+            let strings = t.to_utf8_strings("tract")?;
             tract_ndarray::ArrayD::from_shape_vec(t.shape(), strings)
                 .map_err(|e| Error::Internal(e.to_string()))?
                 .into()
