@@ -212,3 +212,32 @@ def test_repository_index_unload_and_load_over_http_and_grpc(repo_server):
         client.load_model("simple", config='{"max_batch_size": 8}')
     client.close()
     grpc_client.close()
+
+
+def test_a_failed_reload_keeps_the_loaded_model_serving(tmp_path):
+    import shutil
+
+    model = tmp_path / "simple.onnx"
+    shutil.copy(ROOT / "examples" / "models" / "simple.onnx", model)
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(f'[[models]]\nname = "simple"\nruntime = "tract"\npath = "{model}"\n')
+    server = Server(manifest)
+    try:
+        client = httpclient.InferenceServerClient(url=server.address)
+        model.write_bytes(b"corrupted on disk")
+        with pytest.raises(InferenceServerException, match="tract could not load"):
+            client.load_model("simple")
+        assert client.is_model_ready("simple")
+        a = np.ones((1, 16), dtype=np.int32)
+        inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"), httpclient.InferInput("INPUT1", [1, 16], "INT32")]
+        inputs[0].set_data_from_numpy(a)
+        inputs[1].set_data_from_numpy(a)
+        np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), a * 2)
+        # Once unloaded, a failing load leaves it unavailable, with the reason.
+        client.unload_model("simple")
+        with pytest.raises(InferenceServerException):
+            client.load_model("simple")
+        entry = client.get_model_repository_index()[0]
+        assert entry["state"] == "UNAVAILABLE" and "load failed" in entry["reason"]
+    finally:
+        server.stop()

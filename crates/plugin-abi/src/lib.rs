@@ -94,8 +94,10 @@ pub struct OxHostApi {
     pub error_new:
         unsafe extern "C" fn(code: u32, message: *const u8, message_len: usize) -> *mut OxError,
     /// Allocates the output `name` (UTF-8) with a datatype, shape and byte length, and returns
-    /// the buffer to fill (valid until `execute` returns; null if the request is refused, e.g.
-    /// an unknown output name or a byte length that does not fit the shape).
+    /// the buffer to fill: 8-byte aligned, valid until `execute` returns. Null if the request is
+    /// refused: an unknown output name, a byte length that does not fit the shape, or an output
+    /// already allocated (each output is allocated once). Call it only from the thread running
+    /// `execute`.
     pub alloc_output: unsafe extern "C" fn(
         outputs: *mut c_void,
         name: *const u8,

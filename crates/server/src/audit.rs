@@ -271,15 +271,35 @@ struct Writer {
     prev_hash: String,
 }
 
-/// The `hash` of the last record of a log file, if it has one.
+/// The `hash` of the last complete record of a log file, if it has one.
 fn last_hash(path: &Path) -> Option<String> {
     let file = File::open(path).ok()?;
-    let last = BufReader::new(file)
+    BufReader::new(file)
         .lines()
         .map_while(std::result::Result::ok)
-        .filter(|l| !l.trim().is_empty())
-        .last()?;
-    split_hash(&last).map(|(_, hash)| hash.to_string())
+        .filter_map(|l| split_hash(&l).map(|(_, hash)| hash.to_string()))
+        .last()
+}
+
+/// Cuts a record left half-written by a crash (no final newline) off the end of the log, so that
+/// new records start on a line of their own and the chain resumes from the last whole record.
+fn drop_torn_tail(path: &Path) -> std::io::Result<()> {
+    let Ok(text) = std::fs::read(path) else {
+        return Ok(());
+    };
+    if text.is_empty() || text.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    tracing::warn!(
+        path = %path.display(),
+        bytes = text.len() - keep,
+        "inference log ends with a torn record (an earlier crash); it is cut off"
+    );
+    OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(keep as u64)
 }
 
 fn rotated_files(path: &Path) -> Vec<PathBuf> {
@@ -312,6 +332,12 @@ impl Writer {
                 ))
             })?;
         }
+        drop_torn_tail(path).map_err(|e| {
+            Error::Manifest(format!(
+                "[inference_log]: cannot repair {}: {e}",
+                path.display()
+            ))
+        })?;
         let prev_hash = last_hash(path)
             .or_else(|| rotated_files(path).last().and_then(|p| last_hash(p)))
             .unwrap_or_else(|| GENESIS.to_string());
@@ -411,7 +437,8 @@ fn split_hash(line: &str) -> Option<(String, &str)> {
     if line.len() < SUFFIX_LEN || !line.ends_with("\"}") {
         return None;
     }
-    let (body, suffix) = line.split_at(line.len() - SUFFIX_LEN);
+    let cut = line.len() - SUFFIX_LEN;
+    let (body, suffix) = (line.get(..cut)?, line.get(cut..)?);
     let hash = suffix.strip_prefix(",\"hash\":\"")?.strip_suffix("\"}")?;
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| (format!("{body}}}"), hash))
@@ -559,5 +586,14 @@ mod tests {
         );
         std::fs::write(&path, &text).unwrap();
         assert_eq!(find(std::slice::from_ref(&path), "r2").unwrap().len(), 1);
+        // A multi-byte character where the hash suffix should start is a broken record, not a
+        // panic.
+        std::fs::write(&path, format!("{}{}\n", "é".repeat(40), "x")).unwrap();
+        assert!(verify(std::slice::from_ref(&path)).is_err());
+        // A torn last record (a crash mid-write) is cut off and the chain resumes.
+        std::fs::write(&path, format!("{text}{{\"format\":1,\"request_id\":\"torn")).unwrap();
+        drop_torn_tail(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        assert_eq!(last_hash(&path).as_deref(), Some(prev.as_str()));
     }
 }

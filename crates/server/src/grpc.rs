@@ -587,9 +587,11 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         let r = request.into_inner();
         no_parameters(&r.parameters, &["unload_dependents"])?;
-        self.state
-            .repository
-            .unload(&r.model_name)
+        let repository = self.state.repository.clone();
+        let name = r.model_name.clone();
+        tokio::task::spawn_blocking(move || repository.unload(&name))
+            .await
+            .map_err(|e| Status::internal(format!("unloading '{}' panicked: {e}", r.model_name)))?
             .map_err(status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }

@@ -564,6 +564,10 @@ async fn repository_unload(
             "unload parameter '{key}' is not supported"
         ))));
     }
-    state.repository.unload(&model)?;
+    let repository = state.repository.clone();
+    let name = model.clone();
+    tokio::task::spawn_blocking(move || repository.unload(&name))
+        .await
+        .map_err(|e| Error::Internal(format!("unloading model '{model}' panicked: {e}")))??;
     Ok(to_json(StatusCode::OK, &serde_json::json!({})))
 }

@@ -277,8 +277,6 @@ async fn run(
     stats.compute_infer.record(infer_time);
     model.metrics.compute_duration.observe_duration(infer_time);
     let mut produced = produced?;
-    stats.record_execution(batch);
-    model.metrics.batch_size.observe(batch as f64);
     let assembling = Instant::now();
     let declared = &model.signature().outputs;
     if produced.len() != declared.len() {
@@ -289,6 +287,8 @@ async fn run(
             declared.len()
         )));
     }
+    stats.record_execution(batch);
+    model.metrics.batch_size.observe(batch as f64);
     let mut slots: Vec<Option<Tensor>> = produced.drain(..).map(Some).collect();
     let outputs = outputs
         .into_iter()

@@ -97,6 +97,9 @@ pub struct ModelRepository {
     registry: RuntimeRegistry,
     manifest: Manifest,
     models: RwLock<Models>,
+    /// Serialises unload and reload, so that an unload cannot be undone by a reload that was
+    /// still running.
+    admin: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for RuntimeRegistry {
@@ -131,6 +134,7 @@ impl ModelRepository {
             registry,
             manifest,
             models: RwLock::new(models),
+            admin: std::sync::Mutex::new(()),
         })
     }
 
@@ -260,42 +264,53 @@ impl ModelRepository {
         }
     }
 
-    /// Takes every version of `name` out of service.
+    /// Takes every version of `name` out of service (blocking: a model whose last user this is
+    /// is freed here, so call it off the I/O threads).
     pub fn unload(&self, name: &str) -> Result<()> {
         self.check_known(name)?;
-        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
-        for slot in models
-            .get_mut(name)
-            .into_iter()
-            .flat_map(BTreeMap::values_mut)
-        {
-            *slot = Slot::Unavailable("unloaded".into());
-        }
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let replaced: Vec<Slot> = {
+            let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+            models
+                .get_mut(name)
+                .into_iter()
+                .flat_map(BTreeMap::values_mut)
+                .map(|slot| std::mem::replace(slot, Slot::Unavailable("unloaded".into())))
+                .collect()
+        };
+        // Freed (if no request still holds them) after the lock is released.
+        drop(replaced);
         tracing::info!(model = name, "model unloaded");
         Ok(())
     }
 
     /// Loads every version of `name` from its files again (blocking: call it off the I/O
-    /// threads). A version that fails to load is left unavailable with the reason.
+    /// threads). A version that fails to load keeps serving its previous instance if it had one,
+    /// and is otherwise left unavailable with the reason.
     pub fn reload(&self, name: &str) -> Result<()> {
         self.check_known(name)?;
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let mut first_error = None;
         for entry in self.manifest.models.iter().filter(|e| e.name == name) {
-            let slot = match load_entry(&self.registry, &self.manifest, entry) {
-                Ok(served) => Slot::Ready(Arc::new(served)),
-                Err(e) => {
-                    let reason = format!("load failed: {e}");
-                    tracing::warn!(model = name, version = %entry.version, "{reason}");
-                    first_error.get_or_insert(Error::Load(format!("{entry}: {e}")));
-                    Slot::Unavailable(reason)
+            let loaded = load_entry(&self.registry, &self.manifest, entry);
+            let replaced = {
+                let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+                let versions = models.entry(name.to_string()).or_default();
+                let version = entry.version_number();
+                match loaded {
+                    Ok(served) => versions.insert(version, Slot::Ready(Arc::new(served))),
+                    Err(e) => {
+                        let reason = format!("load failed: {e}");
+                        tracing::warn!(model = name, version = %entry.version, "{reason}");
+                        first_error.get_or_insert(Error::Load(format!("{entry}: {e}")));
+                        match versions.get(&version) {
+                            Some(Slot::Ready(_)) => None,
+                            _ => versions.insert(version, Slot::Unavailable(reason)),
+                        }
+                    }
                 }
             };
-            self.models
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(name.to_string())
-                .or_default()
-                .insert(entry.version_number(), slot);
+            drop(replaced);
         }
         match first_error {
             Some(e) => Err(e),

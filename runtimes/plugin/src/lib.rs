@@ -66,17 +66,57 @@ struct HostError {
 }
 
 unsafe extern "C" fn error_new(code: u32, message: *const u8, len: usize) -> *mut OxError {
-    let message = if len == 0 {
-        String::new()
-    } else {
-        // SAFETY: the plugin passes `len` readable bytes.
-        String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(message, len) }).into_owned()
-    };
+    // SAFETY: the plugin passes `len` readable bytes (or NULL).
+    let message =
+        String::from_utf8_lossy(unsafe { plugin_slice(message, len) }.unwrap_or_default())
+            .into_owned();
     Box::into_raw(Box::new(HostError { code, message })).cast()
 }
 
+/// Output storage aligned to 8 bytes (a `Vec<u8>` only guarantees 1), so that a C plugin may
+/// write through an `int64_t *` or `double *`.
+struct AlignedBuffer {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedBuffer {
+    fn zeroed(len: usize) -> Self {
+        AlignedBuffer {
+            words: vec![0u64; len.div_ceil(8)],
+            len,
+        }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.words.as_mut_ptr().cast()
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuffer {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `words` holds at least `len` initialised bytes; u8 has no alignment needs.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.len) }
+    }
+}
+
 /// An output a plugin allocated: datatype, shape and the buffer it fills.
-type Produced = (DataType, Vec<usize>, Vec<u8>);
+type Produced = (DataType, Vec<usize>, AlignedBuffer);
+
+/// A slice from a plugin's pointer and length; an empty slice for length 0 (whatever the
+/// pointer, NULL included, as C code passes), `None` for NULL with a length.
+///
+/// # Safety
+/// When `len > 0` and `ptr` is not null, `ptr` must point to `len` readable elements that stay
+/// valid for `'a`.
+unsafe fn plugin_slice<'a, T>(ptr: *const T, len: usize) -> Option<&'a [T]> {
+    match (len, ptr.is_null()) {
+        (0, _) => Some(&[]),
+        (_, true) => None,
+        // SAFETY: guaranteed by the caller.
+        _ => Some(unsafe { std::slice::from_raw_parts(ptr, len) }),
+    }
+}
 
 /// Where one `execute` call's outputs go.
 struct OutputSink<'a> {
@@ -94,17 +134,14 @@ unsafe extern "C" fn alloc_output(
     byte_len: usize,
 ) -> *mut u8 {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: `ctx` is the `OutputSink` this host passed to `execute`; name and shape are
+        // SAFETY: `ctx` is the `OutputSink` this host passed to `execute` (the ABI requires
+        // `alloc_output` to be called from the thread running `execute`); name and shape are
         // valid for the call.
         let (sink, name, shape) = unsafe {
             (
                 &mut *ctx.cast::<OutputSink<'_>>(),
-                std::str::from_utf8(std::slice::from_raw_parts(name, name_len)).ok()?,
-                if rank == 0 {
-                    &[][..]
-                } else {
-                    std::slice::from_raw_parts(shape, rank)
-                },
+                std::str::from_utf8(plugin_slice(name, name_len)?).ok()?,
+                plugin_slice(shape, rank)?,
             )
         };
         let ix = sink.declared.iter().position(|t| t.name == name)?;
@@ -120,7 +157,12 @@ unsafe extern "C" fn alloc_output(
             }
         }
         let slot = &mut sink.produced[ix];
-        *slot = Some((dt, shape, vec![0u8; byte_len]));
+        if slot.is_some() {
+            // Each output is allocated once: replacing the buffer would free memory the plugin
+            // may still hold a pointer to.
+            return None;
+        }
+        *slot = Some((dt, shape, AlignedBuffer::zeroed(byte_len)));
         slot.as_mut().map(|(_, _, buffer)| buffer.as_mut_ptr())
     }));
     result.ok().flatten().unwrap_or(std::ptr::null_mut())
@@ -317,7 +359,9 @@ impl Runtime for PluginRuntime {
             )));
         }
         // SAFETY: the plugin's metadata string is valid until `destroy`.
-        let text = unsafe { std::slice::from_raw_parts(json, len) };
+        let text = unsafe { plugin_slice(json, len) }.ok_or_else(|| {
+            Error::Load(format!("plugin '{plugin}': metadata_json returned NULL"))
+        })?;
         let metadata: WireMetadata = serde_json::from_slice(text)
             .map_err(|e| Error::Load(format!("plugin '{plugin}': invalid metadata JSON: {e}")))?;
         let spec = |s: WireSpec| TensorMetadata::new(s.name, s.datatype, s.shape);
@@ -366,7 +410,7 @@ impl Model for PluginModel {
             .collect();
         let mut sink = OutputSink {
             declared: &self.signature.outputs,
-            produced: vec![None; self.signature.outputs.len()],
+            produced: (0..self.signature.outputs.len()).map(|_| None).collect(),
         };
         let _serial = self
             .serial
@@ -396,7 +440,7 @@ impl Model for PluginModel {
                         self.name, meta.name
                     ))
                 })?;
-                raw::tensor_from_raw(meta.name.clone(), dt, shape, Bytes::from(data))
+                raw::tensor_from_raw(meta.name.clone(), dt, shape, Bytes::from_owner(data))
                     .map_err(|e| Error::Execution(format!("plugin '{}': {e}", self.name)))
             })
             .collect()
