@@ -45,6 +45,34 @@ pub mod datatype {
     pub const FP32: u32 = 12;
     pub const FP64: u32 = 13;
     pub const BYTES: u32 = 14;
+
+    /// Every code with its OIP datatype name.
+    pub const NAMES: [(u32, &str); 14] = [
+        (BOOL, "BOOL"),
+        (UINT8, "UINT8"),
+        (UINT16, "UINT16"),
+        (UINT32, "UINT32"),
+        (UINT64, "UINT64"),
+        (INT8, "INT8"),
+        (INT16, "INT16"),
+        (INT32, "INT32"),
+        (INT64, "INT64"),
+        (FP16, "FP16"),
+        (BF16, "BF16"),
+        (FP32, "FP32"),
+        (FP64, "FP64"),
+        (BYTES, "BYTES"),
+    ];
+
+    /// The OIP name of a code.
+    pub fn name(code: u32) -> Option<&'static str> {
+        NAMES.iter().find(|(c, _)| *c == code).map(|(_, n)| *n)
+    }
+
+    /// The code of an OIP name.
+    pub fn code(name: &str) -> Option<u32> {
+        NAMES.iter().find(|(_, n)| *n == name).map(|(c, _)| *c)
+    }
 }
 
 /// Error classes a plugin reports; the host maps them to the protocol.

@@ -277,51 +277,33 @@ fn tensor_metadata(
         .collect()
 }
 
-fn pb_type(dt: DataType) -> i32 {
-    use pb::DataType as T;
-    (match dt {
-        DataType::Bool => T::TypeBool,
-        DataType::Uint8 => T::TypeUint8,
-        DataType::Uint16 => T::TypeUint16,
-        DataType::Uint32 => T::TypeUint32,
-        DataType::Uint64 => T::TypeUint64,
-        DataType::Int8 => T::TypeInt8,
-        DataType::Int16 => T::TypeInt16,
-        DataType::Int32 => T::TypeInt32,
-        DataType::Int64 => T::TypeInt64,
-        DataType::Fp16 => T::TypeFp16,
-        DataType::Bf16 => T::TypeBf16,
-        DataType::Fp32 => T::TypeFp32,
-        DataType::Fp64 => T::TypeFp64,
-        DataType::Bytes => T::TypeString,
-    }) as i32
-}
-
 fn pb_config(model: &ServedModel) -> pb::ModelConfig {
+    // The REST config is the one description; gRPC carries the same values, with Triton's enum
+    // names turned into the proto's numbers.
     let config = ModelConfig::of(model);
-    let signature = model.signature();
+    let data_type = |name: &str| pb::DataType::from_str_name(name).unwrap_or_default() as i32;
     pb::ModelConfig {
         name: config.name,
         platform: config.platform,
         backend: config.backend,
         max_batch_size: config.max_batch_size,
-        input: signature
-            .inputs
-            .iter()
+        input: config
+            .input
+            .into_iter()
             .map(|t| pb::ModelInput {
-                name: t.name.clone(),
-                data_type: pb_type(t.datatype),
-                dims: t.shape.clone(),
+                data_type: data_type(t.data_type),
+                name: t.name,
+                dims: t.dims,
                 ..Default::default()
             })
             .collect(),
-        output: signature
-            .outputs
-            .iter()
+        output: config
+            .output
+            .into_iter()
             .map(|t| pb::ModelOutput {
-                name: t.name.clone(),
-                data_type: pb_type(t.datatype),
-                dims: t.shape.clone(),
+                data_type: data_type(t.data_type),
+                name: t.name,
+                dims: t.dims,
                 ..Default::default()
             })
             .collect(),
@@ -330,7 +312,8 @@ fn pb_config(model: &ServedModel) -> pb::ModelConfig {
             .iter()
             .map(|g| pb::ModelInstanceGroup {
                 name: g.name.clone(),
-                kind: pb::model_instance_group::Kind::Cpu as i32,
+                kind: pb::model_instance_group::Kind::from_str_name(g.kind).unwrap_or_default()
+                    as i32,
                 count: g.count,
                 ..Default::default()
             })
@@ -526,17 +509,10 @@ impl GrpcInferenceService for GrpcService {
         let models = if r.name.is_empty() {
             self.state.repository.ready_models()
         } else if r.version.is_empty() {
-            let models: Vec<_> = self
-                .state
+            self.state
                 .repository
-                .ready_models()
-                .into_iter()
-                .filter(|m| m.name == r.name)
-                .collect();
-            if models.is_empty() {
-                self.lookup(&r.name, "")?;
-            }
-            models
+                .ready_versions(&r.name)
+                .map_err(status)?
         } else {
             vec![self.lookup(&r.name, &r.version)?]
         };

@@ -481,16 +481,7 @@ async fn all_stats(state: State<AppState>) -> ApiResult {
 }
 
 async fn model_stats(state: State<AppState>, Path(model): Path<String>) -> ApiResult {
-    let models: Vec<_> = state
-        .repository
-        .ready_models()
-        .into_iter()
-        .filter(|m| m.name == model)
-        .collect();
-    if models.is_empty() {
-        lookup(&state, &model, None)?;
-    }
-    stats(models)
+    stats(state.repository.ready_versions(&model)?)
 }
 
 async fn model_stats_v(

@@ -193,6 +193,19 @@ impl ModelRepository {
             .collect()
     }
 
+    /// The ready versions of `name`; the error of [`ModelRepository::get`] when there is none.
+    pub fn ready_versions(&self, name: &str) -> Result<Vec<Arc<ServedModel>>> {
+        let versions: Vec<_> = self
+            .ready_models()
+            .into_iter()
+            .filter(|m| m.name == name)
+            .collect();
+        if versions.is_empty() {
+            self.get(name, None)?;
+        }
+        Ok(versions)
+    }
+
     /// The number of ready model versions.
     pub fn len(&self) -> usize {
         self.ready_models().len()

@@ -33,29 +33,12 @@ use oxinfer_plugin_abi::{
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PluginRuntime;
 
-const CODES: [(DataType, u32); 14] = [
-    (DataType::Bool, code::BOOL),
-    (DataType::Uint8, code::UINT8),
-    (DataType::Uint16, code::UINT16),
-    (DataType::Uint32, code::UINT32),
-    (DataType::Uint64, code::UINT64),
-    (DataType::Int8, code::INT8),
-    (DataType::Int16, code::INT16),
-    (DataType::Int32, code::INT32),
-    (DataType::Int64, code::INT64),
-    (DataType::Fp16, code::FP16),
-    (DataType::Bf16, code::BF16),
-    (DataType::Fp32, code::FP32),
-    (DataType::Fp64, code::FP64),
-    (DataType::Bytes, code::BYTES),
-];
-
 fn to_code(dt: DataType) -> u32 {
-    CODES.iter().find(|(d, _)| *d == dt).map_or(0, |(_, c)| *c)
+    code::code(dt.as_str()).unwrap_or(0)
 }
 
 fn from_code(c: u32) -> Option<DataType> {
-    CODES.iter().find(|(_, x)| *x == c).map(|(d, _)| *d)
+    code::name(c)?.parse().ok()
 }
 
 /// An error created through [`OxHostApi::error_new`]; the pointer handed to the plugin is a
