@@ -21,6 +21,8 @@ Models:
     pairs.onnx     FP32 x [-1] -> Reshape to [-1,2] -> y = row sums [-1]; only even lengths can be
                    run (an odd length cannot be reshaped): a model with shapes that fail.
     identity.onnx  FP32 x [-1,16] -> y = Identity(x): the cheapest model, for overhead measurements.
+    add.onnx       FP32 INPUT0, INPUT1 [-1,16] -> OUTPUT0 = INPUT0 + INPUT1: the benchmark suite's
+                   tiny model (bench/), served by oxinfer and by MLServer alike.
 """
 
 import argparse
@@ -185,6 +187,21 @@ def identity():
     )
 
 
+def add():
+    shape = ["batch", 16]
+    return model(
+        helper.make_graph(
+            [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"])],
+            "add",
+            [
+                helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, shape),
+                helper.make_tensor_value_info("INPUT1", TensorProto.FLOAT, shape),
+            ],
+            [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, shape)],
+        )
+    )
+
+
 MODELS = {
     "simple.onnx": simple,
     "mlp.onnx": lambda: mlp(seed=1),
@@ -193,6 +210,7 @@ MODELS = {
     "image.onnx": image,
     "pairs.onnx": pairs,
     "identity.onnx": identity,
+    "add.onnx": add,
 }
 
 

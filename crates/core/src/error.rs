@@ -14,6 +14,8 @@ pub enum ErrorCode {
     ResourceExhausted,
     /// The feature is not implemented (HTTP 501, gRPC `UNIMPLEMENTED`).
     Unimplemented,
+    /// The request's deadline passed before it could run (HTTP 504, gRPC `DEADLINE_EXCEEDED`).
+    DeadlineExceeded,
     /// The server or a runtime failed (HTTP 500, gRPC `INTERNAL`).
     Internal,
 }
@@ -27,13 +29,14 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::ResourceExhausted => 413,
             ErrorCode::Unimplemented => 501,
+            ErrorCode::DeadlineExceeded => 504,
             ErrorCode::Internal => 500,
         }
     }
 }
 
 /// Everything that can go wrong in oxinfer's libraries, one documented variant per cause.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The client's request is malformed or does not match the model: bad JSON, wrong datatype,
     /// a shape that does not match the data, a missing or unknown tensor, ...
@@ -48,6 +51,13 @@ pub enum Error {
     /// The request body is larger than the configured limit.
     #[error("{0}")]
     TooLarge(String),
+    /// The model's queue is full: the request is refused at once rather than queued without
+    /// bound (backpressure; the client may retry).
+    #[error("{0}")]
+    Overloaded(String),
+    /// The request's timeout passed while it waited in the queue; it was not executed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The request asks for something this server does not implement.
     #[error("{0}")]
     Unsupported(String),
@@ -72,7 +82,8 @@ impl Error {
         match self {
             Error::InvalidInput(_) => ErrorCode::InvalidArgument,
             Error::ModelNotFound(_) => ErrorCode::NotFound,
-            Error::ModelNotReady(_) => ErrorCode::Unavailable,
+            Error::ModelNotReady(_) | Error::Overloaded(_) => ErrorCode::Unavailable,
+            Error::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             Error::TooLarge(_) => ErrorCode::ResourceExhausted,
             Error::Unsupported(_) => ErrorCode::Unimplemented,
             Error::Manifest(_) | Error::Load(_) | Error::Execution(_) | Error::Internal(_) => {
@@ -103,5 +114,10 @@ mod tests {
         assert_eq!(Error::Unsupported("x".into()).code().http_status(), 501);
         assert_eq!(Error::Execution("x".into()).code().http_status(), 500);
         assert_eq!(Error::Internal("x".into()).code().http_status(), 500);
+        assert_eq!(Error::Overloaded("x".into()).code().http_status(), 503);
+        assert_eq!(
+            Error::DeadlineExceeded("x".into()).code().http_status(),
+            504
+        );
     }
 }

@@ -153,6 +153,100 @@ pub struct ModelEntry {
     /// Where the model came from, reported with every prediction.
     #[serde(default)]
     pub provenance: Provenance,
+    /// How requests reach the model: instances, dynamic batching, queue bound, default
+    /// timeout (`[models.scheduler]`).
+    #[serde(default)]
+    pub scheduler: Scheduling,
+}
+
+/// `[models.scheduler]`: the per-model request scheduler, in Triton's vocabulary. Every key is
+/// optional; the defaults run one instance, no batching, and a queue of 1024 requests.
+///
+/// ```toml
+/// [models.scheduler]
+/// instances = 2                   # model instances executing in parallel (threads)
+/// max_batch_size = 32             # > 0 turns on dynamic batching, up to this many rows
+/// max_queue_delay_us = 500        # how long the first request of a batch waits for others
+/// preferred_batch_sizes = [8, 16] # run at once when the batch reaches one of these
+/// max_queue_size = 1024           # requests waiting; more are refused with 503 / UNAVAILABLE
+/// default_timeout_us = 0          # queue deadline when the request sets no `timeout` (0: none)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scheduling {
+    /// Model instances executing in parallel, one worker thread each (default 1).
+    #[serde(default = "one")]
+    pub instances: usize,
+    /// The most rows one batched execution may have; 0 (the default) turns batching off.
+    #[serde(default)]
+    pub max_batch_size: usize,
+    /// Microseconds the oldest queued request may wait for others to join its batch.
+    #[serde(default)]
+    pub max_queue_delay_us: u64,
+    /// Batch sizes to run as soon as they are reached.
+    #[serde(default)]
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Requests that may wait for a worker; further ones are refused at once.
+    #[serde(default = "default_queue_size")]
+    pub max_queue_size: usize,
+    /// The queue deadline, in microseconds, of requests without a `timeout` parameter
+    /// (0: none).
+    #[serde(default)]
+    pub default_timeout_us: u64,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_queue_size() -> usize {
+    1024
+}
+
+impl Default for Scheduling {
+    fn default() -> Self {
+        Scheduling {
+            instances: 1,
+            max_batch_size: 0,
+            max_queue_delay_us: 0,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_size: default_queue_size(),
+            default_timeout_us: 0,
+        }
+    }
+}
+
+impl Scheduling {
+    /// Whether dynamic batching is on.
+    pub fn batching(&self) -> bool {
+        self.max_batch_size > 0
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.instances == 0 || self.instances > 64 {
+            return Err(format!(
+                "instances = {} must be between 1 and 64",
+                self.instances
+            ));
+        }
+        if self.max_queue_size == 0 {
+            return Err("max_queue_size must be at least 1".into());
+        }
+        if let Some(bad) = self
+            .preferred_batch_sizes
+            .iter()
+            .find(|&&n| n == 0 || n > self.max_batch_size)
+        {
+            return Err(format!(
+                "preferred batch size {bad} must be between 1 and max_batch_size ({})",
+                self.max_batch_size
+            ));
+        }
+        if !self.batching() && self.max_queue_delay_us > 0 {
+            return Err("max_queue_delay_us needs max_batch_size > 0 (dynamic batching)".into());
+        }
+        Ok(())
+    }
 }
 
 /// What the manifest says about where a model came from (all optional).
@@ -291,6 +385,10 @@ impl Manifest {
                 }
                 entry.sha256 = Some(hex.to_ascii_lowercase());
             }
+            entry
+                .scheduler
+                .check()
+                .map_err(|e| fail(format!("{entry}: [models.scheduler]: {e}")))?;
             if !entry.path.exists() {
                 return Err(fail(format!(
                     "{entry}: file not found: {}",

@@ -36,6 +36,10 @@ pub struct LoadRequest<'a> {
     /// The manifest's `[runtimes.<name>]` table for this runtime (empty when absent): settings
     /// shared by every model of the runtime, such as where a native library is.
     pub settings: &'a toml::Table,
+    /// How many instances of this model the scheduler runs in parallel (`[models.scheduler]
+    /// instances`). A runtime that starts threads of its own sizes them to share the cores
+    /// among the instances instead of oversubscribing them.
+    pub instances: usize,
 }
 
 impl LoadRequest<'_> {
@@ -115,6 +119,14 @@ pub trait Model: Send + Sync {
     /// [`Error::InvalidInput`]; failures of the runtime itself [`Error::Execution`].
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>>;
 
+    /// Whether one loaded instance may run [`Model::execute`] on several threads at once and
+    /// scale with them (tract and candle plans: yes; a session behind a lock: no). With
+    /// `instances = N`, the scheduler shares one loaded model among its N workers when this is
+    /// true (the weights are in memory once) and loads N independent instances otherwise.
+    fn concurrent(&self) -> bool {
+        false
+    }
+
     /// Counters the runtime keeps about this model (e.g. `plans_compiled`, `plan_cache_hits`),
     /// for statistics and metrics. Empty by default.
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -156,6 +168,7 @@ mod tests {
             base_dir: Path::new("."),
             options: &table,
             settings: &toml::Table::new(),
+            instances: 1,
         };
         let e = req.parse_options::<Opts>("x").unwrap_err().to_string();
         assert!(e.contains("unknown field `treads`"), "{e}");

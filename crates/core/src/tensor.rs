@@ -271,6 +271,91 @@ impl Tensor {
             .collect()
     }
 
+    /// The number of rows: the size of the first dimension (1 for a scalar).
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(1)
+    }
+
+    /// Concatenates tensors along the first dimension (a dynamic batcher joining requests). All
+    /// parts must share the datatype and every dimension after the first; the result takes the
+    /// first part's name. One part is returned as it is, without a copy.
+    pub fn concat_rows(mut parts: Vec<Tensor>) -> Result<Tensor> {
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        let Some(first) = parts.first() else {
+            return Err(Error::Internal("concat_rows of no tensors".into()));
+        };
+        let (datatype, tail) = (first.datatype, first.shape.get(1..).unwrap_or(&[]));
+        if first.shape.is_empty()
+            || parts
+                .iter()
+                .any(|p| p.datatype != datatype || p.shape.get(1..) != Some(tail))
+        {
+            return Err(Error::Internal(format!(
+                "cannot batch tensors '{}' of different datatypes or trailing dimensions",
+                first.name
+            )));
+        }
+        let mut shape = first.shape.clone();
+        shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+        let name = first.name.clone();
+        let data = match &first.data {
+            TensorData::Raw(_) => {
+                let total = parts.iter().filter_map(|p| p.raw()).map(Bytes::len).sum();
+                let mut joined = Vec::with_capacity(total);
+                for part in &parts {
+                    joined.extend_from_slice(part.raw().map_or(&[][..], |b| &b[..]));
+                }
+                TensorData::Raw(Bytes::from(joined))
+            }
+            TensorData::Strings(_) => TensorData::Strings(
+                parts
+                    .iter()
+                    .flat_map(|p| p.strings().unwrap_or_default().iter().cloned())
+                    .collect(),
+            ),
+        };
+        Tensor::new(name, datatype, shape, data)
+    }
+
+    /// Splits a tensor along its first dimension into consecutive pieces of `rows` rows each
+    /// (they must add up to the first dimension). Fixed-size data is shared, not copied.
+    pub fn split_rows(self, rows: &[usize]) -> Result<Vec<Tensor>> {
+        if self.shape.first().copied() != Some(rows.iter().sum()) {
+            return Err(Error::Internal(format!(
+                "output '{}' of shape {:?} cannot be split into batches of {rows:?} rows",
+                self.name, self.shape
+            )));
+        }
+        if rows.len() == 1 {
+            return Ok(vec![self]);
+        }
+        let per_row = element_count(&self.shape[1..]).unwrap_or(0);
+        let mut pieces = Vec::with_capacity(rows.len());
+        let mut start = 0;
+        for &n in rows {
+            let mut shape = self.shape.clone();
+            shape[0] = n;
+            let (from, to) = (start * per_row, (start + n) * per_row);
+            let data = match &self.data {
+                TensorData::Raw(bytes) => {
+                    let size = self.datatype.size().unwrap_or(1);
+                    TensorData::Raw(bytes.slice(from * size..to * size))
+                }
+                TensorData::Strings(items) => TensorData::Strings(items[from..to].to_vec()),
+            };
+            pieces.push(Tensor {
+                name: self.name.clone(),
+                datatype: self.datatype,
+                shape,
+                data,
+            });
+            start += n;
+        }
+        Ok(pieces)
+    }
+
     /// The elements of a `BOOL` tensor.
     pub fn to_bools(&self) -> Result<Vec<bool>> {
         match (&self.data, self.datatype) {
@@ -286,6 +371,23 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_concatenate_and_split_back_exactly() {
+        let a = Tensor::from_vec("x", vec![1, 2], vec![1f32, 2.]).unwrap();
+        let b = Tensor::from_vec("x", vec![2, 2], vec![3f32, 4., 5., 6.]).unwrap();
+        let joined = Tensor::concat_rows(vec![a.clone(), b.clone()]).unwrap();
+        assert_eq!(joined.shape(), [3, 2]);
+        assert_eq!(joined.to_vec::<f32>().unwrap(), [1., 2., 3., 4., 5., 6.]);
+        assert_eq!(joined.split_rows(&[1, 2]).unwrap(), vec![a.clone(), b]);
+        let s1 = Tensor::from_strings("t", vec![1], vec!["a"]).unwrap();
+        let s2 = Tensor::from_strings("t", vec![2], vec!["bb", "c"]).unwrap();
+        let joined = Tensor::concat_rows(vec![s1.clone(), s2.clone()]).unwrap();
+        assert_eq!(joined.split_rows(&[1, 2]).unwrap(), vec![s1, s2]);
+        let odd = Tensor::from_vec("x", vec![1, 3], vec![1f32, 2., 3.]).unwrap();
+        assert!(Tensor::concat_rows(vec![a.clone(), odd]).is_err());
+        assert!(a.split_rows(&[2]).is_err());
+    }
 
     #[test]
     fn from_vec_keeps_the_vector_without_copying() {

@@ -23,5 +23,6 @@ pub fn load_example(runtime: &dyn Runtime, file: &str, options: &str) -> Result<
         base_dir: Path::new("."),
         options: &table,
         settings: &toml::Table::new(),
+        instances: 1,
     })
 }

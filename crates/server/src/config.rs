@@ -1,8 +1,13 @@
 //! The Triton-style model configuration of a served model (`GET /v2/models/{m}/config`, gRPC
 //! `ModelConfig`), built from the manifest entry and the model's signature.
 //!
-//! `max_batch_size` is 0: oxinfer does not batch requests yet, so `dims` are the full shapes
-//! (leading `-1` included), as Triton does for models without batching.
+//! As in Triton: with dynamic batching off, `max_batch_size` is 0 and `dims` are the full
+//! shapes (leading `-1` included); with it on (`[models.scheduler] max_batch_size > 0`),
+//! `max_batch_size` is that limit, `dims` leave out the batch dimension, and
+//! `dynamic_batching` gives the delay, preferred sizes and queue policy. The instance group
+//! count is the scheduler's `instances`. The queue bound and default timeout are also in
+//! `parameters` as `scheduler.*`, since Triton's schema has no place for them without
+//! dynamic batching.
 
 use std::collections::BTreeMap;
 
@@ -43,17 +48,44 @@ pub struct ModelConfig {
     pub platform: String,
     /// The runtime (`tract`, `onnxruntime`, ...).
     pub backend: String,
-    /// 0: no server-side batching.
+    /// The most rows the dynamic batcher joins; 0 when batching is off.
     pub max_batch_size: i32,
     /// Inputs.
     pub input: Vec<ConfigTensor>,
     /// Outputs.
     pub output: Vec<ConfigTensor>,
+    /// Dynamic batching settings, when batching is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_batching: Option<DynamicBatching>,
     /// Instances.
     pub instance_group: Vec<InstanceGroup>,
     /// The model's digest (`sha256`) and provenance (`provenance.*`), as Triton's
     /// `{"string_value": ...}` parameters.
     pub parameters: BTreeMap<String, StringValue>,
+}
+
+/// Triton's `ModelDynamicBatching`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DynamicBatching {
+    /// Batch sizes run as soon as they are reached.
+    pub preferred_batch_size: Vec<i32>,
+    /// How long the oldest request waits for others.
+    pub max_queue_delay_microseconds: u64,
+    /// The queue policy.
+    pub default_queue_policy: QueuePolicy,
+}
+
+/// Triton's `ModelQueuePolicy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueuePolicy {
+    /// Always `REJECT`: an expired request gets an error.
+    pub timeout_action: &'static str,
+    /// The deadline of requests without a `timeout` parameter (0: none).
+    pub default_timeout_microseconds: u64,
+    /// Always true: a request's `timeout` parameter overrides the default.
+    pub allow_timeout_override: bool,
+    /// Requests that may wait; more are refused.
+    pub max_queue_size: u32,
 }
 
 /// A Triton `ModelParameter`.
@@ -83,12 +115,17 @@ pub fn triton_type(dt: DataType) -> &'static str {
     }
 }
 
-fn tensors(list: &[TensorMetadata]) -> Vec<ConfigTensor> {
+/// `batched`: leave out the batch dimension, as Triton does when `max_batch_size > 0`.
+fn tensors(list: &[TensorMetadata], batched: bool) -> Vec<ConfigTensor> {
     list.iter()
         .map(|t| ConfigTensor {
             name: t.name.clone(),
             data_type: triton_type(t.datatype),
-            dims: t.shape.clone(),
+            dims: if batched {
+                t.shape[1..].to_vec()
+            } else {
+                t.shape.clone()
+            },
         })
         .collect()
 }
@@ -97,23 +134,55 @@ impl ModelConfig {
     /// The configuration of a served model.
     pub fn of(model: &ServedModel) -> ModelConfig {
         let signature = model.signature();
+        let scheduling = &model.entry.scheduler;
+        let batched = scheduling.batching();
+        let policy = QueuePolicy {
+            timeout_action: "REJECT",
+            default_timeout_microseconds: scheduling.default_timeout_us,
+            allow_timeout_override: true,
+            max_queue_size: scheduling.max_queue_size.min(u32::MAX as usize) as u32,
+        };
+        let mut parameters: BTreeMap<String, StringValue> = model
+            .provenance()
+            .into_iter()
+            .map(|(k, v)| (k, StringValue { string_value: v }))
+            .collect();
+        for (k, v) in [
+            ("scheduler.max_queue_size", scheduling.max_queue_size as u64),
+            (
+                "scheduler.default_timeout_us",
+                scheduling.default_timeout_us,
+            ),
+        ] {
+            parameters.insert(
+                k.to_string(),
+                StringValue {
+                    string_value: v.to_string(),
+                },
+            );
+        }
         ModelConfig {
             name: model.name.clone(),
             platform: model.platform.to_string(),
             backend: model.entry.runtime.clone(),
-            max_batch_size: 0,
-            input: tensors(&signature.inputs),
-            output: tensors(&signature.outputs),
+            max_batch_size: scheduling.max_batch_size.min(i32::MAX as usize) as i32,
+            input: tensors(&signature.inputs, batched),
+            output: tensors(&signature.outputs, batched),
+            dynamic_batching: batched.then(|| DynamicBatching {
+                preferred_batch_size: scheduling
+                    .preferred_batch_sizes
+                    .iter()
+                    .map(|&n| n.min(i32::MAX as usize) as i32)
+                    .collect(),
+                max_queue_delay_microseconds: scheduling.max_queue_delay_us,
+                default_queue_policy: policy,
+            }),
             instance_group: vec![InstanceGroup {
                 name: model.name.clone(),
                 kind: "KIND_CPU",
-                count: 1,
+                count: scheduling.instances.min(i32::MAX as usize) as i32,
             }],
-            parameters: model
-                .provenance()
-                .into_iter()
-                .map(|(k, v)| (k, StringValue { string_value: v }))
-                .collect(),
+            parameters,
         }
     }
 }

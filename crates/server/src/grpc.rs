@@ -38,6 +38,7 @@ pub fn status(e: Error) -> Status {
         ErrorCode::Unavailable => tonic::Code::Unavailable,
         ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
         ErrorCode::Unimplemented => tonic::Code::Unimplemented,
+        ErrorCode::DeadlineExceeded => tonic::Code::DeadlineExceeded,
         ErrorCode::Internal => {
             tracing::warn!("gRPC request failed: {e}");
             tonic::Code::Internal
@@ -307,6 +308,21 @@ fn pb_config(model: &ServedModel) -> pb::ModelConfig {
                 ..Default::default()
             })
             .collect(),
+        scheduling_choice: config.dynamic_batching.map(|d| {
+            pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
+                preferred_batch_size: d.preferred_batch_size,
+                max_queue_delay_microseconds: d.max_queue_delay_microseconds,
+                default_queue_policy: Some(pb::ModelQueuePolicy {
+                    timeout_action: pb::model_queue_policy::TimeoutAction::Reject as i32,
+                    default_timeout_microseconds: d
+                        .default_queue_policy
+                        .default_timeout_microseconds,
+                    allow_timeout_override: d.default_queue_policy.allow_timeout_override,
+                    max_queue_size: d.default_queue_policy.max_queue_size,
+                }),
+                ..Default::default()
+            })
+        }),
         instance_group: config
             .instance_group
             .iter()

@@ -3,6 +3,7 @@
 //! - [`loader`]: the runtimes compiled in, and loading a manifest's models;
 //! - [`repository`]: the loaded models by name and version;
 //! - [`pipeline`]: validate -> execute -> assemble, shared by every protocol front end;
+//! - [`scheduler`]: per-model queue, worker threads, dynamic batching, deadlines;
 //! - [`http`]: the REST routes (axum), tested without a socket;
 //! - [`grpc`]: the gRPC service (tonic) and the standard health service;
 //! - [`serve_http`] / [`grpc::serve_grpc`]: run them on a listener until a shutdown signal.
@@ -15,6 +16,7 @@ pub mod loader;
 pub mod metrics;
 pub mod pipeline;
 pub mod repository;
+pub mod scheduler;
 pub mod stats;
 
 use std::future::Future;

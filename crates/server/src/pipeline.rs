@@ -7,8 +7,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument;
 
@@ -243,52 +242,41 @@ pub async fn infer(model: Arc<ServedModel>, request: InferRequest) -> Result<Inf
     result
 }
 
+/// The request's queue deadline: its `timeout` parameter, in microseconds (Triton's and
+/// tritonclient's convention), if any.
+fn request_timeout(request: &InferRequest) -> Result<Option<Duration>> {
+    match request.parameters.get("timeout") {
+        None => Ok(None),
+        Some(Parameter::Int64(us)) if *us >= 0 => Ok(Some(Duration::from_micros(*us as u64))),
+        Some(Parameter::Uint64(us)) => Ok(Some(Duration::from_micros(*us))),
+        Some(other) => Err(Error::invalid(format!(
+            "parameter 'timeout' must be a non-negative integer (microseconds), got {other:?}"
+        ))),
+    }
+}
+
 async fn run(
     model: &Arc<ServedModel>,
     mut request: InferRequest,
     started: Instant,
 ) -> Result<InferResponse> {
     let validated = validate(&model.name, model.signature(), &mut request)?;
+    let timeout = request_timeout(&request)?;
     let stats = &model.stats;
     stats.compute_input.record(started.elapsed());
-    let batch = validated
-        .inputs
-        .first()
-        .and_then(|t| t.shape().first().copied())
-        .unwrap_or(1) as u64;
-    let runner = model.clone();
     let Validated { inputs, outputs } = validated;
-    let queued = Instant::now();
-    model.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-    let (produced, infer_time) = tokio::task::spawn_blocking(move || {
-        let waited = queued.elapsed();
-        runner.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        runner.stats.queue.record(waited);
-        runner.metrics.queue_duration.observe_duration(waited);
-        let executing = Instant::now();
-        let result = runner.model.execute(inputs);
-        (result, executing.elapsed())
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(model = %model.name, version = %model.version, "model execution panicked: {e}");
-        Error::Internal(format!("model '{}' failed while executing the request", model.name))
+    // The worker threads execute it; if this future is dropped (the client went away), the
+    // queued job is dropped unexecuted.
+    let reply = model.scheduler.submit(inputs, timeout)?;
+    let done = reply.await.map_err(|_| {
+        tracing::error!(model = %model.name, version = %model.version, "a model worker stopped");
+        Error::Internal(format!(
+            "model '{}' failed while executing the request",
+            model.name
+        ))
     })?;
-    stats.compute_infer.record(infer_time);
-    model.metrics.compute_duration.observe_duration(infer_time);
-    let mut produced = produced?;
+    let mut produced = done.result?;
     let assembling = Instant::now();
-    let declared = &model.signature().outputs;
-    if produced.len() != declared.len() {
-        return Err(Error::Internal(format!(
-            "model '{}' returned {} outputs but declares {}",
-            model.name,
-            produced.len(),
-            declared.len()
-        )));
-    }
-    stats.record_execution(batch);
-    model.metrics.batch_size.observe(batch as f64);
     let mut slots: Vec<Option<Tensor>> = produced.drain(..).map(Some).collect();
     let outputs = outputs
         .into_iter()

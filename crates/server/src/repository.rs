@@ -20,6 +20,7 @@ use oxinfer_core::{
 
 use crate::loader::RuntimeRegistry;
 use crate::metrics::ModelMetrics;
+use crate::scheduler::Scheduler;
 use crate::stats::ModelStats;
 
 /// One loaded model version, ready to serve.
@@ -32,14 +33,16 @@ pub struct ServedModel {
     pub platform: &'static str,
     /// The manifest entry it was loaded from.
     pub entry: ModelEntry,
-    /// The loaded instance.
+    /// The loaded model (the first instance when the model is loaded once per instance).
     pub model: Arc<dyn Model>,
+    /// The queue and worker threads that execute its requests.
+    pub scheduler: Scheduler,
     /// Request statistics of this loaded instance.
-    pub stats: ModelStats,
+    pub stats: Arc<ModelStats>,
     /// The SHA-256 of the model's file (or the stable digest of its directory), as loaded.
     pub sha256: String,
     /// Prometheus metrics of this loaded instance.
-    pub metrics: ModelMetrics,
+    pub metrics: Arc<ModelMetrics>,
 }
 
 impl ServedModel {
@@ -354,7 +357,7 @@ fn load_entry(
             entry.path.display()
         )));
     }
-    let model = runtime.load(&LoadRequest {
+    let request = LoadRequest {
         name: &entry.name,
         version: &entry.version,
         path: &entry.path,
@@ -367,15 +370,45 @@ fn load_entry(
             .runtimes
             .get(&entry.runtime)
             .unwrap_or(&no_settings),
-    })?;
+        instances: entry.scheduler.instances,
+    };
+    let model: Arc<dyn Model> = Arc::from(runtime.load(&request)?);
+    let config = &entry.scheduler;
+    if config.batching() && !model.signature().batchable() {
+        return Err(Error::Load(format!(
+            "dynamic batching (max_batch_size = {}) needs every input and output to have a              dynamic first dimension (-1), and this model's do not",
+            config.max_batch_size
+        )));
+    }
+    // One loaded model serves every worker when it can run concurrently; otherwise each
+    // instance is loaded on its own.
+    let mut instances = vec![model.clone()];
+    for _ in 1..config.instances {
+        instances.push(if model.concurrent() {
+            model.clone()
+        } else {
+            Arc::from(runtime.load(&request)?)
+        });
+    }
+    let stats = Arc::new(ModelStats::default());
+    let metrics = Arc::new(ModelMetrics::default());
+    let scheduler = Scheduler::start(
+        &entry.name,
+        instances,
+        config.clone(),
+        config.batching(),
+        stats.clone(),
+        metrics.clone(),
+    )?;
     Ok(ServedModel {
         name: entry.name.clone(),
         version: entry.version.clone(),
         platform: runtime.platform(),
         entry: entry.clone(),
-        model: Arc::from(model),
-        stats: ModelStats::default(),
+        model,
+        scheduler,
+        stats,
         sha256,
-        metrics: ModelMetrics::default(),
+        metrics,
     })
 }

@@ -315,7 +315,12 @@ fn build_session(
 ) -> Result<(Session, Vec<Provider>)> {
     let ort_err = |e: ort::Error| Error::Load(format!("ONNX Runtime: {e}"));
     let mut builder = Session::builder(env).map_err(ort_err)?;
-    if let Some(n) = options.intra_op_threads {
+    // Unset, each of the model's instances gets an equal share of the cores, so that
+    // `instances` x intra-op threads never oversubscribes them (ONNX Runtime's own default
+    // would give every instance all the cores).
+    let share =
+        std::thread::available_parallelism().map_or(1, |n| n.get()) / request.instances.max(1);
+    if let Some(n) = options.intra_op_threads.or(Some(share.max(1))) {
         builder = builder
             .with_intra_threads(n)
             .map_err(|e| ort_err(e.into()))?;

@@ -370,6 +370,12 @@ impl Model for PluginModel {
         &self.signature
     }
 
+    fn concurrent(&self) -> bool {
+        // A thread-safe plugin is called from every worker; one that is not is loaded once per
+        // instance (each load is its own plugin state).
+        self.serial.is_none()
+    }
+
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         // BYTES inputs go as length-prefixed buffers; the others are lent as they are.
         let buffers: Vec<Bytes> = inputs.iter().map(raw::raw_bytes).collect();

@@ -463,6 +463,10 @@ impl Model for TractModel {
         &self.signature
     }
 
+    fn concurrent(&self) -> bool {
+        true
+    }
+
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let plan = match &self.engine {
             Engine::Symbolic {
@@ -647,6 +651,7 @@ mod tests {
                 base_dir: &dir,
                 options: &table,
                 settings: &table,
+                instances: 1,
             })
             .err()
             .unwrap();

@@ -1,0 +1,414 @@
+//! The per-model request scheduler: a bounded queue, worker threads (one per model instance),
+//! dynamic batching, queue deadlines and cancellation.
+//!
+//! Requests are validated on the async side and submitted as [`Job`]s. Each model has its own
+//! queue and `instances` worker threads that pull from it and call [`Model::execute`]; the
+//! async side awaits the reply on a oneshot channel, so no async thread ever blocks on a model.
+//!
+//! - **Backpressure**: the queue holds at most `max_queue_size` jobs; [`Scheduler::submit`]
+//!   refuses more at once with [`Error::Overloaded`] (HTTP 503, gRPC `UNAVAILABLE`).
+//! - **Deadlines**: a job carries the request's deadline (its `timeout` parameter, else the
+//!   model's `default_timeout_us`). A job whose deadline has passed when a worker reaches it is
+//!   answered with [`Error::DeadlineExceeded`] and never executed. Once running, it runs to the
+//!   end (as in Triton).
+//! - **Cancellation**: when a client goes away, the front end drops the future that awaits the
+//!   reply, which closes the channel; a worker that reaches such a job drops it unexecuted.
+//! - **Dynamic batching** (`max_batch_size > 0`, models whose inputs and outputs all have a
+//!   dynamic first dimension): a worker takes the oldest job, then every queued job whose
+//!   inputs have the same trailing dimensions, up to `max_batch_size` rows. It runs the batch
+//!   at once when it is full or reaches a preferred size, and otherwise waits for more until
+//!   the oldest job has waited `max_queue_delay_us`. Jobs with other shapes stay queued for
+//!   their own batch: shapes are never mixed. The inputs are concatenated along the first
+//!   dimension, executed once, and each output is split back by each job's row count
+//!   (zero-copy for fixed-size data).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use oxinfer_core::{Error, Model, Result, Scheduling, Tensor};
+use tokio::sync::oneshot;
+
+use crate::metrics::ModelMetrics;
+use crate::stats::ModelStats;
+
+/// What a worker sends back for one job.
+#[derive(Debug)]
+pub struct Done {
+    /// The job's outputs, in the model's declaration order, or why there are none.
+    pub result: Result<Vec<Tensor>>,
+    /// Rows in the execution this job was part of (its own rows when not batched).
+    pub batch_rows: usize,
+}
+
+/// One request waiting for a worker.
+#[derive(Debug)]
+pub struct Job {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    /// The trailing dimensions of each input, when the job may be batched with others.
+    key: Option<Vec<Vec<usize>>>,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    reply: oneshot::Sender<Done>,
+}
+
+/// Counters of what the scheduler did, beyond the per-request statistics.
+#[derive(Debug, Default)]
+pub struct SchedulerCounters {
+    /// Requests refused because the queue was full.
+    pub rejected: AtomicU64,
+    /// Requests whose deadline passed in the queue (answered with an error, not executed).
+    pub expired: AtomicU64,
+    /// Requests whose client went away while they were queued (dropped, not executed).
+    pub cancelled: AtomicU64,
+    /// Executions that ran more than one request together.
+    pub batched_executions: AtomicU64,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when a job is queued or the scheduler closes.
+    ready: Condvar,
+    config: Scheduling,
+    batching: bool,
+    stats: Arc<ModelStats>,
+    metrics: Arc<ModelMetrics>,
+    counters: Arc<SchedulerCounters>,
+}
+
+/// A model's queue and worker threads. Dropping it lets the workers finish the jobs already
+/// queued and exit; they hold the model instances until then.
+pub struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("config", &self.shared.config)
+            .field("batching", &self.shared.batching)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// Starts one worker thread per instance. `batching` is whether dynamic batching is on
+    /// (the configuration asks for it and the model's signature allows it).
+    pub fn start(
+        label: &str,
+        instances: Vec<Arc<dyn Model>>,
+        config: Scheduling,
+        batching: bool,
+        stats: Arc<ModelStats>,
+        metrics: Arc<ModelMetrics>,
+    ) -> Result<Scheduler> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::with_capacity(config.max_queue_size.min(1024)),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            config,
+            batching,
+            stats,
+            metrics,
+            counters: Arc::default(),
+        });
+        for (i, model) in instances.into_iter().enumerate() {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("oxinfer-{label}-{i}"))
+                .spawn(move || worker(&shared, model.as_ref()))
+                .map_err(|e| Error::Load(format!("cannot start a worker thread: {e}")))?;
+        }
+        Ok(Scheduler { shared })
+    }
+
+    /// The scheduler's counters.
+    pub fn counters(&self) -> &SchedulerCounters {
+        &self.shared.counters
+    }
+
+    /// Queues a validated request. `deadline` is when it must have started; `None` uses the
+    /// model's default timeout. Returns the channel the reply arrives on; dropping it cancels
+    /// the job if it has not started. Refuses the job at once when the queue is full or a
+    /// request has more rows than `max_batch_size`.
+    pub fn submit(
+        &self,
+        inputs: Vec<Tensor>,
+        timeout: Option<Duration>,
+    ) -> Result<oneshot::Receiver<Done>> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let rows = inputs.first().map_or(1, Tensor::rows);
+        let key = if shared.batching {
+            if rows > config.max_batch_size {
+                return Err(Error::invalid(format!(
+                    "the request has a batch of {rows} rows; this model takes at most \
+                     max_batch_size = {} per request",
+                    config.max_batch_size
+                )));
+            }
+            // Batchable when every input has the same number of rows.
+            inputs
+                .iter()
+                .all(|t| !t.shape().is_empty() && t.rows() == rows)
+                .then(|| inputs.iter().map(|t| t.shape()[1..].to_vec()).collect())
+        } else {
+            None
+        };
+        let now = Instant::now();
+        let timeout = timeout.or_else(|| {
+            (config.default_timeout_us > 0)
+                .then(|| Duration::from_micros(config.default_timeout_us))
+        });
+        let (reply, receiver) = oneshot::channel();
+        let job = Job {
+            inputs,
+            rows,
+            key,
+            enqueued: now,
+            deadline: timeout.map(|t| now + t),
+            reply,
+        };
+        {
+            let mut queue = lock(&shared.queue);
+            if queue.jobs.len() >= config.max_queue_size {
+                drop(queue);
+                shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Overloaded(format!(
+                    "the model's queue is full ({} requests waiting, max_queue_size); retry later",
+                    config.max_queue_size
+                )));
+            }
+            queue.jobs.push_back(job);
+            shared
+                .metrics
+                .queue_depth
+                .store(queue.jobs.len() as i64, Ordering::Relaxed);
+        }
+        if shared.batching {
+            // A worker gathering a batch and an idle one may both want this job.
+            shared.ready.notify_all();
+        } else {
+            shared.ready.notify_one();
+        }
+        Ok(receiver)
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    // A worker never panics while holding the lock (model code runs outside it), so a
+    // poisoned lock still guards a consistent queue.
+    queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Takes the next job (and, when batching, the jobs to run with it). `None` when the
+    /// scheduler is closed and the queue is empty.
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        let mut queue = lock(&self.queue);
+        let first = loop {
+            if let Some(job) = queue.jobs.pop_front() {
+                match self.admit(job, Instant::now()) {
+                    Some(job) => break job,
+                    None => continue,
+                }
+            }
+            if queue.closed {
+                return None;
+            }
+            queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+        };
+        let mut batch = vec![first];
+        if self.batching && batch[0].key.is_some() {
+            queue = self.gather(queue, &mut batch);
+        }
+        self.metrics
+            .queue_depth
+            .store(queue.jobs.len() as i64, Ordering::Relaxed);
+        Some(batch)
+    }
+
+    /// Checks a job taken off the queue: expired jobs are answered with an error, cancelled
+    /// ones dropped; either way `None`.
+    fn admit(&self, job: Job, now: Instant) -> Option<Job> {
+        if job.reply.is_closed() {
+            self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if let Some(deadline) = job.deadline
+            && now >= deadline
+        {
+            self.counters.expired.fetch_add(1, Ordering::Relaxed);
+            let waited = now - job.enqueued;
+            self.stats.queue.record(waited);
+            let _ = job.reply.send(Done {
+                result: Err(Error::DeadlineExceeded(format!(
+                    "the request's timeout expired after {} us in the queue; it was not executed",
+                    waited.as_micros()
+                ))),
+                batch_rows: 0,
+            });
+            return None;
+        }
+        Some(job)
+    }
+
+    /// Adds compatible queued jobs to `batch` until it is full, reaches a preferred size, or
+    /// the oldest job has waited `max_queue_delay_us`.
+    fn gather<'a>(
+        &'a self,
+        mut queue: MutexGuard<'a, Queue>,
+        batch: &mut Vec<Job>,
+    ) -> MutexGuard<'a, Queue> {
+        let max = self.config.max_batch_size;
+        let window = batch[0].enqueued + Duration::from_micros(self.config.max_queue_delay_us);
+        let mut rows = batch[0].rows;
+        loop {
+            let mut i = 0;
+            while i < queue.jobs.len() && rows < max {
+                let job = &queue.jobs[i];
+                if job.key == batch[0].key && rows + job.rows <= max {
+                    let job = queue.jobs.remove(i).expect("index in range");
+                    if let Some(job) = self.admit(job, Instant::now()) {
+                        rows += job.rows;
+                        batch.push(job);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            let now = Instant::now();
+            if rows >= max
+                || self.config.preferred_batch_sizes.contains(&rows)
+                || now >= window
+                || queue.closed
+            {
+                return queue;
+            }
+            queue = self
+                .ready
+                .wait_timeout(queue, window - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+fn worker(shared: &Shared, model: &dyn Model) {
+    while let Some(batch) = shared.next_batch() {
+        let started = Instant::now();
+        for job in &batch {
+            let waited = started - job.enqueued;
+            shared.stats.queue.record(waited);
+            shared.metrics.queue_duration.observe_duration(waited);
+        }
+        run(shared, model, batch, started);
+    }
+}
+
+/// Executes a batch (one job or several joined) and replies to each job.
+fn run(shared: &Shared, model: &dyn Model, mut batch: Vec<Job>, started: Instant) {
+    let rows: Vec<usize> = batch.iter().map(|j| j.rows).collect();
+    let total: usize = rows.iter().sum();
+    let inputs = if batch.len() == 1 {
+        std::mem::take(&mut batch[0].inputs)
+    } else {
+        shared
+            .counters
+            .batched_executions
+            .fetch_add(1, Ordering::Relaxed);
+        let columns = batch[0].inputs.len();
+        let mut joined = Vec::with_capacity(columns);
+        for c in 0..columns {
+            let parts = batch
+                .iter_mut()
+                .map(|j| std::mem::replace(&mut j.inputs[c], placeholder()))
+                .collect();
+            match Tensor::concat_rows(parts) {
+                Ok(t) => joined.push(t),
+                Err(e) => return fail_all(batch, &e, total),
+            }
+        }
+        joined
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.execute(inputs)))
+        .unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "the model panicked while executing the request".into(),
+            ))
+        });
+    let infer_time = started.elapsed();
+    shared.stats.compute_infer.record(infer_time);
+    shared.metrics.compute_duration.observe_duration(infer_time);
+    let outputs = match result {
+        Ok(outputs) if outputs.len() == model.signature().outputs.len() => outputs,
+        Ok(outputs) => {
+            let e = Error::Internal(format!(
+                "the model returned {} outputs but declares {}",
+                outputs.len(),
+                model.signature().outputs.len()
+            ));
+            return fail_all(batch, &e, total);
+        }
+        Err(e) => return fail_all(batch, &e, total),
+    };
+    shared.stats.record_execution(total as u64);
+    shared.metrics.batch_size.observe(total as f64);
+    if batch.len() == 1 {
+        let job = batch.pop().expect("one job");
+        let _ = job.reply.send(Done {
+            result: Ok(outputs),
+            batch_rows: total,
+        });
+        return;
+    }
+    // Split every output back by each job's rows: per job, one tensor per output.
+    let mut per_job: Vec<Vec<Tensor>> = (0..batch.len())
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
+    for output in outputs {
+        match output.split_rows(&rows) {
+            Ok(pieces) => {
+                for (job_outputs, piece) in per_job.iter_mut().zip(pieces) {
+                    job_outputs.push(piece);
+                }
+            }
+            Err(e) => return fail_all(batch, &e, total),
+        }
+    }
+    for (job, outputs) in batch.into_iter().zip(per_job) {
+        let _ = job.reply.send(Done {
+            result: Ok(outputs),
+            batch_rows: total,
+        });
+    }
+}
+
+fn placeholder() -> Tensor {
+    Tensor::from_vec::<u8>("", vec![0], Vec::new()).expect("an empty tensor is valid")
+}
+
+fn fail_all(batch: Vec<Job>, error: &Error, total: usize) {
+    for job in batch {
+        let _ = job.reply.send(Done {
+            result: Err(error.clone()),
+            batch_rows: total,
+        });
+    }
+}
