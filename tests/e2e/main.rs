@@ -308,9 +308,12 @@ fn a_bad_manifest_stops_startup_with_file_model_and_cause() {
             vec!["model 'm' version 1", "unknown runtime 'pytorch'"],
         ),
         (
-            "not-built",
+            "candle-needs-a-directory",
             entry("m", "candle", &simple, ""),
-            vec!["model 'm'", "rebuild with `--features candle`"],
+            vec![
+                "model 'm'",
+                "path must be a model directory with config.json",
+            ],
         ),
         (
             "missing-file",

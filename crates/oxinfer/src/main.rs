@@ -93,6 +93,8 @@ fn registry() -> RuntimeRegistry {
     registry.register(Arc::new(oxinfer_tract::TractRuntime));
     #[cfg(feature = "onnxruntime")]
     registry.register(Arc::new(oxinfer_onnxruntime::OrtRuntime));
+    #[cfg(feature = "candle")]
+    registry.register(Arc::new(oxinfer_candle::CandleRuntime));
     #[cfg(feature = "plugin")]
     registry.register(Arc::new(oxinfer_plugin_host::PluginRuntime));
     registry

@@ -61,3 +61,21 @@ impl RuntimeRegistry {
         ModelRepository::load(self.clone(), manifest.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_runtime_left_out_of_the_build_names_its_feature() {
+        let registry = RuntimeRegistry::new();
+        let e = registry.get("candle").err().unwrap().to_string();
+        assert!(
+            e.contains("not built into this oxinfer binary")
+                && e.contains("rebuild with `--features candle`"),
+            "{e}"
+        );
+        let e = registry.get("pytorch").err().unwrap().to_string();
+        assert!(e.contains("unknown runtime 'pytorch'"), "{e}");
+    }
+}

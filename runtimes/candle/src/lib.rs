@@ -1,0 +1,626 @@
+//! The candle runtime: transformer encoders written in Rust (candle-transformers) with weights
+//! from safetensors, serving sentence embeddings. Strings in, vectors out, the way
+//! text-embeddings-inference serves them, behind the Open Inference Protocol.
+//!
+//! Selected with `runtime = "candle"`; `path` is a model directory holding `config.json`,
+//! `model.safetensors` (memory-mapped) and `tokenizer.json`. The sentence-transformers files are
+//! honoured when present: `modules.json` (a `Normalize` module turns on L2 normalisation, the
+//! `Pooling` module's folder gives the pooling), `1_Pooling/config.json` (mean, CLS or max
+//! pooling) and `sentence_bert_config.json` (`max_seq_length`). The manifest overrides each.
+//!
+//! Served tensors:
+//! - `input = "text"` (default): input `text`, BYTES `[-1]`, a batch of UTF-8 strings;
+//! - `input = "tokens"`: inputs `input_ids`, `attention_mask`, `token_type_ids`, INT64
+//!   `[-1, -1]`, already tokenized (the inputs of the usual ONNX exports of the same model);
+//! - output `embedding`, FP32 `[-1, hidden_size]`, one pooled (and normalised) vector per row.
+//!
+//! A batch runs as one forward pass, padded to its longest sequence, with the attention mask
+//! keeping the padding out of attention and pooling: a sentence embeds the same alone as in a
+//! batch.
+//!
+//! Options (`[models.options]`, unknown keys are an error):
+//!
+//! ```toml
+//! [models.options]
+//! architecture = "bert"        # default: config.json's model_type / architectures
+//! input = "text"               # text | tokens
+//! pooling = "mean"             # mean | cls | max; default: 1_Pooling/config.json, else mean
+//! normalize = true             # default: whether modules.json has a Normalize module
+//! max_sequence_length = 256    # tokens, [CLS]/[SEP] included; default: sentence_bert_config.json,
+//!                              # else config.json's max_position_embeddings
+//! truncate = true              # false: a longer input is an error instead of being cut
+//! device = "cpu"               # cpu | cuda:N (needs a binary built with the `candle-cuda` feature)
+//! dtype = "f32"                # f32 | f16 | bf16 (weights and compute; output is always FP32)
+//! ```
+
+mod bert;
+mod pooling;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor as CTensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::Config as BertConfig;
+use oxinfer_core::protocol::TensorMetadata;
+use oxinfer_core::{DataType, Error, LoadRequest, Model, ModelSignature, Result, Runtime, Tensor};
+use serde::Deserialize;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+pub use pooling::Pooling;
+
+/// The runtime factory registered as `candle`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CandleRuntime;
+
+/// What the model takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum InputKind {
+    /// `text`: BYTES strings, tokenized by the server.
+    #[default]
+    Text,
+    /// `input_ids`, `attention_mask`, `token_type_ids`: INT64, tokenized by the client.
+    Tokens,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WeightType {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightType {
+    fn dtype(self) -> DType {
+        match self {
+            WeightType::F32 => DType::F32,
+            WeightType::F16 => DType::F16,
+            WeightType::Bf16 => DType::BF16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CandleOptions {
+    architecture: Option<String>,
+    #[serde(default)]
+    input: InputKind,
+    pooling: Option<Pooling>,
+    normalize: Option<bool>,
+    max_sequence_length: Option<usize>,
+    #[serde(default = "yes")]
+    truncate: bool,
+    #[serde(default = "cpu")]
+    device: String,
+    #[serde(default)]
+    dtype: WeightType,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn cpu() -> String {
+    "cpu".to_string()
+}
+
+/// `[runtimes.candle]`: no process-wide settings; any key is an error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CandleSettings {}
+
+impl Runtime for CandleRuntime {
+    fn name(&self) -> &'static str {
+        "candle"
+    }
+
+    fn platform(&self) -> &'static str {
+        "candle_safetensors"
+    }
+
+    fn load(&self, request: &LoadRequest<'_>) -> Result<Box<dyn Model>> {
+        let options: CandleOptions = request.parse_options("candle")?;
+        let CandleSettings {} = request.parse_settings("candle")?;
+        let started = Instant::now();
+        let model = EmbeddingModel::load(request.path, &options)?;
+        tracing::info!(
+            model = request.name,
+            version = request.version,
+            runtime = "candle",
+            device = %options.device,
+            pooling = ?model.pooling,
+            normalize = model.normalize,
+            max_sequence_length = model.max_len,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(Box::new(model))
+    }
+}
+
+/// Parses `cpu` / `cuda` / `cuda:N` into a candle device.
+fn device(spec: &str) -> Result<Device> {
+    let spec = spec.trim();
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match spec.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| bad_option(format!("device '{spec}': expected cpu or cuda:N")))?,
+        None => {
+            return Err(bad_option(format!(
+                "device '{spec}': expected cpu or cuda:N"
+            )));
+        }
+    };
+    cuda_device(ordinal)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Device::new_cuda(ordinal)
+        .map_err(|e| Error::Load(format!("candle cannot open CUDA device {ordinal}: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Err(bad_option(format!(
+        "device 'cuda:{ordinal}': this oxinfer binary was built without CUDA support for candle; \
+         rebuild with `cargo build --release -p oxinfer --features candle-cuda` (needs the CUDA \
+         toolkit), or use device = \"cpu\""
+    )))
+}
+
+fn bad_option(message: String) -> Error {
+    Error::Manifest(format!("invalid options for runtime 'candle': {message}"))
+}
+
+fn load_err(dir: &Path, message: impl std::fmt::Display) -> Error {
+    Error::Load(format!(
+        "candle could not load {}: {message}",
+        dir.display()
+    ))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Load(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Load(format!("cannot parse {}: {e}", path.display())))
+}
+
+/// The parts of a Hugging Face `config.json` that name the architecture.
+#[derive(Debug, Deserialize)]
+struct ArchitectureHint {
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+}
+
+/// The architectures this runtime implements, by `model_type` and by class name.
+fn architecture(dir: &Path, named: Option<&str>) -> Result<&'static str> {
+    let bert = |s: &str| {
+        let s = s.to_ascii_lowercase();
+        s == "bert" || s.starts_with("bert") || s == "minilm"
+    };
+    let (what, ok) = match named {
+        Some(name) => (name.to_string(), bert(name)),
+        None => {
+            let hint: ArchitectureHint = read_json(&dir.join("config.json"))?;
+            let mut names = hint.model_type.into_iter().chain(hint.architectures);
+            let first = names.next();
+            let ok = first.as_deref().is_some_and(bert);
+            (first.unwrap_or_else(|| "(none)".into()), ok)
+        }
+    };
+    if ok {
+        Ok("bert")
+    } else {
+        Err(load_err(
+            dir,
+            format!(
+                "architecture '{what}' is not supported (supported: bert, which covers BERT and \
+                 MiniLM checkpoints); name it with the option architecture = \"bert\" if the \
+                 weights are BERT-shaped"
+            ),
+        ))
+    }
+}
+
+/// One entry of a sentence-transformers `modules.json`.
+#[derive(Debug, Deserialize)]
+struct StModule {
+    #[serde(default)]
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// What the sentence-transformers files say, where present.
+#[derive(Debug, Default)]
+struct SentenceTransformers {
+    pooling: Option<Pooling>,
+    normalize: Option<bool>,
+    max_seq_length: Option<usize>,
+}
+
+impl SentenceTransformers {
+    fn read(dir: &Path) -> Result<Self> {
+        let mut st = SentenceTransformers::default();
+        let modules_path = dir.join("modules.json");
+        let mut pooling_dir = Some(dir.join("1_Pooling"));
+        if modules_path.is_file() {
+            let modules: Vec<StModule> = read_json(&modules_path)?;
+            st.normalize = Some(modules.iter().any(|m| m.kind.ends_with(".Normalize")));
+            pooling_dir = modules
+                .iter()
+                .find(|m| m.kind.ends_with(".Pooling"))
+                .map(|m| dir.join(&m.path));
+        }
+        if let Some(pooling_dir) = pooling_dir {
+            let config = pooling_dir.join("config.json");
+            if config.is_file() {
+                st.pooling = Some(Pooling::from_sentence_transformers(&config)?);
+            }
+        }
+        #[derive(Deserialize)]
+        struct SbertConfig {
+            max_seq_length: Option<usize>,
+        }
+        let sbert = dir.join("sentence_bert_config.json");
+        if sbert.is_file() {
+            st.max_seq_length = read_json::<SbertConfig>(&sbert)?.max_seq_length;
+        }
+        Ok(st)
+    }
+}
+
+/// A loaded sentence-embedding model.
+pub struct EmbeddingModel {
+    bert: bert::Bert,
+    /// `Some` for `input = "text"`: padding to the batch's longest, truncation per the options.
+    tokenizer: Option<Tokenizer>,
+    device: Device,
+    pooling: Pooling,
+    normalize: bool,
+    max_len: usize,
+    truncate: bool,
+    vocab_size: usize,
+    type_vocab_size: usize,
+    signature: ModelSignature,
+}
+
+impl std::fmt::Debug for EmbeddingModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingModel")
+            .field("device", &self.device)
+            .field("pooling", &self.pooling)
+            .field("normalize", &self.normalize)
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddingModel {
+    fn load(dir: &Path, options: &CandleOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(load_err(
+                dir,
+                "path must be a model directory with config.json, model.safetensors and \
+                 tokenizer.json",
+            ));
+        }
+        let device = device(&options.device)?;
+        architecture(dir, options.architecture.as_deref())?;
+        let config: BertConfig = read_json(&dir.join("config.json"))?;
+        let st = SentenceTransformers::read(dir)?;
+        let pooling = options.pooling.or(st.pooling).unwrap_or(Pooling::Mean);
+        let normalize = options.normalize.or(st.normalize).unwrap_or(false);
+        let max_len = options
+            .max_sequence_length
+            .or(st.max_seq_length)
+            .unwrap_or(config.max_position_embeddings);
+        if max_len < 2 || max_len > config.max_position_embeddings {
+            return Err(bad_option(format!(
+                "max_sequence_length {max_len} must be between 2 and the model's \
+                 max_position_embeddings ({})",
+                config.max_position_embeddings
+            )));
+        }
+        let tokenizer = match options.input {
+            InputKind::Text => Some(tokenizer(dir, max_len, options.truncate)?),
+            InputKind::Tokens => None,
+        };
+        let weights = weights_file(dir)?;
+        let dtype = options.dtype.dtype();
+        // SAFETY: the file is memory-mapped read-only; candle copies each tensor out of the
+        // mapping while building the model and drops the mapping afterwards. A model file that
+        // is rewritten while it loads is the one hazard, as for every mmap-based loader.
+        #[allow(unsafe_code)]
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, &device) }
+            .map_err(|e| load_err(dir, e))?;
+        let bert = bert::Bert::load(vb, &config).map_err(|e| load_err(dir, e))?;
+        let inputs = match options.input {
+            InputKind::Text => vec![TensorMetadata::new("text", DataType::Bytes, vec![-1])],
+            InputKind::Tokens => ["input_ids", "attention_mask", "token_type_ids"]
+                .into_iter()
+                .map(|n| TensorMetadata::new(n, DataType::Int64, vec![-1, -1]))
+                .collect(),
+        };
+        let signature = ModelSignature {
+            inputs,
+            outputs: vec![TensorMetadata::new(
+                "embedding",
+                DataType::Fp32,
+                vec![-1, config.hidden_size as i64],
+            )],
+        };
+        let model = EmbeddingModel {
+            bert,
+            tokenizer,
+            device,
+            pooling,
+            normalize,
+            max_len,
+            truncate: options.truncate,
+            vocab_size: config.vocab_size,
+            type_vocab_size: config.type_vocab_size,
+            signature,
+        };
+        // One tiny forward pass at load, so a broken model fails here and not on a request.
+        let probe = model
+            .forward(&Batch {
+                rows: 1,
+                seq: 2,
+                ids: vec![0, 0],
+                mask: vec![1, 1],
+                types: vec![0, 0],
+            })
+            .map_err(|e| load_err(dir, e))?;
+        debug_assert_eq!(probe.len(), config.hidden_size);
+        Ok(model)
+    }
+
+    /// Tokenizes a batch of strings into one padded batch.
+    fn tokenize(&self, tokenizer: &Tokenizer, input: &Tensor) -> Result<Batch> {
+        let texts = input.to_utf8_strings("candle")?;
+        if texts.is_empty() {
+            return Err(Error::invalid(
+                "input 'text': empty batch; send at least one string",
+            ));
+        }
+        let encodings = tokenizer
+            .encode_batch(texts, true)
+            .map_err(|e| Error::invalid(format!("input 'text': cannot tokenize: {e}")))?;
+        let seq = encodings.first().map_or(0, |e| e.len());
+        if !self.truncate {
+            // Truncation is off in the tokenizer; refuse rather than cut.
+            for (i, e) in encodings.iter().enumerate() {
+                let len = e.get_attention_mask().iter().filter(|&&m| m != 0).count();
+                if len > self.max_len {
+                    return Err(Error::invalid(format!(
+                        "input 'text': string {i} is {len} tokens long, over the model's \
+                         max_sequence_length {} (the option truncate = false refuses it)",
+                        self.max_len
+                    )));
+                }
+            }
+        }
+        let rows = encodings.len();
+        let mut batch = Batch::with_capacity(rows, seq);
+        for e in &encodings {
+            batch.ids.extend_from_slice(e.get_ids());
+            batch.mask.extend_from_slice(e.get_attention_mask());
+            batch.types.extend_from_slice(e.get_type_ids());
+        }
+        Ok(batch)
+    }
+
+    /// Checks client-tokenized inputs and turns them into a batch.
+    fn check_tokens(&self, inputs: &[Tensor]) -> Result<Batch> {
+        let [ids, mask, types] = inputs else {
+            return Err(Error::Internal("expected three token tensors".into()));
+        };
+        let shape = ids.shape();
+        for t in [mask, types] {
+            if t.shape() != shape {
+                return Err(Error::invalid(format!(
+                    "inputs 'input_ids' {:?} and '{}' {:?} must have the same shape",
+                    shape,
+                    t.name(),
+                    t.shape()
+                )));
+            }
+        }
+        let (rows, seq) = (shape[0], shape[1]);
+        if rows == 0 || seq == 0 {
+            return Err(Error::invalid(format!(
+                "input 'input_ids': empty batch or sequence (shape {shape:?})"
+            )));
+        }
+        if seq > self.max_len {
+            return Err(Error::invalid(format!(
+                "input 'input_ids': sequence length {seq} is over the model's \
+                 max_sequence_length {}",
+                self.max_len
+            )));
+        }
+        let convert = |t: &Tensor, bound: usize, what: &str| -> Result<Vec<u32>> {
+            t.as_slice::<i64>()?
+                .iter()
+                .map(|&v| {
+                    if v >= 0 && (v as u64) < bound as u64 {
+                        Ok(v as u32)
+                    } else {
+                        Err(Error::invalid(format!(
+                            "input '{}': value {v} is out of range ({what} must be in 0..{bound})",
+                            t.name()
+                        )))
+                    }
+                })
+                .collect()
+        };
+        let batch = Batch {
+            rows,
+            seq,
+            ids: convert(ids, self.vocab_size, "token ids")?,
+            mask: convert(mask, 2, "mask values")?,
+            types: convert(types, self.type_vocab_size, "token type ids")?,
+        };
+        Ok(batch)
+    }
+
+    /// One padded forward pass over the batch: pooled (and normalised) FP32 vectors, row-major.
+    fn forward(&self, batch: &Batch) -> candle_core::Result<Vec<f32>> {
+        let shape = (batch.rows, batch.seq);
+        let ids = CTensor::from_slice(&batch.ids, shape, &self.device)?;
+        let types = CTensor::from_slice(&batch.types, shape, &self.device)?;
+        let mask = CTensor::from_slice(&batch.mask, shape, &self.device)?;
+        let hidden = self.bert.forward(&ids, &types, &mask)?;
+        let pooled = self.pooling.apply(&hidden, &mask)?;
+        let pooled = if self.normalize {
+            pooling::l2_normalize(&pooled)?
+        } else {
+            pooled
+        };
+        pooled.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+    }
+}
+
+/// A tokenized batch, row-major `[rows, seq]`, padded to the longest row.
+#[derive(Debug)]
+struct Batch {
+    rows: usize,
+    seq: usize,
+    ids: Vec<u32>,
+    mask: Vec<u32>,
+    types: Vec<u32>,
+}
+
+impl Batch {
+    fn with_capacity(rows: usize, seq: usize) -> Self {
+        Batch {
+            rows,
+            seq,
+            ids: Vec::with_capacity(rows * seq),
+            mask: Vec::with_capacity(rows * seq),
+            types: Vec::with_capacity(rows * seq),
+        }
+    }
+}
+
+fn weights_file(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("model.safetensors");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(load_err(
+            dir,
+            "no model.safetensors in the directory (candle serves safetensors weights; convert \
+             a pytorch_model.bin first)",
+        ))
+    }
+}
+
+/// The model's tokenizer, set to pad each batch to its longest string (whatever padding the
+/// file asks for: a fixed 128 in all-MiniLM-L6-v2's) and to truncate at `max_len` (or not at
+/// all when over-long strings are to be refused).
+fn tokenizer(dir: &Path, max_len: usize, truncate: bool) -> Result<Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    let mut tokenizer = Tokenizer::from_file(&path)
+        .map_err(|e| Error::Load(format!("cannot load {}: {e}", path.display())))?;
+    let padding = PaddingParams {
+        strategy: PaddingStrategy::BatchLongest,
+        ..tokenizer.get_padding().cloned().unwrap_or_default()
+    };
+    tokenizer.with_padding(Some(padding));
+    let truncation = truncate.then(|| TruncationParams {
+        max_length: max_len,
+        ..tokenizer.get_truncation().cloned().unwrap_or_default()
+    });
+    tokenizer
+        .with_truncation(truncation)
+        .map_err(|e| Error::Load(format!("cannot set truncation on {}: {e}", path.display())))?;
+    Ok(tokenizer)
+}
+
+impl Model for EmbeddingModel {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn concurrent(&self) -> bool {
+        true
+    }
+
+    fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let batch = match &self.tokenizer {
+            Some(tokenizer) => self.tokenize(tokenizer, &inputs[0])?,
+            None => self.check_tokens(&inputs)?,
+        };
+        let values = self
+            .forward(&batch)
+            .map_err(|e| Error::Execution(format!("candle forward pass failed: {e}")))?;
+        let hidden = values.len() / batch.rows;
+        Ok(vec![Tensor::from_vec(
+            "embedding",
+            vec![batch.rows, hidden],
+            values,
+        )?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_cuda_needs_the_feature() {
+        assert!(matches!(device("cpu").unwrap(), Device::Cpu));
+        for bad in ["gpu", "cuda:x", "cuda0", ""] {
+            let e = device(bad).unwrap_err().to_string();
+            assert!(e.contains("expected cpu or cuda:N"), "{bad}: {e}");
+        }
+        if cfg!(not(feature = "cuda")) {
+            let e = device("cuda:0").unwrap_err().to_string();
+            assert!(e.contains("built without CUDA support"), "{e}");
+        }
+    }
+
+    #[test]
+    fn architecture_comes_from_the_option_or_config() {
+        let dir = std::env::temp_dir().join(format!("oxinfer-candle-arch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+        let e = architecture(&dir, None).unwrap_err().to_string();
+        assert!(e.contains("architecture 'gpt2' is not supported"), "{e}");
+        assert_eq!(architecture(&dir, Some("bert")).unwrap(), "bert");
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"architectures": ["BertModel"]}"#,
+        )
+        .unwrap();
+        assert_eq!(architecture(&dir, None).unwrap(), "bert");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn options_reject_unknown_keys_and_values() {
+        let parse = |s: &str| {
+            toml::from_str::<toml::Table>(s)
+                .unwrap()
+                .try_into::<CandleOptions>()
+        };
+        assert!(parse("pooling = \"mean\"\ndtype = \"bf16\"").is_ok());
+        assert!(parse("poolin = \"mean\"").is_err());
+        assert!(parse("pooling = \"median\"").is_err());
+        assert!(parse("input = \"images\"").is_err());
+    }
+}
