@@ -485,6 +485,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing field `runtime`"), "{e}");
+        for (bad, needle) in [
+            ("instances = 0", "instances = 0 must be between 1 and 64"),
+            ("max_queue_size = 0", "max_queue_size must be at least 1"),
+            (
+                "max_batch_size = 8\npreferred_batch_sizes = [16]",
+                "preferred batch size 16 must be between 1 and max_batch_size (8)",
+            ),
+            ("max_queue_delay_us = 10", "needs max_batch_size > 0"),
+            ("max_batch = 8", "unknown field `max_batch`"),
+        ] {
+            let e = parse(&entry(&format!("[models.scheduler]\n{bad}")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        let m = parse(&entry("[models.scheduler]\nmax_batch_size = 8")).unwrap();
+        assert!(m.models[0].scheduler.batching());
+        assert_eq!(m.models[0].scheduler.max_queue_size, 1024);
     }
 
     #[test]

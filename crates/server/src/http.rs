@@ -404,6 +404,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             version: &m.version,
             metrics: &m.metrics,
             runtime: m.model.counters(),
+            scheduler: m.scheduler.counters(),
         })
         .collect();
     let (written, dropped) = state.log.as_ref().map_or((0, 0), |log| {

@@ -8,6 +8,10 @@
 //! | `oxinfer_compute_duration_seconds` | histogram | model, version | the runtime's execution |
 //! | `oxinfer_batch_size` | histogram | model, version | first dimension of each execution's inputs |
 //! | `oxinfer_queue_depth` | gauge | model, version | requests waiting for a worker now |
+//! | `oxinfer_scheduler_rejected_total` | counter | model, version | requests refused because the queue was full (503) |
+//! | `oxinfer_scheduler_expired_total` | counter | model, version | requests whose timeout expired in the queue (504, not executed) |
+//! | `oxinfer_scheduler_cancelled_total` | counter | model, version | queued requests dropped because the client went away |
+//! | `oxinfer_scheduler_batched_executions_total` | counter | model, version | executions that joined several requests |
 //! | `oxinfer_requests_rejected_total` | counter | protocol | requests that failed before a model was found (unknown model, undecodable body) |
 //! | `oxinfer_runtime_value` | gauge | model, version, name | a runtime's own counters, e.g. tract's `plans_compiled`, `plan_cache_hits`, `plan_cache_evictions`, `plans_cached` |
 //! | `oxinfer_models_loaded` | gauge | | model versions ready to serve |
@@ -18,6 +22,7 @@
 //! Per-model series restart from zero when a model is reloaded (Prometheus handles counter
 //! resets).
 
+use crate::scheduler::SchedulerCounters;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -186,6 +191,8 @@ pub struct ModelView<'a> {
     pub metrics: &'a ModelMetrics,
     /// The runtime's own counters ([`oxinfer_core::Model::counters`]).
     pub runtime: Vec<(&'static str, u64)>,
+    /// The scheduler's counters.
+    pub scheduler: &'a SchedulerCounters,
 }
 
 /// Renders the exposition text.
@@ -262,6 +269,36 @@ pub fn render(
             labels(m),
             m.metrics.queue_depth.load(Ordering::Relaxed)
         );
+    }
+    for (name, help, pick) in [
+        (
+            "oxinfer_scheduler_rejected_total",
+            "Requests refused because the model's queue was full.",
+            0,
+        ),
+        (
+            "oxinfer_scheduler_expired_total",
+            "Requests whose timeout expired in the queue (not executed).",
+            1,
+        ),
+        (
+            "oxinfer_scheduler_cancelled_total",
+            "Queued requests dropped because their client went away (not executed).",
+            2,
+        ),
+        (
+            "oxinfer_scheduler_batched_executions_total",
+            "Executions that ran several requests as one batch.",
+            3,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for m in models {
+            let c = m.scheduler;
+            let value = [&c.rejected, &c.expired, &c.cancelled, &c.batched_executions][pick]
+                .load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{{}}} {value}", labels(m));
+        }
     }
     out.push_str("# HELP oxinfer_runtime_value A runtime's own counters for a model (e.g. tract's plan compilations and cache hits).\n# TYPE oxinfer_runtime_value gauge\n");
     for m in models {
