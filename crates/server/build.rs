@@ -5,7 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/inference.proto");
     let descriptors = protox::compile(["inference.proto"], ["proto"])?;
     tonic_prost_build::configure()
-        .build_client(false)
+        // The client is for the benchmark load generator (bench/tools).
+        .build_client(true)
         .build_server(true)
         // `bytes` fields (raw_input_contents, ...) decode as `bytes::Bytes`: no copy out of the
         // received message.

