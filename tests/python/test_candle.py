@@ -105,6 +105,15 @@ path = "{minilm_dir}"
 dtype = "bf16"
 
 [[models]]
+name = "minilm-chunked"
+runtime = "candle"
+path = "{minilm_dir}"
+[models.options]
+max_sequence_length = 32
+max_batch_tokens = 64
+max_rows = 8
+
+[[models]]
 name = "minilm-f16"
 runtime = "candle"
 path = "{minilm_dir}"
@@ -220,6 +229,12 @@ def test_batch_invariance(srv):
     assert float(np.max(np.abs(reordered - batch))) <= 1e-5
 
 
+def test_big_batches_run_in_chunks_with_the_same_result(srv):
+    """max_batch_tokens = 64 splits six sentences into several forward passes: same vectors."""
+    short = [s for s in SENTENCES]
+    assert_close(embed(srv, short, model="minilm-chunked"), embed(srv, short), "chunked vs one pass")
+
+
 def test_triton_clients_send_strings(srv):
     http = httpclient.InferenceServerClient(srv.address)
     text = np.array([s.encode() for s in SENTENCES[:3]], dtype=np.object_)
@@ -261,6 +276,13 @@ def test_bad_inputs_get_clear_errors(srv):
     assert "value 99999 is out of range" in error(srv, "minilm-tokens", body)
     body["inputs"][1]["shape"] = [3, 1]
     assert "must have the same shape" in error(srv, "minilm-tokens", body)
+
+    rows = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [9], "data": ["x"] * 9}]}
+    assert "9 rows in one execution; this model takes at most max_rows = 8" in error(srv, "minilm-chunked", rows)
+    ids["attention_mask"] = [[0, 0, 0]]
+    ids["input_ids"] = [[101, 2000, 102]]
+    body = {"inputs": [{"name": n, "datatype": "INT64", "shape": [1, 3], "data": v} for n, v in ids.items()]}
+    assert "row 0 keeps no token" in error(srv, "minilm-tokens", body)
 
     # The server keeps serving.
     assert embed(srv, ["still fine"]).shape == (1, 384)

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use oxinfer_core::{Error, Model, Result, Scheduling, Tensor};
+use oxinfer_core::{Error, ErrorCode, Model, Result, Scheduling, Tensor};
 use tokio::sync::oneshot;
 
 use crate::metrics::ModelMetrics;
@@ -122,11 +122,16 @@ impl Scheduler {
             counters: Arc::default(),
         });
         for (i, model) in instances.into_iter().enumerate() {
-            let shared = shared.clone();
-            std::thread::Builder::new()
+            let for_worker = shared.clone();
+            let spawned = std::thread::Builder::new()
                 .name(format!("oxinfer-{label}-{i}"))
-                .spawn(move || worker(&shared, model.as_ref()))
-                .map_err(|e| Error::Load(format!("cannot start a worker thread: {e}")))?;
+                .spawn(move || worker(&for_worker, model.as_ref()));
+            if let Err(e) = spawned {
+                // Let the workers already started exit (and free their instances).
+                lock(&shared.queue).closed = true;
+                shared.ready.notify_all();
+                return Err(Error::Load(format!("cannot start a worker thread: {e}")));
+            }
         }
         Ok(Scheduler { shared })
     }
@@ -181,6 +186,14 @@ impl Scheduler {
         {
             let mut queue = lock(&shared.queue);
             if queue.jobs.len() >= config.max_queue_size {
+                // Jobs nobody waits for any more (client gone, deadline passed) give way first.
+                let waiting = std::mem::take(&mut queue.jobs);
+                queue.jobs = waiting
+                    .into_iter()
+                    .filter_map(|job| shared.admit(job, now))
+                    .collect();
+            }
+            if queue.jobs.len() >= config.max_queue_size {
                 drop(queue);
                 shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(Error::Overloaded(format!(
@@ -221,6 +234,17 @@ impl Shared {
     /// Takes the next job (and, when batching, the jobs to run with it). `None` when the
     /// scheduler is closed and the queue is empty.
     fn next_batch(&self) -> Option<Vec<Job>> {
+        loop {
+            let batch = self.next_candidates()?;
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+        }
+    }
+
+    /// [`Shared::next_batch`]'s single attempt: may come back empty when every job it gathered
+    /// expired or was cancelled while the batch filled.
+    fn next_candidates(&self) -> Option<Vec<Job>> {
         let mut queue = lock(&self.queue);
         let first = loop {
             if let Some(job) = queue.jobs.pop_front() {
@@ -232,11 +256,18 @@ impl Shared {
             if queue.closed {
                 return None;
             }
+            self.metrics.queue_depth.store(0, Ordering::Relaxed);
             queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
         };
         let mut batch = vec![first];
         if self.batching && batch[0].key.is_some() {
             queue = self.gather(queue, &mut batch);
+            // Waiting for the batch to fill may have outlived a deadline or a client.
+            let now = Instant::now();
+            batch = batch
+                .into_iter()
+                .filter_map(|job| self.admit(job, now))
+                .collect();
         }
         self.metrics
             .queue_depth
@@ -322,24 +353,26 @@ fn worker(shared: &Shared, model: &dyn Model) {
     }
 }
 
-/// Executes a batch (one job or several joined) and replies to each job.
-fn run(shared: &Shared, model: &dyn Model, mut batch: Vec<Job>, started: Instant) {
-    let rows: Vec<usize> = batch.iter().map(|j| j.rows).collect();
-    let total: usize = rows.iter().sum();
-    let inputs = if batch.len() == 1 {
-        std::mem::take(&mut batch[0].inputs)
-    } else {
+/// Executes a batch (one job or several joined) and replies to each job. When a joined batch
+/// fails because of the input (a 400: one request's bad string, say), each job is run again on
+/// its own, so only the request at fault gets the error.
+fn run(shared: &Shared, model: &dyn Model, batch: Vec<Job>, started: Instant) {
+    if batch.len() > 1 {
         shared
             .counters
             .batched_executions
             .fetch_add(1, Ordering::Relaxed);
+    }
+    let rows: Vec<usize> = batch.iter().map(|j| j.rows).collect();
+    let total: usize = rows.iter().sum();
+    let inputs = if batch.len() == 1 {
+        batch[0].inputs.clone()
+    } else {
         let columns = batch[0].inputs.len();
         let mut joined = Vec::with_capacity(columns);
         for c in 0..columns {
-            let parts = batch
-                .iter_mut()
-                .map(|j| std::mem::replace(&mut j.inputs[c], placeholder()))
-                .collect();
+            // Tensor clones share their data; the copies made here are the joined buffers.
+            let parts = batch.iter().map(|j| j.inputs[c].clone()).collect();
             match Tensor::concat_rows(parts) {
                 Ok(t) => joined.push(t),
                 Err(e) => return fail_all(batch, &e, total),
@@ -347,31 +380,20 @@ fn run(shared: &Shared, model: &dyn Model, mut batch: Vec<Job>, started: Instant
         }
         joined
     };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.execute(inputs)))
-        .unwrap_or_else(|_| {
-            Err(Error::Internal(
-                "the model panicked while executing the request".into(),
-            ))
-        });
-    let infer_time = started.elapsed();
-    shared.stats.compute_infer.record(infer_time);
-    shared.metrics.compute_duration.observe_duration(infer_time);
-    let outputs = match result {
-        Ok(outputs) if outputs.len() == model.signature().outputs.len() => outputs,
-        Ok(outputs) => {
-            let e = Error::Internal(format!(
-                "the model returned {} outputs but declares {}",
-                outputs.len(),
-                model.signature().outputs.len()
-            ));
-            return fail_all(batch, &e, total);
+    let outputs = match execute(shared, model, inputs, started) {
+        Ok(outputs) => outputs,
+        Err(e) if batch.len() > 1 && e.code() == ErrorCode::InvalidArgument => {
+            for job in batch {
+                run(shared, model, vec![job], Instant::now());
+            }
+            return;
         }
         Err(e) => return fail_all(batch, &e, total),
     };
     shared.stats.record_execution(total as u64);
     shared.metrics.batch_size.observe(total as f64);
     if batch.len() == 1 {
-        let job = batch.pop().expect("one job");
+        let job = batch.into_iter().next().expect("one job");
         let _ = job.reply.send(Done {
             result: Ok(outputs),
             batch_rows: total,
@@ -400,8 +422,31 @@ fn run(shared: &Shared, model: &dyn Model, mut batch: Vec<Job>, started: Instant
     }
 }
 
-fn placeholder() -> Tensor {
-    Tensor::from_vec::<u8>("", vec![0], Vec::new()).expect("an empty tensor is valid")
+/// One `Model::execute`, timed; a panic becomes an error, and so does a wrong output count.
+fn execute(
+    shared: &Shared,
+    model: &dyn Model,
+    inputs: Vec<Tensor>,
+    started: Instant,
+) -> Result<Vec<Tensor>> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.execute(inputs)))
+        .unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "the model panicked while executing the request".into(),
+            ))
+        });
+    let infer_time = started.elapsed();
+    shared.stats.compute_infer.record(infer_time);
+    shared.metrics.compute_duration.observe_duration(infer_time);
+    let outputs = result?;
+    let declared = model.signature().outputs.len();
+    if outputs.len() != declared {
+        return Err(Error::Internal(format!(
+            "the model returned {} outputs but declares {declared}",
+            outputs.len()
+        )));
+    }
+    Ok(outputs)
 }
 
 fn fail_all(batch: Vec<Job>, error: &Error, total: usize) {

@@ -3,7 +3,8 @@
 //! an error without execution, and a request whose client disconnected is not executed.
 //!
 //! The model is a probe runtime defined here: `y = 2 * x` on FP32 `[-1, -1]`, sleeping
-//! `sleep_ms` per execution and recording the shape of every execution it runs.
+//! `sleep_ms` per execution, recording the shape of every execution it runs, and refusing any
+//! batch that holds a -1 (a client error).
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,9 @@ impl Model for Probe {
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         self.log.lock().unwrap().push(inputs[0].shape().to_vec());
         std::thread::sleep(self.sleep);
+        if inputs[0].as_slice::<f32>()?.contains(&-1.0) {
+            return Err(oxinfer_core::Error::invalid("the probe refuses -1"));
+        }
         let doubled: Vec<f32> = inputs[0]
             .as_slice::<f32>()?
             .iter()
@@ -379,4 +383,39 @@ async fn a_request_whose_client_disconnected_is_not_executed() {
         "{metrics}"
     );
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_request_in_a_batch_fails_alone() {
+    let (state, log) = state(
+        "max_batch_size = 8\nmax_queue_delay_us = 50000\npreferred_batch_sizes = [4]",
+        "sleep_ms = 20",
+    );
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let state = state.clone();
+        tasks.push(tokio::spawn(async move {
+            let base = if i == 2 { -1.0 } else { i as f32 * 10.0 };
+            infer(&state, &body(1, 4, base, None)).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, reply) = t.await.unwrap();
+        if i == 2 {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+            assert!(reply["error"].as_str().unwrap().contains("refuses -1"));
+        } else {
+            assert_eq!(status, StatusCode::OK, "request {i}: {reply}");
+            let got: Vec<f32> =
+                serde_json::from_value(reply["outputs"][0]["data"].clone()).unwrap();
+            assert_eq!(got[0], 2.0 * i as f32 * 10.0);
+        }
+    }
+    let executions = log.lock().unwrap().clone();
+    assert_eq!(
+        executions[0],
+        [4, 4],
+        "the four were batched first: {executions:?}"
+    );
+    assert_eq!(executions.len(), 5, "then each ran alone: {executions:?}");
 }

@@ -31,7 +31,12 @@
 //! truncate = true              # false: a longer input is an error instead of being cut
 //! device = "cpu"               # cpu | cuda:N (needs a binary built with the `candle-cuda` feature)
 //! dtype = "f32"                # f32 | f16 | bf16 (weights and compute; output is always FP32)
+//! max_rows = 1024              # strings (or token rows) per execution; more is a 400
+//! max_batch_tokens = 16384     # padded tokens per forward pass: bigger batches run in chunks
 //! ```
+//!
+//! Memory per execution is bounded by those two: the forward pass runs over consecutive chunks
+//! of rows, each padded to its own longest row, with at most `max_batch_tokens` padded tokens.
 
 mod bert;
 mod pooling;
@@ -45,7 +50,7 @@ use candle_transformers::models::bert::Config as BertConfig;
 use oxinfer_core::protocol::TensorMetadata;
 use oxinfer_core::{DataType, Error, LoadRequest, Model, ModelSignature, Result, Runtime, Tensor};
 use serde::Deserialize;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 pub use pooling::Pooling;
 
@@ -98,6 +103,18 @@ struct CandleOptions {
     device: String,
     #[serde(default)]
     dtype: WeightType,
+    #[serde(default = "default_max_rows")]
+    max_rows: usize,
+    #[serde(default = "default_max_batch_tokens")]
+    max_batch_tokens: usize,
+}
+
+fn default_max_rows() -> usize {
+    1024
+}
+
+fn default_max_batch_tokens() -> usize {
+    16384
 }
 
 fn yes() -> bool {
@@ -284,6 +301,12 @@ impl SentenceTransformers {
 
 /// A loaded sentence-embedding model.
 pub struct EmbeddingModel {
+    /// Rows per execution, at most.
+    max_rows: usize,
+    /// Padded tokens per forward pass, at most.
+    max_batch_tokens: usize,
+    /// The token id and type id that pad a row.
+    pad: (u32, u32),
     bert: bert::Bert,
     /// `Some` for `input = "text"`: padding to the batch's longest, truncation per the options.
     tokenizer: Option<Tokenizer>,
@@ -334,9 +357,12 @@ impl EmbeddingModel {
                 config.max_position_embeddings
             )));
         }
-        let tokenizer = match options.input {
-            InputKind::Text => Some(tokenizer(dir, max_len, options.truncate)?),
-            InputKind::Tokens => None,
+        let (tokenizer, file_pad) = match options.input {
+            InputKind::Text => {
+                let (t, pad) = tokenizer(dir, max_len, options.truncate)?;
+                (Some(t), pad)
+            }
+            InputKind::Tokens => (None, None),
         };
         let weights = weights_file(dir)?;
         let dtype = options.dtype.dtype();
@@ -362,7 +388,17 @@ impl EmbeddingModel {
                 vec![-1, config.hidden_size as i64],
             )],
         };
+        let pad = file_pad.unwrap_or((config.pad_token_id as u32, 0));
+        if options.max_rows == 0 || options.max_batch_tokens < max_len {
+            return Err(bad_option(format!(
+                "max_rows must be at least 1 and max_batch_tokens at least max_sequence_length \
+                 ({max_len})"
+            )));
+        }
         let model = EmbeddingModel {
+            max_rows: options.max_rows,
+            max_batch_tokens: options.max_batch_tokens,
+            pad,
             bert,
             tokenizer,
             device,
@@ -376,55 +412,64 @@ impl EmbeddingModel {
         };
         // One tiny forward pass at load, so a broken model fails here and not on a request.
         let probe = model
-            .forward(&Batch {
-                rows: 1,
-                seq: 2,
+            .forward(&[Row {
                 ids: vec![0, 0],
                 mask: vec![1, 1],
                 types: vec![0, 0],
-            })
+            }])
             .map_err(|e| load_err(dir, e))?;
         debug_assert_eq!(probe.len(), config.hidden_size);
         Ok(model)
     }
 
-    /// Tokenizes a batch of strings into one padded batch.
-    fn tokenize(&self, tokenizer: &Tokenizer, input: &Tensor) -> Result<Batch> {
-        let texts = input.to_utf8_strings("candle")?;
-        if texts.is_empty() {
-            return Err(Error::invalid(
-                "input 'text': empty batch; send at least one string",
-            ));
+    /// Refuses more rows than `max_rows`, and empty batches.
+    fn check_rows(&self, rows: usize, what: &str) -> Result<()> {
+        if rows == 0 {
+            return Err(Error::invalid(format!(
+                "input '{what}': empty batch; send at least one row"
+            )));
         }
+        if rows > self.max_rows {
+            return Err(Error::invalid(format!(
+                "input '{what}': {rows} rows in one execution; this model takes at most \
+                 max_rows = {}",
+                self.max_rows
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tokenizes a batch of strings, one unpadded row each.
+    fn tokenize(&self, tokenizer: &Tokenizer, input: &Tensor) -> Result<Vec<Row>> {
+        self.check_rows(input.element_count(), "text")?;
+        let texts = input.to_utf8_strings("candle")?;
         let encodings = tokenizer
             .encode_batch(texts, true)
             .map_err(|e| Error::invalid(format!("input 'text': cannot tokenize: {e}")))?;
-        let seq = encodings.first().map_or(0, |e| e.len());
-        if !self.truncate {
-            // Truncation is off in the tokenizer; refuse rather than cut.
-            for (i, e) in encodings.iter().enumerate() {
-                let len = e.get_attention_mask().iter().filter(|&&m| m != 0).count();
-                if len > self.max_len {
+        encodings
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if !self.truncate && e.len() > self.max_len {
+                    // Truncation is off in the tokenizer; refuse rather than cut.
                     return Err(Error::invalid(format!(
-                        "input 'text': string {i} is {len} tokens long, over the model's \
+                        "input 'text': string {i} is {} tokens long, over the model's \
                          max_sequence_length {} (the option truncate = false refuses it)",
+                        e.len(),
                         self.max_len
                     )));
                 }
-            }
-        }
-        let rows = encodings.len();
-        let mut batch = Batch::with_capacity(rows, seq);
-        for e in &encodings {
-            batch.ids.extend_from_slice(e.get_ids());
-            batch.mask.extend_from_slice(e.get_attention_mask());
-            batch.types.extend_from_slice(e.get_type_ids());
-        }
-        Ok(batch)
+                Ok(Row {
+                    ids: e.get_ids().to_vec(),
+                    mask: e.get_attention_mask().to_vec(),
+                    types: e.get_type_ids().to_vec(),
+                })
+            })
+            .collect()
     }
 
-    /// Checks client-tokenized inputs and turns them into a batch.
-    fn check_tokens(&self, inputs: &[Tensor]) -> Result<Batch> {
+    /// Checks client-tokenized inputs and turns them into rows.
+    fn check_tokens(&self, inputs: &[Tensor]) -> Result<Vec<Row>> {
         let [ids, mask, types] = inputs else {
             return Err(Error::Internal("expected three token tensors".into()));
         };
@@ -440,14 +485,10 @@ impl EmbeddingModel {
             }
         }
         let (rows, seq) = (shape[0], shape[1]);
-        if rows == 0 || seq == 0 {
+        self.check_rows(rows, "input_ids")?;
+        if seq == 0 || seq > self.max_len {
             return Err(Error::invalid(format!(
-                "input 'input_ids': empty batch or sequence (shape {shape:?})"
-            )));
-        }
-        if seq > self.max_len {
-            return Err(Error::invalid(format!(
-                "input 'input_ids': sequence length {seq} is over the model's \
+                "input 'input_ids': sequence length {seq} must be between 1 and the model's \
                  max_sequence_length {}",
                 self.max_len
             )));
@@ -467,53 +508,87 @@ impl EmbeddingModel {
                 })
                 .collect()
         };
-        let batch = Batch {
-            rows,
-            seq,
-            ids: convert(ids, self.vocab_size, "token ids")?,
-            mask: convert(mask, 2, "mask values")?,
-            types: convert(types, self.type_vocab_size, "token type ids")?,
-        };
-        Ok(batch)
+        let ids = convert(ids, self.vocab_size, "token ids")?;
+        let mask = convert(mask, 2, "mask values")?;
+        let types = convert(types, self.type_vocab_size, "token type ids")?;
+        (0..rows)
+            .map(|r| {
+                let span = r * seq..(r + 1) * seq;
+                if !mask[span.clone()].contains(&1) {
+                    return Err(Error::invalid(format!(
+                        "input 'attention_mask': row {r} keeps no token (all zeros)"
+                    )));
+                }
+                Ok(Row {
+                    ids: ids[span.clone()].to_vec(),
+                    mask: mask[span.clone()].to_vec(),
+                    types: types[span].to_vec(),
+                })
+            })
+            .collect()
     }
 
-    /// One padded forward pass over the batch: pooled (and normalised) FP32 vectors, row-major.
-    fn forward(&self, batch: &Batch) -> candle_core::Result<Vec<f32>> {
-        let shape = (batch.rows, batch.seq);
-        let ids = CTensor::from_slice(&batch.ids, shape, &self.device)?;
-        let types = CTensor::from_slice(&batch.types, shape, &self.device)?;
-        let mask = CTensor::from_slice(&batch.mask, shape, &self.device)?;
-        let hidden = self.bert.forward(&ids, &types, &mask)?;
+    /// Embeds rows: consecutive chunks of at most `max_batch_tokens` padded tokens, each one
+    /// padded forward pass. Returns the FP32 vectors, row-major.
+    fn embed(&self, rows: &[Row]) -> candle_core::Result<Vec<f32>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < rows.len() {
+            let mut end = start;
+            let mut longest = 0;
+            while end < rows.len() {
+                let next = longest.max(rows[end].ids.len());
+                if end > start && next * (end + 1 - start) > self.max_batch_tokens {
+                    break;
+                }
+                longest = next;
+                end += 1;
+            }
+            out.extend(self.forward(&rows[start..end])?);
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// One forward pass over rows padded to the longest of them: pooled (and normalised) FP32
+    /// vectors, row-major.
+    fn forward(&self, rows: &[Row]) -> candle_core::Result<Vec<f32>> {
+        let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let shape = (rows.len(), seq);
+        let padded = |pick: fn(&Row) -> &[u32], pad: u32| {
+            let mut v = Vec::with_capacity(rows.len() * seq);
+            for row in rows {
+                let values = pick(row);
+                v.extend_from_slice(values);
+                v.resize(v.len() + seq - values.len(), pad);
+            }
+            CTensor::from_vec(v, shape, &self.device)
+        };
+        let ids = padded(|r| &r.ids, self.pad.0)?;
+        let types = padded(|r| &r.types, self.pad.1)?;
+        let mask = padded(|r| &r.mask, 0)?;
+        // Pooling and normalisation in FP32 whatever the model's dtype (token counts and sums
+        // over hundreds of tokens are not exact in half precision).
+        let hidden = self
+            .bert
+            .forward(&ids, &types, &mask)?
+            .to_dtype(DType::F32)?;
         let pooled = self.pooling.apply(&hidden, &mask)?;
         let pooled = if self.normalize {
             pooling::l2_normalize(&pooled)?
         } else {
             pooled
         };
-        pooled.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+        pooled.flatten_all()?.to_vec1::<f32>()
     }
 }
 
-/// A tokenized batch, row-major `[rows, seq]`, padded to the longest row.
+/// One tokenized row, unpadded (client-tokenized rows keep their own padding and mask).
 #[derive(Debug)]
-struct Batch {
-    rows: usize,
-    seq: usize,
+struct Row {
     ids: Vec<u32>,
     mask: Vec<u32>,
     types: Vec<u32>,
-}
-
-impl Batch {
-    fn with_capacity(rows: usize, seq: usize) -> Self {
-        Batch {
-            rows,
-            seq,
-            ids: Vec::with_capacity(rows * seq),
-            mask: Vec::with_capacity(rows * seq),
-            types: Vec::with_capacity(rows * seq),
-        }
-    }
 }
 
 fn weights_file(dir: &Path) -> Result<PathBuf> {
@@ -529,18 +604,20 @@ fn weights_file(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// The model's tokenizer, set to pad each batch to its longest string (whatever padding the
-/// file asks for: a fixed 128 in all-MiniLM-L6-v2's) and to truncate at `max_len` (or not at
-/// all when over-long strings are to be refused).
-fn tokenizer(dir: &Path, max_len: usize, truncate: bool) -> Result<Tokenizer> {
+/// The model's tokenizer, set to truncate at `max_len` (or not at all when over-long strings
+/// are to be refused) and not to pad: [`EmbeddingModel::forward`] pads each chunk to its own
+/// longest row, on the right, whatever the file asks for (a fixed 128 in all-MiniLM-L6-v2's).
+fn tokenizer(
+    dir: &Path,
+    max_len: usize,
+    truncate: bool,
+) -> Result<(Tokenizer, Option<(u32, u32)>)> {
     let path = dir.join("tokenizer.json");
     let mut tokenizer = Tokenizer::from_file(&path)
         .map_err(|e| Error::Load(format!("cannot load {}: {e}", path.display())))?;
-    let padding = PaddingParams {
-        strategy: PaddingStrategy::BatchLongest,
-        ..tokenizer.get_padding().cloned().unwrap_or_default()
-    };
-    tokenizer.with_padding(Some(padding));
+    // The file's pad token and type id are kept for our own padding; the tokenizer never pads.
+    let pad = tokenizer.get_padding().map(|p| (p.pad_id, p.pad_type_id));
+    tokenizer.with_padding(None);
     let truncation = truncate.then(|| TruncationParams {
         max_length: max_len,
         ..tokenizer.get_truncation().cloned().unwrap_or_default()
@@ -548,7 +625,7 @@ fn tokenizer(dir: &Path, max_len: usize, truncate: bool) -> Result<Tokenizer> {
     tokenizer
         .with_truncation(truncation)
         .map_err(|e| Error::Load(format!("cannot set truncation on {}: {e}", path.display())))?;
-    Ok(tokenizer)
+    Ok((tokenizer, pad))
 }
 
 impl Model for EmbeddingModel {
@@ -561,17 +638,17 @@ impl Model for EmbeddingModel {
     }
 
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        let batch = match &self.tokenizer {
+        let rows = match &self.tokenizer {
             Some(tokenizer) => self.tokenize(tokenizer, &inputs[0])?,
             None => self.check_tokens(&inputs)?,
         };
         let values = self
-            .forward(&batch)
+            .embed(&rows)
             .map_err(|e| Error::Execution(format!("candle forward pass failed: {e}")))?;
-        let hidden = values.len() / batch.rows;
+        let hidden = values.len() / rows.len();
         Ok(vec![Tensor::from_vec(
             "embedding",
-            vec![batch.rows, hidden],
+            vec![rows.len(), hidden],
             values,
         )?])
     }
