@@ -51,11 +51,12 @@ def log(*a):
 # ---------------------------------------------------------------- servers
 
 
-def wait_ready(url, proc, timeout=120):
+def wait_ready(url, proc, timeout=120, log_file=None):
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready ({url})")
+            err = pathlib.Path(log_file).read_text()[-4000:] if log_file else ""
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready ({url}):\n{err}")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
@@ -71,8 +72,12 @@ class Proc:
     def __init__(self, name, argv, ready_url, env=None):
         self.name = name
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-        self.ready_s = wait_ready(ready_url, self.proc)
+        # Server logs go to a file: a pipe nobody reads fills up and stalls the server (MLServer
+        # logs a traceback per failed request).
+        self.log_file = tempfile.NamedTemporaryFile("w", prefix=f"bench-{name}-", suffix=".log", delete=False).name
+        with open(self.log_file, "w") as log_out:
+            self.proc = subprocess.Popen(argv, stdout=log_out, stderr=log_out, env=env, text=True)
+        self.ready_s = wait_ready(ready_url, self.proc, log_file=self.log_file)
 
     def peak_rss_mib(self):
         """VmHWM of the server and its children (MLServer may fork helpers)."""
@@ -108,6 +113,11 @@ def oxinfer(manifest_text, name="oxinfer"):
     manifest.write_text(manifest_text)
     argv = [str(RELEASE / "oxinfer"), "serve", "--manifest", str(manifest), "--http", f"127.0.0.1:{http}", "--grpc", f"127.0.0.1:{grpc}"]
     env = dict(os.environ, OXINFER_LOG="warn")
+    if "ORT_DYLIB_PATH" not in env:
+        # The ONNX Runtime library of this Python's onnxruntime package (the .venv's).
+        import onnxruntime
+        capi = pathlib.Path(onnxruntime.__file__).parent / "capi"
+        env["ORT_DYLIB_PATH"] = str(next(capi.glob("libonnxruntime.so.1.*")))
     return Proc(name, argv, f"http://127.0.0.1:{http}/v2/health/ready", env=env)
 
 
@@ -148,7 +158,7 @@ def to_us(value):
 def wrk(url, lua, connections, seconds):
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua, url],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=seconds + 120,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
@@ -162,7 +172,7 @@ def wrk(url, lua, connections, seconds):
 def grpc_load(address, model, request_file, connections, seconds):
     out = subprocess.run(
         [str(RELEASE / "grpc-load"), address, model, str(request_file), str(connections), str(seconds)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=seconds + 120,
     ).stdout
     r = json.loads(out)
     if r["errors"]:
@@ -244,11 +254,17 @@ def tiny(tmp, seconds, results):
     finally:
         p.stop()
 
-    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "onnxruntime"\npath = "{add}"\n[models.options]\nintra_op_threads = 1\n')
+    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add}"\n')
     try:
         run_rest("oxinfer", PORTS["oxinfer"][0], "REST JSON", json_lua)
         run_rest("oxinfer", PORTS["oxinfer"][0], "REST binary", binary_lua)
         run_grpc("oxinfer", PORTS["oxinfer"][1])
+    finally:
+        p.stop()
+    # The same file through oxinfer's onnxruntime runtime: MLServer's engine, one thread.
+    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "onnxruntime"\npath = "{add}"\n[models.options]\nintra_op_threads = 1\n')
+    try:
+        run_rest("oxinfer-ort", PORTS["oxinfer"][0], "REST JSON", json_lua)
     finally:
         p.stop()
 
@@ -447,7 +463,8 @@ def report(results, seconds, out_path):
         "## 1. Overhead on a tiny model",
         "",
         "`examples/models/add.onnx` (FP32 `[1,16]` + `[1,16]`), the same file and request for every server.",
-        "oxinfer and MLServer both run it with ONNX Runtime 1.31.1, one intra-op thread. The floor is",
+        "`oxinfer` runs it with its default runtime (tract); `oxinfer-ort` with its onnxruntime runtime,",
+        "MLServer's engine (ONNX Runtime 1.31.1, one intra-op thread), REST JSON only. The floor is",
         "`bench/tools/src/bin/bench-floor.rs`: axum + serde_json parsing the same OIP request, adding the",
         "tensors and writing an OIP response, nothing else. REST: `wrk -t1 -cN`; gRPC: `grpc-load`",
         "(bench/tools, tonic, one client thread), the same client for both servers.",
