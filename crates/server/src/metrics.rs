@@ -270,33 +270,33 @@ pub fn render(
             m.metrics.queue_depth.load(Ordering::Relaxed)
         );
     }
-    for (name, help, pick) in [
+    type Counter = fn(&SchedulerCounters) -> &AtomicU64;
+    let scheduler_counters: [(&str, &str, Counter); 4] = [
         (
             "oxinfer_scheduler_rejected_total",
             "Requests refused because the model's queue was full.",
-            0,
+            |c| &c.rejected,
         ),
         (
             "oxinfer_scheduler_expired_total",
             "Requests whose timeout expired in the queue (not executed).",
-            1,
+            |c| &c.expired,
         ),
         (
             "oxinfer_scheduler_cancelled_total",
             "Queued requests dropped because their client went away (not executed).",
-            2,
+            |c| &c.cancelled,
         ),
         (
             "oxinfer_scheduler_batched_executions_total",
             "Executions that ran several requests as one batch.",
-            3,
+            |c| &c.batched_executions,
         ),
-    ] {
+    ];
+    for (name, help, counter) in scheduler_counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for m in models {
-            let c = m.scheduler;
-            let value = [&c.rejected, &c.expired, &c.cancelled, &c.batched_executions][pick]
-                .load(Ordering::Relaxed);
+            let value = counter(m.scheduler).load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}{{{}}} {value}", labels(m));
         }
     }

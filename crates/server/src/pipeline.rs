@@ -268,16 +268,15 @@ async fn run(
     // The worker threads execute it; if this future is dropped (the client went away), the
     // queued job is dropped unexecuted.
     let reply = model.scheduler.submit(inputs, timeout)?;
-    let done = reply.await.map_err(|_| {
+    let produced = reply.await.map_err(|_| {
         tracing::error!(model = %model.name, version = %model.version, "a model worker stopped");
         Error::Internal(format!(
             "model '{}' failed while executing the request",
             model.name
         ))
-    })?;
-    let mut produced = done.result?;
+    })??;
     let assembling = Instant::now();
-    let mut slots: Vec<Option<Tensor>> = produced.drain(..).map(Some).collect();
+    let mut slots: Vec<Option<Tensor>> = produced.into_iter().map(Some).collect();
     let outputs = outputs
         .into_iter()
         .map(|ix| {

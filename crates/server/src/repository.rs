@@ -376,7 +376,8 @@ fn load_entry(
     let config = &entry.scheduler;
     if config.batching() && !model.signature().batchable() {
         return Err(Error::Load(format!(
-            "dynamic batching (max_batch_size = {}) needs every input and output to have a              dynamic first dimension (-1), and this model's do not",
+            "dynamic batching (max_batch_size = {}) needs every input and output to have a \
+             dynamic first dimension (-1), and this model's do not",
             config.max_batch_size
         )));
     }
@@ -396,7 +397,6 @@ fn load_entry(
         &entry.name,
         instances,
         config.clone(),
-        config.batching(),
         stats.clone(),
         metrics.clone(),
     )?;

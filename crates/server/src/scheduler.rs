@@ -33,15 +33,6 @@ use tokio::sync::oneshot;
 use crate::metrics::ModelMetrics;
 use crate::stats::ModelStats;
 
-/// What a worker sends back for one job.
-#[derive(Debug)]
-pub struct Done {
-    /// The job's outputs, in the model's declaration order, or why there are none.
-    pub result: Result<Vec<Tensor>>,
-    /// Rows in the execution this job was part of (its own rows when not batched).
-    pub batch_rows: usize,
-}
-
 /// One request waiting for a worker.
 #[derive(Debug)]
 pub struct Job {
@@ -51,7 +42,8 @@ pub struct Job {
     key: Option<Vec<Vec<usize>>>,
     enqueued: Instant,
     deadline: Option<Instant>,
-    reply: oneshot::Sender<Done>,
+    /// The job's outputs, in the model's declaration order, or why there are none.
+    reply: oneshot::Sender<Result<Vec<Tensor>>>,
 }
 
 /// Counters of what the scheduler did, beyond the per-request statistics.
@@ -77,10 +69,9 @@ struct Shared {
     /// Signalled when a job is queued or the scheduler closes.
     ready: Condvar,
     config: Scheduling,
-    batching: bool,
     stats: Arc<ModelStats>,
     metrics: Arc<ModelMetrics>,
-    counters: Arc<SchedulerCounters>,
+    counters: SchedulerCounters,
 }
 
 /// A model's queue and worker threads. Dropping it lets the workers finish the jobs already
@@ -93,19 +84,17 @@ impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scheduler")
             .field("config", &self.shared.config)
-            .field("batching", &self.shared.batching)
             .finish_non_exhaustive()
     }
 }
 
 impl Scheduler {
-    /// Starts one worker thread per instance. `batching` is whether dynamic batching is on
-    /// (the configuration asks for it and the model's signature allows it).
+    /// Starts one worker thread per instance. With dynamic batching on in `config`, the
+    /// caller has checked that the model's signature allows it.
     pub fn start(
         label: &str,
         instances: Vec<Arc<dyn Model>>,
         config: Scheduling,
-        batching: bool,
         stats: Arc<ModelStats>,
         metrics: Arc<ModelMetrics>,
     ) -> Result<Scheduler> {
@@ -116,10 +105,9 @@ impl Scheduler {
             }),
             ready: Condvar::new(),
             config,
-            batching,
             stats,
             metrics,
-            counters: Arc::default(),
+            counters: SchedulerCounters::default(),
         });
         for (i, model) in instances.into_iter().enumerate() {
             let for_worker = shared.clone();
@@ -149,11 +137,11 @@ impl Scheduler {
         &self,
         inputs: Vec<Tensor>,
         timeout: Option<Duration>,
-    ) -> Result<oneshot::Receiver<Done>> {
+    ) -> Result<oneshot::Receiver<Result<Vec<Tensor>>>> {
         let shared = &self.shared;
         let config = &shared.config;
         let rows = inputs.first().map_or(1, Tensor::rows);
-        let key = if shared.batching {
+        let key = if config.batching() {
             if rows > config.max_batch_size {
                 return Err(Error::invalid(format!(
                     "the request has a batch of {rows} rows; this model takes at most \
@@ -207,7 +195,7 @@ impl Scheduler {
                 .queue_depth
                 .store(queue.jobs.len() as i64, Ordering::Relaxed);
         }
-        if shared.batching {
+        if config.batching() {
             // A worker gathering a batch and an idle one may both want this job.
             shared.ready.notify_all();
         } else {
@@ -260,7 +248,7 @@ impl Shared {
             queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
         };
         let mut batch = vec![first];
-        if self.batching && batch[0].key.is_some() {
+        if self.config.batching() && batch[0].key.is_some() {
             queue = self.gather(queue, &mut batch);
             // Waiting for the batch to fill may have outlived a deadline or a client.
             let now = Instant::now();
@@ -288,13 +276,10 @@ impl Shared {
             self.counters.expired.fetch_add(1, Ordering::Relaxed);
             let waited = now - job.enqueued;
             self.stats.queue.record(waited);
-            let _ = job.reply.send(Done {
-                result: Err(Error::DeadlineExceeded(format!(
-                    "the request's timeout expired after {} us in the queue; it was not executed",
-                    waited.as_micros()
-                ))),
-                batch_rows: 0,
-            });
+            let _ = job.reply.send(Err(Error::DeadlineExceeded(format!(
+                "the request's timeout expired after {} us in the queue; it was not executed",
+                waited.as_micros()
+            ))));
             return None;
         }
         Some(job)
@@ -375,7 +360,7 @@ fn run(shared: &Shared, model: &dyn Model, batch: Vec<Job>, started: Instant) {
             let parts = batch.iter().map(|j| j.inputs[c].clone()).collect();
             match Tensor::concat_rows(parts) {
                 Ok(t) => joined.push(t),
-                Err(e) => return fail_all(batch, &e, total),
+                Err(e) => return fail_all(batch, &e),
             }
         }
         joined
@@ -388,16 +373,13 @@ fn run(shared: &Shared, model: &dyn Model, batch: Vec<Job>, started: Instant) {
             }
             return;
         }
-        Err(e) => return fail_all(batch, &e, total),
+        Err(e) => return fail_all(batch, &e),
     };
     shared.stats.record_execution(total as u64);
     shared.metrics.batch_size.observe(total as f64);
     if batch.len() == 1 {
         let job = batch.into_iter().next().expect("one job");
-        let _ = job.reply.send(Done {
-            result: Ok(outputs),
-            batch_rows: total,
-        });
+        let _ = job.reply.send(Ok(outputs));
         return;
     }
     // Split every output back by each job's rows: per job, one tensor per output.
@@ -411,14 +393,11 @@ fn run(shared: &Shared, model: &dyn Model, batch: Vec<Job>, started: Instant) {
                     job_outputs.push(piece);
                 }
             }
-            Err(e) => return fail_all(batch, &e, total),
+            Err(e) => return fail_all(batch, &e),
         }
     }
     for (job, outputs) in batch.into_iter().zip(per_job) {
-        let _ = job.reply.send(Done {
-            result: Ok(outputs),
-            batch_rows: total,
-        });
+        let _ = job.reply.send(Ok(outputs));
     }
 }
 
@@ -449,11 +428,8 @@ fn execute(
     Ok(outputs)
 }
 
-fn fail_all(batch: Vec<Job>, error: &Error, total: usize) {
+fn fail_all(batch: Vec<Job>, error: &Error) {
     for job in batch {
-        let _ = job.reply.send(Done {
-            result: Err(error.clone()),
-            batch_rows: total,
-        });
+        let _ = job.reply.send(Err(error.clone()));
     }
 }
