@@ -22,6 +22,9 @@ ORT_DYLIB_PATH="$("$venv/bin/python" -c 'import onnxruntime, pathlib; print(next
 export ORT_DYLIB_PATH
 echo "==> ONNX Runtime for the tests: $ORT_DYLIB_PATH"
 
+echo "==> no import cycles between the server crate's modules"
+python3 scripts/module-graph.py crates/server/src
+
 echo "==> example models are current with their generator"
 "$venv/bin/python" examples/models/make_models.py --check
 

@@ -1,7 +1,7 @@
 //! The one error type of oxinfer's libraries, and how each cause maps to the protocol.
 
 /// A protocol-level error class: what a client is told, over REST (an HTTP status) or gRPC
-/// (a status code). Follows Triton's mapping (see `WIRE-COMPAT.md`).
+/// (a status code). Follows Triton's mapping, which tritonclient and the kserve SDK expect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     /// The request is malformed or does not fit the model (HTTP 400, gRPC `INVALID_ARGUMENT`).
@@ -12,8 +12,6 @@ pub enum ErrorCode {
     Unavailable,
     /// The request is larger than the server accepts (HTTP 413, gRPC `RESOURCE_EXHAUSTED`).
     ResourceExhausted,
-    /// The feature is not implemented (HTTP 501, gRPC `UNIMPLEMENTED`).
-    Unimplemented,
     /// The request's deadline passed before it could run (HTTP 504, gRPC `DEADLINE_EXCEEDED`).
     DeadlineExceeded,
     /// The server or a runtime failed (HTTP 500, gRPC `INTERNAL`).
@@ -28,7 +26,6 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Unavailable => 503,
             ErrorCode::ResourceExhausted => 413,
-            ErrorCode::Unimplemented => 501,
             ErrorCode::DeadlineExceeded => 504,
             ErrorCode::Internal => 500,
         }
@@ -42,9 +39,9 @@ pub enum Error {
     /// a shape that does not match the data, a missing or unknown tensor, ...
     #[error("{0}")]
     InvalidInput(String),
-    /// The named model (or the named version of it) is not served.
+    /// What the client named does not exist: a model, a version of it, or an endpoint.
     #[error("{0}")]
-    ModelNotFound(String),
+    NotFound(String),
     /// The model exists but is not ready to serve (loading, unloaded, shutting down).
     #[error("{0}")]
     ModelNotReady(String),
@@ -58,9 +55,6 @@ pub enum Error {
     /// The request's timeout passed while it waited in the queue; it was not executed.
     #[error("{0}")]
     DeadlineExceeded(String),
-    /// The request asks for something this server does not implement.
-    #[error("{0}")]
-    Unsupported(String),
     /// The manifest is invalid: unknown key, unknown runtime, missing file, duplicate model, ...
     /// Only raised at startup or by `oxinfer check`; never sent to a client.
     #[error("{0}")]
@@ -81,11 +75,10 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidInput(_) => ErrorCode::InvalidArgument,
-            Error::ModelNotFound(_) => ErrorCode::NotFound,
+            Error::NotFound(_) => ErrorCode::NotFound,
             Error::ModelNotReady(_) | Error::Overloaded(_) => ErrorCode::Unavailable,
             Error::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             Error::TooLarge(_) => ErrorCode::ResourceExhausted,
-            Error::Unsupported(_) => ErrorCode::Unimplemented,
             Error::Manifest(_) | Error::Load(_) | Error::Execution(_) | Error::Internal(_) => {
                 ErrorCode::Internal
             }
@@ -108,10 +101,9 @@ mod tests {
     #[test]
     fn each_cause_maps_to_the_protocol_status() {
         assert_eq!(Error::invalid("x").code().http_status(), 400);
-        assert_eq!(Error::ModelNotFound("x".into()).code().http_status(), 404);
+        assert_eq!(Error::NotFound("x".into()).code().http_status(), 404);
         assert_eq!(Error::ModelNotReady("x".into()).code().http_status(), 503);
         assert_eq!(Error::TooLarge("x".into()).code().http_status(), 413);
-        assert_eq!(Error::Unsupported("x".into()).code().http_status(), 501);
         assert_eq!(Error::Execution("x".into()).code().http_status(), 500);
         assert_eq!(Error::Internal("x".into()).code().http_status(), 500);
         assert_eq!(Error::Overloaded("x".into()).code().http_status(), 503);

@@ -11,7 +11,6 @@
 //! it without pulling in the server.
 
 pub mod datatype;
-pub mod digest;
 pub mod error;
 pub mod manifest;
 pub mod protocol;

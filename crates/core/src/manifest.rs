@@ -148,7 +148,7 @@ pub struct ModelEntry {
     #[serde(default)]
     pub options: toml::Table,
     /// The expected SHA-256 of the model (hex; for a directory, its stable digest, see
-    /// `digest`): loading refuses a model whose digest differs.
+    /// the server's model digests): loading refuses a model whose digest differs.
     pub sha256: Option<String>,
     /// Where the model came from, reported with every prediction.
     #[serde(default)]

@@ -23,6 +23,8 @@ use crate::{Error, Result, Tensor};
 /// What a runtime is given to load one model instance.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadRequest<'a> {
+    /// The [`Runtime::name`] of the runtime asked to load it (for messages).
+    pub runtime: &'static str,
     /// The model's name in the manifest.
     pub name: &'a str,
     /// The model's version in the manifest.
@@ -45,17 +47,24 @@ pub struct LoadRequest<'a> {
 impl LoadRequest<'_> {
     /// Deserializes the options into the runtime's own options type, which should use
     /// `#[serde(deny_unknown_fields)]` so that a misspelt key is an error.
-    pub fn parse_options<T: DeserializeOwned>(&self, runtime: &str) -> Result<T> {
+    pub fn parse_options<T: DeserializeOwned>(&self) -> Result<T> {
         toml::Value::Table(self.options.clone())
             .try_into()
-            .map_err(|e| Error::Manifest(format!("invalid options for runtime '{runtime}': {e}")))
+            .map_err(|e| {
+                Error::Manifest(format!(
+                    "invalid options for runtime '{}': {e}",
+                    self.runtime
+                ))
+            })
     }
 
     /// Deserializes the `[runtimes.<name>]` settings, like [`LoadRequest::parse_options`].
-    pub fn parse_settings<T: DeserializeOwned>(&self, runtime: &str) -> Result<T> {
+    pub fn parse_settings<T: DeserializeOwned>(&self) -> Result<T> {
         toml::Value::Table(self.settings.clone())
             .try_into()
-            .map_err(|e| Error::Manifest(format!("invalid [runtimes.{runtime}] settings: {e}")))
+            .map_err(|e| {
+                Error::Manifest(format!("invalid [runtimes.{}] settings: {e}", self.runtime))
+            })
     }
 }
 
@@ -132,6 +141,13 @@ pub trait Model: Send + Sync {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+
+    /// How the runtime set the model up (e.g. tract's execution strategy, ONNX Runtime's
+    /// execution providers), as key/value pairs for the server's "model loaded" log line.
+    /// Empty by default.
+    fn details(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +178,7 @@ mod tests {
         }
         let table: toml::Table = toml::from_str("treads = 2").unwrap();
         let req = LoadRequest {
+            runtime: "x",
             name: "m",
             version: "1",
             path: Path::new("m.onnx"),
@@ -170,7 +187,7 @@ mod tests {
             settings: &toml::Table::new(),
             instances: 1,
         };
-        let e = req.parse_options::<Opts>("x").unwrap_err().to_string();
+        let e = req.parse_options::<Opts>().unwrap_err().to_string();
         assert!(e.contains("unknown field `treads`"), "{e}");
     }
 }

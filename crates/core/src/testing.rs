@@ -17,6 +17,7 @@ pub fn load_example(runtime: &dyn Runtime, file: &str, options: &str) -> Result<
     let table: toml::Table = toml::from_str(options).expect("test options are valid TOML");
     let path = example_model(file);
     runtime.load(&LoadRequest {
+        runtime: runtime.name(),
         name: "m",
         version: "1",
         path: &path,

@@ -3,6 +3,8 @@
 //! ```text
 //! oxinfer serve --manifest FILE [--http ADDR] [--grpc ADDR]   serve the manifest's models
 //! oxinfer check --manifest FILE                               validate and load, print signatures
+//! oxinfer audit verify FILE...                                check an inference log's hash chain
+//! oxinfer audit show --id ID FILE...                          print the records of one request
 //! ```
 
 /// mimalloc instead of glibc's malloc: the request path allocates small, short-lived buffers
@@ -21,7 +23,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use oxinfer_core::Manifest;
 use oxinfer_core::manifest::TelemetrySettings;
-use oxinfer_server::{AppState, ModelRepository, RuntimeRegistry};
+use oxinfer_server::{AppState, ModelRepository, RuntimeRegistry, inference_log};
 
 /// oxinfer: a model server for the Open Inference Protocol (KServe v2).
 #[derive(Debug, Parser)]
@@ -167,17 +169,16 @@ fn init_logging(
     Ok(provider)
 }
 
-fn load(manifest_path: &Path) -> Result<(Manifest, ModelRepository)> {
-    let manifest = Manifest::load(manifest_path)?;
+fn load(manifest: &Manifest) -> Result<ModelRepository> {
     let started = Instant::now();
-    let repository = registry().load_manifest(&manifest)?;
+    let repository = ModelRepository::load(registry(), manifest.clone())?;
     tracing::info!(
         models = repository.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
-        manifest = %manifest_path.display(),
+        manifest = %manifest.source.display(),
         "all models loaded"
     );
-    Ok((manifest, repository))
+    Ok(repository)
 }
 
 fn main() -> std::process::ExitCode {
@@ -218,7 +219,7 @@ fn main() -> std::process::ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Audit(Audit::Verify { files }) => {
-            let verified = oxinfer_server::audit::verify(&files).map_err(anyhow::Error::msg)?;
+            let verified = inference_log::verify(&files).map_err(anyhow::Error::msg)?;
             println!(
                 "OK: {} record(s) intact; chain starts from {} and ends at {}",
                 verified.records, verified.starts_from, verified.last_hash
@@ -226,7 +227,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Audit(Audit::Show { id, files }) => {
-            let found = oxinfer_server::audit::find(&files, &id).map_err(anyhow::Error::msg)?;
+            let found = inference_log::find(&files, &id).map_err(anyhow::Error::msg)?;
             if found.is_empty() {
                 anyhow::bail!("no record with request_id {id}");
             }
@@ -246,7 +247,7 @@ fn run(command: Command) -> Result<()> {
 }
 
 fn check(path: &Path) -> Result<()> {
-    let (_, repository) = load(path)?;
+    let repository = load(&Manifest::load(path)?)?;
     for model in repository.ready_models() {
         println!(
             "{} (version {}, {}):",
@@ -268,13 +269,28 @@ fn check(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Binds a listener before any model is loaded, so that a port in use fails at once and says
+/// which listener and which option moves it.
+fn bind(addr: SocketAddr, what: &str, option: &str) -> Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| {
+        format!(
+            "cannot listen on {addr} ({what}); is another server using it? Choose another address \
+             with {option}"
+        )
+    })?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("cannot set up the {what} listener"))?;
+    Ok(listener)
+}
+
 fn serve(
     path: &Path,
     http: Option<String>,
     grpc: Option<String>,
     max_request_bytes: Option<usize>,
 ) -> Result<()> {
-    let (manifest, repository) = load(path)?;
+    let manifest = Manifest::load(path)?;
     let http = http
         .or(manifest.server.http.clone())
         .unwrap_or_else(|| DEFAULT_HTTP.to_string());
@@ -288,6 +304,13 @@ fn serve(
                 .with_context(|| format!("invalid gRPC listen address '{g}'"))
         })
         .transpose()?;
+    // Bind every listener before loading models or announcing any address, so that a port in
+    // use fails startup at once, before a client is told where to connect.
+    let http_listener = bind(http, "HTTP", "--http or [server] http")?;
+    let grpc_listener = grpc
+        .map(|addr| bind(addr, "gRPC", "--grpc or [server] grpc"))
+        .transpose()?;
+    let repository = load(&manifest)?;
     let max_request_bytes = max_request_bytes.unwrap_or(manifest.max_request_bytes());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -295,26 +318,17 @@ fn serve(
         .context("cannot start the async runtime")?;
     let mut state = AppState::new(repository, max_request_bytes);
     let log = match manifest.inference_log.clone() {
-        Some(settings) => Some(oxinfer_server::audit::InferenceLog::start(settings)?),
+        Some(settings) => Some(inference_log::InferenceLog::start(settings)?),
         None => None,
     };
     if let Some(log) = &log {
         state = state.with_log(log.clone());
     }
     runtime.block_on(async move {
-        // Bind every listener before announcing any, so that a port in use fails startup
-        // before a client is told where to connect.
-        let http_listener = tokio::net::TcpListener::bind(http)
-            .await
-            .with_context(|| format!("cannot listen on {http}"))?;
-        let grpc_listener = match grpc {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (gRPC)"))?,
-            ),
-            None => None,
-        };
+        let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
+        let grpc_listener = grpc_listener
+            .map(tokio::net::TcpListener::from_std)
+            .transpose()?;
         tracing::info!("HTTP listening on {}", http_listener.local_addr()?);
         if let Some(listener) = &grpc_listener {
             tracing::info!("gRPC listening on {}", listener.local_addr()?);
@@ -334,7 +348,7 @@ fn serve(
         let http_server = oxinfer_server::serve_http(http_listener, state.clone(), wait());
         let grpc_server = async {
             match grpc_listener {
-                Some(listener) => oxinfer_server::grpc::serve_grpc(listener, state.clone(), wait())
+                Some(listener) => oxinfer_server::serve_grpc(listener, state.clone(), wait())
                     .await
                     .context("gRPC server failed"),
                 None => Ok(()),

@@ -1,30 +1,39 @@
-//! oxinfer's serving layer: the model repository, the request pipeline and the OIP REST API.
+//! oxinfer's serving layer: the models being served, the request path shared by every protocol,
+//! and the REST and gRPC front ends. The modules, in the order a request meets them:
 //!
-//! - [`loader`]: the runtimes compiled in, and loading a manifest's models;
-//! - [`repository`]: the loaded models by name and version;
-//! - [`pipeline`]: validate -> execute -> assemble, shared by every protocol front end;
-//! - [`scheduler`]: per-model queue, worker threads, dynamic batching, deadlines;
-//! - [`http`]: the REST routes (axum), tested without a socket;
-//! - [`grpc`]: the gRPC service (tonic) and the standard health service;
-//! - [`serve_http`] / [`grpc::serve_grpc`]: run them on a listener until a shutdown signal.
+//! - `api`: the front ends: `api::rest` (axum) and `api::grpc` (tonic), which decode the wire
+//!   format and call the pipeline or an admin operation;
+//! - `pipeline`: request id, model lookup, validation against the model's signature, response
+//!   assembly, and recording the request;
+//! - `scheduler`: each model's bounded queue, worker threads, dynamic batching and deadlines;
+//! - `admin`: metadata, readiness, statistics and the repository operations, once for both
+//!   front ends;
+//! - `models`: the runtime registry, loading manifest entries, digests, the repository of
+//!   loaded versions, the Triton model configuration;
+//! - `telemetry`: statistics and Prometheus metrics (one recorder, two views), and the
+//!   [`inference_log`];
+//! - `state`: the [`AppState`] the front ends and the pipeline share.
+//!
+//! The binary (`crates/oxinfer`) builds a [`ModelRepository`] from a manifest with a
+//! [`RuntimeRegistry`] of the runtimes compiled in, wraps it in an [`AppState`], and runs
+//! [`serve_http`] and [`serve_grpc`] until a shutdown signal.
 
-pub mod audit;
-pub mod config;
-pub mod grpc;
-pub mod http;
-pub mod loader;
-pub mod metrics;
-pub mod pipeline;
-pub mod repository;
-pub mod scheduler;
-pub mod stats;
+mod admin;
+mod api;
+mod models;
+mod pipeline;
+mod scheduler;
+mod state;
+mod telemetry;
+
+pub use api::grpc::pb;
+pub use api::grpc::serve_grpc;
+pub use api::rest::app;
+pub use models::{ModelRepository, RuntimeRegistry, ServedModel};
+pub use state::AppState;
+pub use telemetry::inference_log;
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
-
-pub use http::{AppState, app};
-pub use loader::RuntimeRegistry;
-pub use repository::{ModelRepository, ServedModel};
 
 /// Serves the REST API on `listener` until `shutdown` completes, then stops accepting
 /// connections, lets in-flight requests finish, and returns.
@@ -33,14 +42,14 @@ pub async fn serve_http(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let ready = state.ready.clone();
+    let for_shutdown = state.clone();
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         shutdown.await;
-        ready.store(false, Ordering::Relaxed);
+        for_shutdown.set_not_ready();
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
     })
     .await

@@ -1,8 +1,9 @@
-//! The request path below the wire decoders: validate a decoded request against the model,
-//! execute it off the I/O threads, and assemble the response.
+//! The request path below the wire decoders, shared by every front end: assign the request id,
+//! find the model, validate the request against its signature, queue it on the model's
+//! scheduler, assemble the response, and record the request (telemetry, inference log).
 //!
-//! Every protocol front end (REST JSON today; binary and gRPC later) decodes into an
-//! [`InferRequest`] and calls [`infer`], so a model behaves the same through all of them.
+//! REST (JSON and binary) and gRPC decode into an [`InferRequest`] and call [`handle`], so a
+//! model behaves the same through all of them.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -14,19 +15,19 @@ use tracing::Instrument;
 use oxinfer_core::protocol::{InferRequest, InferResponse, Parameter, TensorMetadata};
 use oxinfer_core::{Error, ModelSignature, Result, Tensor};
 
-use crate::audit::Event;
-use crate::http::AppState;
-use crate::metrics::Protocol;
-use crate::repository::ServedModel;
+use crate::models::ServedModel;
+use crate::state::AppState;
+use crate::telemetry::Protocol;
+use crate::telemetry::inference_log::Event;
 
 /// A request checked against its model: inputs in signature order, outputs to return.
 #[derive(Debug)]
-pub struct Validated {
+struct Validated {
     /// One tensor per model input, in signature order.
-    pub inputs: Vec<Tensor>,
+    inputs: Vec<Tensor>,
     /// Indices into the model's outputs, in the order the client asked for them (all outputs in
     /// model order when the client named none).
-    pub outputs: Vec<usize>,
+    outputs: Vec<usize>,
 }
 
 fn shape_fits(declared: &[i64], actual: &[usize]) -> bool {
@@ -47,7 +48,7 @@ fn list(tensors: &[TensorMetadata]) -> String {
 
 /// Checks a request against a model signature: every declared input given exactly once, with
 /// the declared datatype and a compatible shape; no unknown inputs; requested outputs exist.
-pub fn validate(
+fn validate(
     model_name: &str,
     signature: &ModelSignature,
     request: &mut InferRequest,
@@ -126,24 +127,23 @@ pub fn validate(
 
 /// Where a request came from.
 #[derive(Debug, Clone)]
-pub struct Call<'a> {
+pub(crate) struct Call<'a> {
     /// The model name in the URL or message.
-    pub model: &'a str,
+    pub(crate) model: &'a str,
     /// The version asked for, if any.
-    pub version: Option<&'a str>,
-    /// The protocol it arrived by.
-    pub protocol: Protocol,
+    pub(crate) version: Option<&'a str>,
+    pub(crate) protocol: Protocol,
     /// The client's address, when known.
-    pub client: Option<SocketAddr>,
+    pub(crate) client: Option<SocketAddr>,
     /// A request id from outside the body (REST's `X-Request-ID` header).
-    pub header_id: Option<String>,
+    pub(crate) header_id: Option<String>,
 }
 
 /// The front ends' entry point: given the decoded request (or why decoding failed), assigns the
 /// request id (the client's, else the `X-Request-ID` header, else a new UUID), finds the model,
-/// runs [`infer`], and records the request in metrics, the inference log and the debug log.
-/// Returns the request id with the outcome.
-pub async fn handle(
+/// runs [`infer`], and records the request in the model's telemetry, the inference log and the
+/// debug log. Returns the request id with the outcome.
+pub(crate) async fn handle(
     state: &AppState,
     call: Call<'_>,
     decoded: Result<InferRequest>,
@@ -174,10 +174,7 @@ pub async fn handle(
         };
         let mut request = match decoded {
             Ok(request) => request,
-            Err(e) => {
-                model.stats.fail.record(started.elapsed());
-                return (Some(model), Vec::new(), Err(e));
-            }
+            Err(e) => return (Some(model), Vec::new(), Err(e)),
         };
         request.id = Some(id.clone());
         let inputs = if state.log.is_some() {
@@ -185,16 +182,14 @@ pub async fn handle(
         } else {
             Vec::new()
         };
-        let result = infer(model.clone(), request).await;
+        let result = infer(&model, request).await;
         (Some(model), inputs, result)
     }
     .instrument(span.clone())
     .await;
     let elapsed = started.elapsed();
     match &model {
-        Some(m) => m
-            .metrics
-            .record_request(call.protocol, result.is_ok(), elapsed),
+        Some(m) => m.telemetry.request(call.protocol, result.is_ok(), elapsed),
         None => state.metrics.record_rejected(call.protocol),
     }
     span.in_scope(|| match &result {
@@ -230,18 +225,6 @@ pub async fn handle(
     (id, result)
 }
 
-/// Runs one request on a model: validation, execution on the blocking pool, response assembly.
-/// Records the request in the model's statistics, success or failure.
-pub async fn infer(model: Arc<ServedModel>, request: InferRequest) -> Result<InferResponse> {
-    let started = Instant::now();
-    let result = run(&model, request, started).await;
-    match &result {
-        Ok(_) => model.stats.success.record(started.elapsed()),
-        Err(_) => model.stats.fail.record(started.elapsed()),
-    }
-    result
-}
-
 /// The request's queue deadline: its `timeout` parameter, in microseconds (Triton's and
 /// tritonclient's convention), if any.
 fn request_timeout(request: &InferRequest) -> Result<Option<Duration>> {
@@ -255,15 +238,14 @@ fn request_timeout(request: &InferRequest) -> Result<Option<Duration>> {
     }
 }
 
-async fn run(
-    model: &Arc<ServedModel>,
-    mut request: InferRequest,
-    started: Instant,
-) -> Result<InferResponse> {
+/// Runs one request on a model: validation, execution on the model's scheduler threads,
+/// response assembly.
+async fn infer(model: &Arc<ServedModel>, mut request: InferRequest) -> Result<InferResponse> {
+    let started = Instant::now();
     let validated = validate(&model.name, model.signature(), &mut request)?;
     let timeout = request_timeout(&request)?;
-    let stats = &model.stats;
-    stats.compute_input.record(started.elapsed());
+    let telemetry = &model.telemetry;
+    telemetry.input_checked(started.elapsed());
     let Validated { inputs, outputs } = validated;
     // The worker threads execute it; if this future is dropped (the client went away), the
     // queued job is dropped unexecuted.
@@ -296,7 +278,7 @@ async fn run(
         .into(),
         outputs,
     };
-    stats.compute_output.record(assembling.elapsed());
+    telemetry.output_assembled(assembling.elapsed());
     Ok(response)
 }
 

@@ -23,19 +23,17 @@
 //!   (zero-copy for fixed-size data).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use oxinfer_core::{Error, ErrorCode, Model, Result, Scheduling, Tensor};
 use tokio::sync::oneshot;
 
-use crate::metrics::ModelMetrics;
-use crate::stats::ModelStats;
+use crate::telemetry::ModelTelemetry;
 
 /// One request waiting for a worker.
 #[derive(Debug)]
-pub struct Job {
+struct Job {
     inputs: Vec<Tensor>,
     rows: usize,
     /// The trailing dimensions of each input, when the job may be batched with others.
@@ -44,19 +42,6 @@ pub struct Job {
     deadline: Option<Instant>,
     /// The job's outputs, in the model's declaration order, or why there are none.
     reply: oneshot::Sender<Result<Vec<Tensor>>>,
-}
-
-/// Counters of what the scheduler did, beyond the per-request statistics.
-#[derive(Debug, Default)]
-pub struct SchedulerCounters {
-    /// Requests refused because the queue was full.
-    pub rejected: AtomicU64,
-    /// Requests whose deadline passed in the queue (answered with an error, not executed).
-    pub expired: AtomicU64,
-    /// Requests whose client went away while they were queued (dropped, not executed).
-    pub cancelled: AtomicU64,
-    /// Executions that ran more than one request together.
-    pub batched_executions: AtomicU64,
 }
 
 struct Queue {
@@ -69,14 +54,12 @@ struct Shared {
     /// Signalled when a job is queued or the scheduler closes.
     ready: Condvar,
     config: Scheduling,
-    stats: Arc<ModelStats>,
-    metrics: Arc<ModelMetrics>,
-    counters: SchedulerCounters,
+    telemetry: Arc<ModelTelemetry>,
 }
 
 /// A model's queue and worker threads. Dropping it lets the workers finish the jobs already
 /// queued and exit; they hold the model instances until then.
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     shared: Arc<Shared>,
 }
 
@@ -91,12 +74,11 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// Starts one worker thread per instance. With dynamic batching on in `config`, the
     /// caller has checked that the model's signature allows it.
-    pub fn start(
+    pub(crate) fn start(
         label: &str,
         instances: Vec<Arc<dyn Model>>,
         config: Scheduling,
-        stats: Arc<ModelStats>,
-        metrics: Arc<ModelMetrics>,
+        telemetry: Arc<ModelTelemetry>,
     ) -> Result<Scheduler> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
@@ -105,9 +87,7 @@ impl Scheduler {
             }),
             ready: Condvar::new(),
             config,
-            stats,
-            metrics,
-            counters: SchedulerCounters::default(),
+            telemetry,
         });
         for (i, model) in instances.into_iter().enumerate() {
             let for_worker = shared.clone();
@@ -124,16 +104,11 @@ impl Scheduler {
         Ok(Scheduler { shared })
     }
 
-    /// The scheduler's counters.
-    pub fn counters(&self) -> &SchedulerCounters {
-        &self.shared.counters
-    }
-
     /// Queues a validated request. `deadline` is when it must have started; `None` uses the
     /// model's default timeout. Returns the channel the reply arrives on; dropping it cancels
     /// the job if it has not started. Refuses the job at once when the queue is full or a
     /// request has more rows than `max_batch_size`.
-    pub fn submit(
+    pub(crate) fn submit(
         &self,
         inputs: Vec<Tensor>,
         timeout: Option<Duration>,
@@ -183,17 +158,14 @@ impl Scheduler {
             }
             if queue.jobs.len() >= config.max_queue_size {
                 drop(queue);
-                shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                shared.telemetry.rejected.inc();
                 return Err(Error::Overloaded(format!(
                     "the model's queue is full ({} requests waiting, max_queue_size); retry later",
                     config.max_queue_size
                 )));
             }
             queue.jobs.push_back(job);
-            shared
-                .metrics
-                .queue_depth
-                .store(queue.jobs.len() as i64, Ordering::Relaxed);
+            shared.telemetry.queue_depth(queue.jobs.len());
         }
         if config.batching() {
             // A worker gathering a batch and an idle one may both want this job.
@@ -244,7 +216,7 @@ impl Shared {
             if queue.closed {
                 return None;
             }
-            self.metrics.queue_depth.store(0, Ordering::Relaxed);
+            self.telemetry.queue_depth(0);
             queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
         };
         let mut batch = vec![first];
@@ -257,9 +229,7 @@ impl Shared {
                 .filter_map(|job| self.admit(job, now))
                 .collect();
         }
-        self.metrics
-            .queue_depth
-            .store(queue.jobs.len() as i64, Ordering::Relaxed);
+        self.telemetry.queue_depth(queue.jobs.len());
         Some(batch)
     }
 
@@ -267,15 +237,15 @@ impl Shared {
     /// ones dropped; either way `None`.
     fn admit(&self, job: Job, now: Instant) -> Option<Job> {
         if job.reply.is_closed() {
-            self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            self.telemetry.cancelled.inc();
             return None;
         }
         if let Some(deadline) = job.deadline
             && now >= deadline
         {
-            self.counters.expired.fetch_add(1, Ordering::Relaxed);
+            self.telemetry.expired.inc();
             let waited = now - job.enqueued;
-            self.stats.queue.record(waited);
+            self.telemetry.queued(waited);
             let _ = job.reply.send(Err(Error::DeadlineExceeded(format!(
                 "the request's timeout expired after {} us in the queue; it was not executed",
                 waited.as_micros()
@@ -330,9 +300,7 @@ fn worker(shared: &Shared, model: &dyn Model) {
     while let Some(batch) = shared.next_batch() {
         let started = Instant::now();
         for job in &batch {
-            let waited = started - job.enqueued;
-            shared.stats.queue.record(waited);
-            shared.metrics.queue_duration.observe_duration(waited);
+            shared.telemetry.queued(started - job.enqueued);
         }
         run(shared, model, batch, started);
     }
@@ -343,10 +311,7 @@ fn worker(shared: &Shared, model: &dyn Model) {
 /// its own, so only the request at fault gets the error.
 fn run(shared: &Shared, model: &dyn Model, batch: Vec<Job>, started: Instant) {
     if batch.len() > 1 {
-        shared
-            .counters
-            .batched_executions
-            .fetch_add(1, Ordering::Relaxed);
+        shared.telemetry.batched_executions.inc();
     }
     let rows: Vec<usize> = batch.iter().map(|j| j.rows).collect();
     let total: usize = rows.iter().sum();
@@ -375,8 +340,7 @@ fn run(shared: &Shared, model: &dyn Model, batch: Vec<Job>, started: Instant) {
         }
         Err(e) => return fail_all(batch, &e),
     };
-    shared.stats.record_execution(total as u64);
-    shared.metrics.batch_size.observe(total as f64);
+    shared.telemetry.executed(total as u64);
     if batch.len() == 1 {
         let job = batch.into_iter().next().expect("one job");
         let _ = job.reply.send(Ok(outputs));
@@ -414,9 +378,7 @@ fn execute(
                 "the model panicked while executing the request".into(),
             ))
         });
-    let infer_time = started.elapsed();
-    shared.stats.compute_infer.record(infer_time);
-    shared.metrics.compute_duration.observe_duration(infer_time);
+    shared.telemetry.computed(started.elapsed());
     let outputs = result?;
     let declared = model.signature().outputs.len();
     if outputs.len() != declared {

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use oxinfer_core::Manifest;
-use oxinfer_server::{AppState, RuntimeRegistry, app};
+use oxinfer_server::{AppState, ModelRepository, RuntimeRegistry, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -19,7 +19,7 @@ fn state() -> AppState {
     let manifest = Manifest::load(&path).unwrap();
     let mut registry = RuntimeRegistry::new();
     registry.register(Arc::new(oxinfer_tract::TractRuntime));
-    AppState::new(registry.load_manifest(&manifest).unwrap(), LIMIT)
+    AppState::new(ModelRepository::load(registry, manifest).unwrap(), LIMIT)
 }
 
 struct Reply {
@@ -89,7 +89,7 @@ async fn server_endpoints() {
         get(&s, "/v2/health/ready").await.body,
         json!({"ready": true})
     );
-    s.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    s.set_not_ready();
     assert_error(&get(&s, "/v2/health/ready").await, 503, "shutting down");
     assert_error(&get(&s, "/v2/models/simple/ready").await, 503, "not ready");
 }
@@ -99,10 +99,12 @@ async fn model_metadata_and_readiness_with_and_without_version() {
     let s = state();
     let r = get(&s, "/v2/models/simple").await;
     assert_eq!(r.status, StatusCode::OK);
-    let sha256 = oxinfer_core::digest::file_sha256(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/simple.onnx"),
-    )
-    .unwrap();
+    // What `sha256sum examples/models/simple.onnx` prints.
+    let sha256 = {
+        use sha2::Digest;
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/simple.onnx");
+        hex::encode(sha2::Sha256::digest(std::fs::read(file).unwrap()))
+    };
     assert_eq!(
         r.body,
         json!({"name": "simple", "versions": ["1"], "platform": "onnx_tract",
@@ -320,5 +322,74 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
         &post(&s, "/v2/models/simple/versions/9/infer", "{}").await,
         404,
         "unknown version '9'",
+    );
+}
+
+/// `GET /metrics` as text.
+async fn metrics_text(state: &AppState) -> String {
+    let request = Request::get("/metrics").body(Body::empty()).unwrap();
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn metrics_show_the_models_ready_now_and_the_process() {
+    let s = state();
+    assert_eq!(
+        post(
+            &s,
+            "/v2/models/simple/infer",
+            simple_request(&[1; 16], &[2; 16]).to_string()
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let text = metrics_text(&s).await;
+    for line in [
+        "# TYPE oxinfer_requests_total counter",
+        "oxinfer_requests_total{model=\"simple\",outcome=\"success\",protocol=\"http\",version=\"1\"} 1",
+        "oxinfer_batch_size_bucket{model=\"simple\",version=\"1\",le=\"1\"} 1",
+        "oxinfer_models_loaded 4",
+        "# TYPE process_cpu_seconds_total counter",
+        "# TYPE process_open_fds gauge",
+        "# TYPE oxinfer_process_resident_memory_bytes gauge",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+    // Statistics count the same request the metrics do.
+    let stats = get(&s, "/v2/models/simple/stats").await.body;
+    assert_eq!(
+        stats["model_stats"][0]["inference_stats"]["success"]["count"],
+        1
+    );
+    // An unloaded model's series disappear; a reloaded one starts again from zero.
+    assert_eq!(
+        post(&s, "/v2/repository/models/simple/unload", "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let text = metrics_text(&s).await;
+    assert!(!text.contains("model=\"simple\""), "{text}");
+    assert!(text.contains("oxinfer_models_loaded 3"), "{text}");
+    assert_eq!(
+        post(&s, "/v2/repository/models/simple/load", "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let text = metrics_text(&s).await;
+    assert!(
+        text.contains(
+            "oxinfer_requests_total{model=\"simple\",outcome=\"success\",protocol=\"http\",version=\"1\"} 0"
+        ),
+        "{text}"
     );
 }

@@ -17,7 +17,7 @@ use oxinfer_core::protocol::TensorMetadata;
 use oxinfer_core::{
     DataType, LoadRequest, Manifest, Model, ModelSignature, Result, Runtime, Tensor,
 };
-use oxinfer_server::{AppState, RuntimeRegistry, app};
+use oxinfer_server::{AppState, ModelRepository, RuntimeRegistry, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -106,7 +106,7 @@ fn state(scheduler: &str, options: &str) -> (AppState, Log) {
     registry.register(Arc::new(ProbeRuntime { log: log.clone() }));
     let manifest = Manifest::load(&manifest).unwrap();
     (
-        AppState::new(registry.load_manifest(&manifest).unwrap(), 1 << 20),
+        AppState::new(ModelRepository::load(registry, manifest).unwrap(), 1 << 20),
         log,
     )
 }

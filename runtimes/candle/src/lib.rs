@@ -42,7 +42,6 @@ mod bert;
 mod pooling;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor as CTensor};
 use candle_nn::VarBuilder;
@@ -140,22 +139,9 @@ impl Runtime for CandleRuntime {
     }
 
     fn load(&self, request: &LoadRequest<'_>) -> Result<Box<dyn Model>> {
-        let options: CandleOptions = request.parse_options("candle")?;
-        let CandleSettings {} = request.parse_settings("candle")?;
-        let started = Instant::now();
-        let model = EmbeddingModel::load(request.path, &options)?;
-        tracing::info!(
-            model = request.name,
-            version = request.version,
-            runtime = "candle",
-            device = %options.device,
-            pooling = ?model.pooling,
-            normalize = model.normalize,
-            max_sequence_length = model.max_len,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "model loaded"
-        );
-        Ok(Box::new(model))
+        let options: CandleOptions = request.parse_options()?;
+        let CandleSettings {} = request.parse_settings()?;
+        Ok(Box::new(EmbeddingModel::load(request.path, &options)?))
     }
 }
 
@@ -635,6 +621,15 @@ impl Model for EmbeddingModel {
 
     fn concurrent(&self) -> bool {
         true
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("device", format!("{:?}", self.device)),
+            ("pooling", format!("{:?}", self.pooling)),
+            ("normalize", self.normalize.to_string()),
+            ("max_sequence_length", self.max_len.to_string()),
+        ]
     }
 
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {

@@ -29,7 +29,6 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
 
 use bytes::Bytes;
 use ort::environment::Environment;
@@ -275,9 +274,8 @@ impl Runtime for OrtRuntime {
     }
 
     fn load(&self, request: &LoadRequest<'_>) -> Result<Box<dyn Model>> {
-        let settings: OrtSettings = request.parse_settings("onnxruntime")?;
-        let options: OrtOptions = request.parse_options("onnxruntime")?;
-        let started = Instant::now();
+        let settings: OrtSettings = request.parse_settings()?;
+        let options: OrtOptions = request.parse_options()?;
         let env = environment(&settings)?;
         let (session, providers) = build_session(env, request, &options)?;
         let mut signature = ModelSignature::default();
@@ -292,17 +290,10 @@ impl Runtime for OrtRuntime {
                 .outputs
                 .push(tensor_metadata(output.name(), output.dtype()).map_err(fail)?);
         }
-        tracing::info!(
-            model = request.name,
-            version = request.version,
-            runtime = "onnxruntime",
-            providers = ?providers,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "model loaded"
-        );
         Ok(Box::new(OrtModel {
             session: Mutex::new(session),
             signature,
+            providers: format!("{providers:?}"),
         }))
     }
 }
@@ -426,6 +417,8 @@ fn build_session(
 struct OrtModel {
     session: Mutex<Session>,
     signature: ModelSignature,
+    /// The execution providers registered, for the load log line.
+    providers: String,
 }
 
 /// Borrows a tensor's bytes as `&[T]` when aligned (no copy), else copies them.
@@ -542,6 +535,10 @@ fn run_error(e: ort::Error) -> Error {
 impl Model for OrtModel {
     fn signature(&self) -> &ModelSignature {
         &self.signature
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![("providers", self.providers.clone())]
     }
 
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {

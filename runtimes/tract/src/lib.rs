@@ -7,8 +7,8 @@
 //!   dimension) left symbolic, serving every shape;
 //! - **per_shape**: for models tract cannot analyse that way (a `BroadcastTo` whose shape input
 //!   has variable length, a source without a determined fact, symbols it cannot unify...), one
-//!   plan per concrete input-shape signature, compiled on first use (on the blocking pool, never
-//!   on the I/O threads) and kept in a bounded LRU cache (see [`plans`]).
+//!   plan per concrete input-shape signature, compiled on first use (on the model's scheduler worker
+//!   thread, never on the I/O threads) and kept in a bounded LRU cache (see [`plans`]).
 //!
 //! `auto` (the default) tries symbolic first and falls back to per_shape, logging why. Model
 //! metadata reports the graph's own dims (`-1` where dynamic) whatever the strategy.
@@ -33,7 +33,6 @@ mod convert;
 pub mod plans;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
 
 use oxinfer_core::protocol::TensorMetadata;
 use oxinfer_core::{DataType, Error, LoadRequest, Model, ModelSignature, Result, Runtime, Tensor};
@@ -117,28 +116,19 @@ impl Runtime for TractRuntime {
     }
 
     fn load(&self, request: &LoadRequest<'_>) -> Result<Box<dyn Model>> {
-        let options: TractOptions = request.parse_options("tract")?;
-        let TractSettings {} = request.parse_settings("tract")?;
+        let options: TractOptions = request.parse_options()?;
+        let TractSettings {} = request.parse_settings()?;
         if options.plan_cache_size == 0 {
             return Err(Error::Manifest(
                 "invalid options for runtime 'tract': plan_cache_size must be at least 1".into(),
             ));
         }
-        let started = Instant::now();
         let model = TractModel::load(request, &options).map_err(|e| {
             Error::Load(format!(
                 "tract could not load {}: {e:#}",
                 request.path.display()
             ))
         })?;
-        tracing::info!(
-            model = request.name,
-            version = request.version,
-            runtime = "tract",
-            strategy = model.engine.name(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "model loaded"
-        );
         Ok(Box::new(model))
     }
 }
@@ -289,7 +279,8 @@ impl TractModel {
                 Err(e) if options.strategy == Strategy::Auto => tracing::warn!(
                     model = request.name,
                     version = request.version,
-                    "tract cannot compile the model with symbolic dimensions ({e:#});                      using one plan per input-shape signature (strategy per_shape, up to {} plans)",
+                    "tract cannot compile the model with symbolic dimensions ({e:#}); using one \
+                     plan per input-shape signature (strategy per_shape, up to {} plans)",
                     options.plan_cache_size
                 ),
                 Err(e) => return Err(e),
@@ -465,6 +456,10 @@ impl Model for TractModel {
 
     fn concurrent(&self) -> bool {
         true
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![("strategy", self.engine.name().to_string())]
     }
 
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
@@ -645,6 +640,7 @@ mod tests {
         let table = toml::Table::new();
         let e = TractRuntime
             .load(&LoadRequest {
+                runtime: "tract",
                 name: "m",
                 version: "1",
                 path: &path,

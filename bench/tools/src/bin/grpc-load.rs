@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use oxinfer_server::grpc::pb;
+use oxinfer_server::pb;
 use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use serde::Deserialize;
 

@@ -419,7 +419,7 @@ struct WireResponse<'a> {
 }
 
 // No `parameters` on outputs that carry JSON data: the C++ tritonclient treats any output with
-// parameters as binary (WIRE-COMPAT.md, section 4). Binary outputs carry only
+// parameters as binary (it reads a binary blob for it). Binary outputs carry only
 // `binary_data_size`.
 #[derive(Serialize)]
 struct WireOutput<'a> {

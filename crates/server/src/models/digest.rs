@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::{Error, Result};
+use oxinfer_core::{Error, Result};
 
 /// The SHA-256 of a file's bytes, as lowercase hex.
-pub fn file_sha256(path: &Path) -> Result<String> {
+pub(crate) fn file_sha256(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path)
         .map_err(|e| Error::Load(format!("cannot read {}: {e}", path.display())))?;
     let mut hasher = Sha256::new();
@@ -55,7 +55,7 @@ fn files_under(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) -> Res
 }
 
 /// The digest of a model file or directory (see the module docs), as lowercase hex.
-pub fn model_sha256(path: &Path) -> Result<String> {
+pub(crate) fn model_sha256(path: &Path) -> Result<String> {
     if !path.is_dir() {
         return file_sha256(path);
     }

@@ -12,67 +12,15 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use oxinfer_core::protocol::ModelMetadata;
-use oxinfer_core::protocol::{Parameter, Parameters};
-use oxinfer_core::{
-    Error, LoadRequest, Manifest, Model, ModelEntry, ModelSignature, Result, digest,
-};
+use oxinfer_core::protocol::{ModelMetadata, Parameter, Parameters};
+use oxinfer_core::{Error, Manifest, Result};
 
-use crate::loader::RuntimeRegistry;
-use crate::metrics::ModelMetrics;
-use crate::scheduler::Scheduler;
-use crate::stats::ModelStats;
-
-/// One loaded model version, ready to serve.
-pub struct ServedModel {
-    /// The model's name.
-    pub name: String,
-    /// The version, as served on the wire (`"1"`).
-    pub version: String,
-    /// The runtime's `platform` string.
-    pub platform: &'static str,
-    /// The manifest entry it was loaded from.
-    pub entry: ModelEntry,
-    /// The loaded model (the first instance when the model is loaded once per instance).
-    pub model: Arc<dyn Model>,
-    /// The queue and worker threads that execute its requests.
-    pub scheduler: Scheduler,
-    /// Request statistics of this loaded instance.
-    pub stats: Arc<ModelStats>,
-    /// The SHA-256 of the model's file (or the stable digest of its directory), as loaded.
-    pub sha256: String,
-    /// Prometheus metrics of this loaded instance.
-    pub metrics: Arc<ModelMetrics>,
-}
-
-impl ServedModel {
-    /// The model's declared inputs and outputs.
-    pub fn signature(&self) -> &ModelSignature {
-        self.model.signature()
-    }
-
-    /// Digest and provenance as flat string pairs: `sha256`, then `provenance.*` from the
-    /// manifest. Reported in model metadata and configuration.
-    pub fn provenance(&self) -> Vec<(String, String)> {
-        let mut pairs = vec![("sha256".to_string(), self.sha256.clone())];
-        pairs.extend(self.entry.provenance.flatten());
-        pairs
-    }
-}
-
-impl std::fmt::Debug for ServedModel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServedModel")
-            .field("name", &self.name)
-            .field("version", &self.version)
-            .field("platform", &self.platform)
-            .finish_non_exhaustive()
-    }
-}
+use crate::models::registry::RuntimeRegistry;
+use crate::models::served::ServedModel;
 
 /// The state of one model version.
 #[derive(Debug, Clone)]
-pub enum Slot {
+enum Slot {
     /// Loaded and serving.
     Ready(Arc<ServedModel>),
     /// Not serving, with the reason (unloaded, or a reload that failed).
@@ -81,15 +29,13 @@ pub enum Slot {
 
 /// One row of the repository index.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct IndexEntry {
-    /// Model name.
-    pub name: String,
-    /// Version.
-    pub version: String,
+pub(crate) struct IndexEntry {
+    pub(crate) name: String,
+    pub(crate) version: String,
     /// `READY` or `UNAVAILABLE`.
-    pub state: String,
+    pub(crate) state: String,
     /// Why it is not ready (empty when ready).
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 type Models = BTreeMap<String, BTreeMap<u64, Slot>>;
@@ -103,12 +49,6 @@ pub struct ModelRepository {
     /// Serialises unload and reload, so that an unload cannot be undone by a reload that was
     /// still running.
     admin: std::sync::Mutex<()>,
-}
-
-impl std::fmt::Debug for RuntimeRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.names()).finish()
-    }
 }
 
 impl ModelRepository {
@@ -125,7 +65,7 @@ impl ModelRepository {
         }
         let mut models = Models::new();
         for entry in &manifest.models {
-            let served = load_entry(&registry, &manifest, entry).map_err(|e| {
+            let served = ServedModel::load(&registry, &manifest, entry).map_err(|e| {
                 Error::Manifest(format!("{}: {entry}: {e}", manifest.source.display()))
             })?;
             models
@@ -146,11 +86,11 @@ impl ModelRepository {
     }
 
     /// Finds a ready model: the given version, or the highest ready one when `version` is `None`.
-    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<ServedModel>> {
+    pub(crate) fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<ServedModel>> {
         let models = self.read();
         let versions = models
             .get(name)
-            .ok_or_else(|| Error::ModelNotFound(format!("unknown model '{name}'")))?;
+            .ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
         let slot = match version {
             None => {
                 return versions
@@ -172,7 +112,7 @@ impl ModelRepository {
                 "model '{name}' version {} is not loaded: {reason}",
                 version.unwrap_or_default()
             ))),
-            None => Err(Error::ModelNotFound(format!(
+            None => Err(Error::NotFound(format!(
                 "unknown version '{}' of model '{name}' (versions: {})",
                 version.unwrap_or_default(),
                 versions
@@ -197,7 +137,7 @@ impl ModelRepository {
     }
 
     /// The ready versions of `name`; the error of [`ModelRepository::get`] when there is none.
-    pub fn ready_versions(&self, name: &str) -> Result<Vec<Arc<ServedModel>>> {
+    pub(crate) fn ready_versions(&self, name: &str) -> Result<Vec<Arc<ServedModel>>> {
         let versions: Vec<_> = self
             .ready_models()
             .into_iter()
@@ -220,7 +160,7 @@ impl ModelRepository {
     }
 
     /// The metadata of a model version, listing the versions of its name that are ready.
-    pub fn metadata(&self, model: &ServedModel) -> ModelMetadata {
+    pub(crate) fn metadata(&self, model: &ServedModel) -> ModelMetadata {
         let signature = model.signature();
         let versions = self
             .read()
@@ -248,7 +188,7 @@ impl ModelRepository {
 
     /// Every model version of the manifest with its state, by name then version; only ready
     /// ones when `ready_only`.
-    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+    pub(crate) fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         self.read()
             .iter()
             .flat_map(|(name, versions)| {
@@ -273,7 +213,7 @@ impl ModelRepository {
         if self.manifest.models.iter().any(|e| e.name == name) {
             Ok(())
         } else {
-            Err(Error::ModelNotFound(format!(
+            Err(Error::NotFound(format!(
                 "model '{name}' is not in the manifest {}",
                 self.manifest.source.display()
             )))
@@ -282,7 +222,7 @@ impl ModelRepository {
 
     /// Takes every version of `name` out of service (blocking: a model whose last user this is
     /// is freed here, so call it off the I/O threads).
-    pub fn unload(&self, name: &str) -> Result<()> {
+    pub(crate) fn unload(&self, name: &str) -> Result<()> {
         self.check_known(name)?;
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let replaced: Vec<Slot> = {
@@ -303,12 +243,12 @@ impl ModelRepository {
     /// Loads every version of `name` from its files again (blocking: call it off the I/O
     /// threads). A version that fails to load keeps serving its previous instance if it had one,
     /// and is otherwise left unavailable with the reason.
-    pub fn reload(&self, name: &str) -> Result<()> {
+    pub(crate) fn reload(&self, name: &str) -> Result<()> {
         self.check_known(name)?;
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let mut first_error = None;
         for entry in self.manifest.models.iter().filter(|e| e.name == name) {
-            let loaded = load_entry(&self.registry, &self.manifest, entry);
+            let loaded = ServedModel::load(&self.registry, &self.manifest, entry);
             let replaced = {
                 let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
                 let versions = models.entry(name.to_string()).or_default();
@@ -336,79 +276,4 @@ impl ModelRepository {
             }
         }
     }
-}
-
-fn load_entry(
-    registry: &RuntimeRegistry,
-    manifest: &Manifest,
-    entry: &ModelEntry,
-) -> Result<ServedModel> {
-    let no_settings = toml::Table::new();
-    let runtime = registry.get(&entry.runtime)?;
-    // The digest is taken before the runtime reads the files, and a pinned one is checked
-    // before anything is loaded.
-    let sha256 = digest::model_sha256(&entry.path)?;
-    if let Some(pinned) = &entry.sha256
-        && *pinned != sha256
-    {
-        return Err(Error::Load(format!(
-            "sha256 mismatch for {}: the manifest pins {pinned} but the file's digest is {sha256}; \
-             refusing to load it",
-            entry.path.display()
-        )));
-    }
-    let request = LoadRequest {
-        name: &entry.name,
-        version: &entry.version,
-        path: &entry.path,
-        base_dir: manifest
-            .source
-            .parent()
-            .unwrap_or(std::path::Path::new(".")),
-        options: &entry.options,
-        settings: manifest
-            .runtimes
-            .get(&entry.runtime)
-            .unwrap_or(&no_settings),
-        instances: entry.scheduler.instances,
-    };
-    let model: Arc<dyn Model> = Arc::from(runtime.load(&request)?);
-    let config = &entry.scheduler;
-    if config.batching() && !model.signature().batchable() {
-        return Err(Error::Load(format!(
-            "dynamic batching (max_batch_size = {}) needs every input and output to have a \
-             dynamic first dimension (-1), and this model's do not",
-            config.max_batch_size
-        )));
-    }
-    // One loaded model serves every worker when it can run concurrently; otherwise each
-    // instance is loaded on its own.
-    let mut instances = vec![model.clone()];
-    for _ in 1..config.instances {
-        instances.push(if model.concurrent() {
-            model.clone()
-        } else {
-            Arc::from(runtime.load(&request)?)
-        });
-    }
-    let stats = Arc::new(ModelStats::default());
-    let metrics = Arc::new(ModelMetrics::default());
-    let scheduler = Scheduler::start(
-        &entry.name,
-        instances,
-        config.clone(),
-        stats.clone(),
-        metrics.clone(),
-    )?;
-    Ok(ServedModel {
-        name: entry.name.clone(),
-        version: entry.version.clone(),
-        platform: runtime.platform(),
-        entry: entry.clone(),
-        model,
-        scheduler,
-        stats,
-        sha256,
-        metrics,
-    })
 }

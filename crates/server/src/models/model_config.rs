@@ -15,88 +15,78 @@ use oxinfer_core::DataType;
 use oxinfer_core::protocol::TensorMetadata;
 use serde::Serialize;
 
-use crate::repository::ServedModel;
+use crate::models::ServedModel;
 
 /// One input or output of a model configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ConfigTensor {
-    /// Tensor name.
-    pub name: String,
+pub(crate) struct ConfigTensor {
+    pub(crate) name: String,
     /// Triton's type name (`TYPE_FP32`, `TYPE_STRING` for BYTES, ...).
-    pub data_type: &'static str,
+    pub(crate) data_type: &'static str,
     /// Shape; `-1` for dynamic dimensions.
-    pub dims: Vec<i64>,
+    pub(crate) dims: Vec<i64>,
 }
 
 /// One instance group (`KIND_CPU`, `count`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstanceGroup {
-    /// Group name.
-    pub name: String,
-    /// Where the instances run.
-    pub kind: &'static str,
-    /// How many instances.
-    pub count: i32,
+pub(crate) struct InstanceGroup {
+    pub(crate) name: String,
+    pub(crate) kind: &'static str,
+    pub(crate) count: i32,
 }
 
 /// The configuration, serialized with Triton's protobuf-JSON field names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ModelConfig {
-    /// Model name.
-    pub name: String,
-    /// Platform, as in model metadata.
-    pub platform: String,
+pub(crate) struct ModelConfig {
+    pub(crate) name: String,
+    pub(crate) platform: String,
     /// The runtime (`tract`, `onnxruntime`, ...).
-    pub backend: String,
+    pub(crate) backend: String,
     /// The most rows the dynamic batcher joins; 0 when batching is off.
-    pub max_batch_size: i32,
-    /// Inputs.
-    pub input: Vec<ConfigTensor>,
-    /// Outputs.
-    pub output: Vec<ConfigTensor>,
+    pub(crate) max_batch_size: i32,
+    pub(crate) input: Vec<ConfigTensor>,
+    pub(crate) output: Vec<ConfigTensor>,
     /// Dynamic batching settings, when batching is on.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dynamic_batching: Option<DynamicBatching>,
-    /// Instances.
-    pub instance_group: Vec<InstanceGroup>,
+    pub(crate) dynamic_batching: Option<DynamicBatching>,
+    pub(crate) instance_group: Vec<InstanceGroup>,
     /// The model's digest (`sha256`) and provenance (`provenance.*`), as Triton's
     /// `{"string_value": ...}` parameters.
-    pub parameters: BTreeMap<String, StringValue>,
+    pub(crate) parameters: BTreeMap<String, StringValue>,
 }
 
 /// Triton's `ModelDynamicBatching`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DynamicBatching {
+pub(crate) struct DynamicBatching {
     /// Batch sizes run as soon as they are reached.
-    pub preferred_batch_size: Vec<i32>,
+    pub(crate) preferred_batch_size: Vec<i32>,
     /// How long the oldest request waits for others.
-    pub max_queue_delay_microseconds: u64,
+    pub(crate) max_queue_delay_microseconds: u64,
     /// The queue policy.
-    pub default_queue_policy: QueuePolicy,
+    pub(crate) default_queue_policy: QueuePolicy,
 }
 
 /// Triton's `ModelQueuePolicy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct QueuePolicy {
+pub(crate) struct QueuePolicy {
     /// Always `REJECT`: an expired request gets an error.
-    pub timeout_action: &'static str,
+    pub(crate) timeout_action: &'static str,
     /// The deadline of requests without a `timeout` parameter (0: none).
-    pub default_timeout_microseconds: u64,
+    pub(crate) default_timeout_microseconds: u64,
     /// Always true: a request's `timeout` parameter overrides the default.
-    pub allow_timeout_override: bool,
+    pub(crate) allow_timeout_override: bool,
     /// Requests that may wait; more are refused.
-    pub max_queue_size: u32,
+    pub(crate) max_queue_size: u32,
 }
 
 /// A Triton `ModelParameter`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StringValue {
-    /// The value.
-    pub string_value: String,
+pub(crate) struct StringValue {
+    pub(crate) string_value: String,
 }
 
 /// Triton's `DataType` enum name for an OIP datatype.
-pub fn triton_type(dt: DataType) -> &'static str {
+pub(crate) fn triton_type(dt: DataType) -> &'static str {
     match dt {
         DataType::Bool => "TYPE_BOOL",
         DataType::Uint8 => "TYPE_UINT8",
@@ -132,7 +122,7 @@ fn tensors(list: &[TensorMetadata], batched: bool) -> Vec<ConfigTensor> {
 
 impl ModelConfig {
     /// The configuration of a served model.
-    pub fn of(model: &ServedModel) -> ModelConfig {
+    pub(crate) fn of(model: &ServedModel) -> ModelConfig {
         let signature = model.signature();
         let scheduling = &model.entry.scheduler;
         let batched = scheduling.batching();

@@ -1,15 +1,13 @@
-//! Runtime registration and loading a manifest's models into a [`ModelRepository`].
+//! The runtimes compiled into the binary, by the name a manifest uses for them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use oxinfer_core::{Error, Manifest, Result, Runtime};
-
-use crate::repository::ModelRepository;
+use oxinfer_core::{Error, Result, Runtime};
 
 /// Runtime names a manifest may use, whether or not this binary was built with them, and the
 /// cargo feature that adds each.
-pub const KNOWN_RUNTIMES: [(&str, &str); 4] = [
+const KNOWN_RUNTIMES: [(&str, &str); 4] = [
     ("tract", "tract"),
     ("onnxruntime", "onnxruntime"),
     ("candle", "candle"),
@@ -55,10 +53,11 @@ impl RuntimeRegistry {
             },
         ))
     }
+}
 
-    /// Loads every model of a manifest into a repository; see [`ModelRepository::load`].
-    pub fn load_manifest(&self, manifest: &Manifest) -> Result<ModelRepository> {
-        ModelRepository::load(self.clone(), manifest.clone())
+impl std::fmt::Debug for RuntimeRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
     }
 }
 

@@ -6,7 +6,7 @@
 //! - `compute_input`: decoding checks against the model signature (validation, input ordering);
 //! - `compute_infer`: the runtime's `execute` (which includes its own tensor conversions);
 //! - `compute_output`: selecting and assembling the requested outputs;
-//! - `success` / `fail`: the whole request, from lookup to response, by outcome.
+//! - `success` / `fail`: the whole request, from its arrival to its response, by outcome.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,23 +15,21 @@ use serde::Serialize;
 
 /// A count and a cumulative duration.
 #[derive(Debug, Default)]
-pub struct StatDuration {
+pub(super) struct StatDuration {
     count: AtomicU64,
     ns: AtomicU64,
 }
 
 /// A snapshot of a [`StatDuration`], serialized as Triton's `{"count": n, "ns": n}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Duration64 {
-    /// How many times.
-    pub count: u64,
-    /// Cumulative nanoseconds.
-    pub ns: u64,
+pub(crate) struct Duration64 {
+    pub(crate) count: u64,
+    pub(crate) ns: u64,
 }
 
 impl StatDuration {
     /// Adds one occurrence lasting `d`.
-    pub fn record(&self, d: Duration) {
+    pub(super) fn record(&self, d: Duration) {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.ns
             .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
@@ -47,19 +45,13 @@ impl StatDuration {
 
 /// The counters of one served model version.
 #[derive(Debug, Default)]
-pub struct ModelStats {
-    /// Requests that succeeded.
-    pub success: StatDuration,
-    /// Requests that failed after the model was found.
-    pub fail: StatDuration,
-    /// Waiting for a worker.
-    pub queue: StatDuration,
-    /// Input checks.
-    pub compute_input: StatDuration,
-    /// Model execution.
-    pub compute_infer: StatDuration,
-    /// Output assembly.
-    pub compute_output: StatDuration,
+pub(crate) struct ModelStats {
+    pub(super) success: StatDuration,
+    pub(super) fail: StatDuration,
+    pub(super) queue: StatDuration,
+    pub(super) compute_input: StatDuration,
+    pub(super) compute_infer: StatDuration,
+    pub(super) compute_output: StatDuration,
     inference_count: AtomicU64,
     execution_count: AtomicU64,
     last_inference_ms: AtomicU64,
@@ -67,41 +59,32 @@ pub struct ModelStats {
 
 /// `inference_stats` of Triton's schema.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct InferenceStats {
-    /// Successful requests.
-    pub success: Duration64,
-    /// Failed requests.
-    pub fail: Duration64,
-    /// Queue time.
-    pub queue: Duration64,
-    /// Input processing time.
-    pub compute_input: Duration64,
-    /// Execution time.
-    pub compute_infer: Duration64,
-    /// Output processing time.
-    pub compute_output: Duration64,
+pub(crate) struct InferenceStats {
+    pub(crate) success: Duration64,
+    pub(crate) fail: Duration64,
+    pub(crate) queue: Duration64,
+    pub(crate) compute_input: Duration64,
+    pub(crate) compute_infer: Duration64,
+    pub(crate) compute_output: Duration64,
     /// Response cache hits (no cache: always zero).
-    pub cache_hit: Duration64,
+    pub(crate) cache_hit: Duration64,
     /// Response cache misses (no cache: always zero).
-    pub cache_miss: Duration64,
+    pub(crate) cache_miss: Duration64,
 }
 
 /// A snapshot of a model version's statistics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
+pub(crate) struct StatsSnapshot {
     /// Milliseconds since the epoch of the last successful inference (0 if none).
-    pub last_inference: u64,
-    /// Inferences performed (a request with a batch of N counts N).
-    pub inference_count: u64,
-    /// Model executions.
-    pub execution_count: u64,
-    /// The durations.
-    pub inference_stats: InferenceStats,
+    pub(crate) last_inference: u64,
+    pub(crate) inference_count: u64,
+    pub(crate) execution_count: u64,
+    pub(crate) inference_stats: InferenceStats,
 }
 
 impl ModelStats {
     /// Records one execution of `batch` inferences that succeeded.
-    pub fn record_execution(&self, batch: u64) {
+    pub(super) fn record_execution(&self, batch: u64) {
         self.inference_count.fetch_add(batch, Ordering::Relaxed);
         self.execution_count.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now()
@@ -112,7 +95,7 @@ impl ModelStats {
     }
 
     /// The current values.
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             last_inference: self.last_inference_ms.load(Ordering::Relaxed),
             inference_count: self.inference_count.load(Ordering::Relaxed),

@@ -1,0 +1,289 @@
+//! The OIP gRPC API (`inference.GRPCInferenceService`, tonic), with Triton's extensions, on its
+//! own listener, beside the standard `grpc.health.v1` service. Requests are decoded
+//! ([`codec`]) into the same [`InferRequest`](oxinfer_core::protocol::InferRequest) as REST and
+//! run through the same [`pipeline::handle`]; the other operations are [`admin`]'s, so a model
+//! behaves identically through both front ends.
+
+mod codec;
+
+use std::pin::Pin;
+
+use oxinfer_core::{Error, ErrorCode};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::admin;
+use crate::pipeline;
+use crate::state::AppState;
+use crate::telemetry::Protocol;
+use codec::version;
+
+/// The code generated from `proto/inference.proto` (package `inference`); with the cargo feature
+/// `grpc-client`, the client too (for the benchmark tools).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+/// Maps an oxinfer error to a gRPC status, following Triton's mapping.
+fn status(e: Error) -> Status {
+    let code = match e.code() {
+        ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::Unavailable => tonic::Code::Unavailable,
+        ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorCode::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        ErrorCode::Internal => {
+            tracing::warn!("gRPC request failed: {e}");
+            tonic::Code::Internal
+        }
+    };
+    Status::new(code, e.to_string())
+}
+
+/// The gRPC service over the shared server state.
+#[derive(Debug, Clone)]
+struct GrpcService {
+    state: AppState,
+}
+
+impl GrpcService {
+    fn lookup(
+        &self,
+        name: &str,
+        v: &str,
+    ) -> Result<std::sync::Arc<crate::models::ServedModel>, Status> {
+        self.state.repository.get(name, version(v)).map_err(status)
+    }
+
+    async fn infer(
+        &self,
+        request: pb::ModelInferRequest,
+        client: Option<std::net::SocketAddr>,
+    ) -> (String, Result<pb::ModelInferResponse, Error>) {
+        let model = request.model_name.clone();
+        let model_version = request.model_version.clone();
+        let call = pipeline::Call {
+            model: &model,
+            version: version(&model_version),
+            protocol: Protocol::Grpc,
+            client,
+            header_id: None,
+        };
+        let (id, result) = pipeline::handle(&self.state, call, codec::decode(request)).await;
+        (id, result.map(codec::encode))
+    }
+}
+
+type StreamResult =
+    Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcService {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.state.is_ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let ready = match admin::model_readiness(&self.state, &r.name, version(&r.version)) {
+            Ok((_, ready)) => ready,
+            Err(e) if e.code() == ErrorCode::NotFound => return Err(status(e)),
+            // Known but not loaded.
+            Err(_) => false,
+        };
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        let meta = admin::server_metadata();
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: meta.name,
+            version: meta.version,
+            extensions: meta.extensions,
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.lookup(&r.name, &r.version)?;
+        let meta = self.state.repository.metadata(&model);
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: meta.name,
+            versions: meta.versions,
+            platform: meta.platform,
+            inputs: codec::tensor_metadata(&meta.inputs),
+            outputs: codec::tensor_metadata(&meta.outputs),
+            properties: model.provenance().into_iter().collect(),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let client = request.remote_addr();
+        self.infer(request.into_inner(), client)
+            .await
+            .1
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    type ModelStreamInferStream = StreamResult;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<tonic::Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let client = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let service = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            // Requests are answered one at a time, in order; an error goes in error_message and
+            // the stream stays open.
+            while let Some(item) = inbound.next().await {
+                let Ok(request) = item else { break };
+                let reply = match service.infer(request, client).await {
+                    (_, Ok(response)) => pb::ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(response),
+                    },
+                    (id, Err(e)) => pb::ModelStreamInferResponse {
+                        error_message: e.to_string(),
+                        infer_response: Some(pb::ModelInferResponse {
+                            id,
+                            ..Default::default()
+                        }),
+                    },
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.lookup(&r.name, &r.version)?;
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(codec::pb_config(&model)),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let name = (!r.name.is_empty()).then_some(r.name.as_str());
+        let stats = admin::statistics(&self.state, name, version(&r.version)).map_err(status)?;
+        Ok(Response::new(pb::ModelStatisticsResponse {
+            model_stats: stats.into_iter().map(codec::pb_stats).collect(),
+        }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(pb::RepositoryIndexResponse {
+            models: admin::index(&self.state, r.ready)
+                .into_iter()
+                .map(|e| pb::repository_index_response::ModelIndex {
+                    name: e.name,
+                    version: e.version,
+                    state: e.state,
+                    reason: e.reason,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let r = request.into_inner();
+        let parameters = r.parameters.keys().map(String::as_str);
+        admin::load(&self.state, &r.model_name, parameters)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let r = request.into_inner();
+        let parameters = r.parameters.keys().map(String::as_str);
+        admin::unload(&self.state, &r.model_name, parameters)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// Serves gRPC (inference service + standard health service) on `listener` until `shutdown`.
+pub async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<GrpcInferenceServiceServer<GrpcService>>()
+        .await;
+    let limit = state.max_request_bytes;
+    let service = GrpcInferenceServiceServer::new(GrpcService { state })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                shutdown.await;
+                reporter
+                    .set_not_serving::<GrpcInferenceServiceServer<GrpcService>>()
+                    .await;
+            },
+        )
+        .await
+}

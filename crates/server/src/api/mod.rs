@@ -1,0 +1,6 @@
+//! The protocol front ends. Each decodes its wire format, calls
+//! [`pipeline::handle`](crate::pipeline::handle) for inference or an [`admin`](crate::admin)
+//! operation for the rest, and encodes the answer; neither holds logic of its own.
+
+pub(crate) mod grpc;
+pub(crate) mod rest;

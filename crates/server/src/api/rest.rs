@@ -1,0 +1,432 @@
+//! The OIP REST API (axum): routes, handlers, and the mapping of errors to HTTP.
+//!
+//! Every model endpoint exists with and without `/versions/{v}`; one handler serves both through
+//! the [`ModelPath`] extractor, and the unversioned form resolves to the highest version served.
+//! Every error is `{"error": "..."}` with `Content-Type: application/json` (no charset: the
+//! kserve client compares the header exactly).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use oxinfer_core::protocol::{ErrorBody, InferRequest, ModelReady, ServerLive, ServerReady, json};
+use oxinfer_core::{Error, ErrorCode};
+use serde::{Deserialize, Serialize};
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+
+use crate::admin;
+use crate::models::model_config::ModelConfig;
+use crate::pipeline;
+use crate::state::AppState;
+use crate::telemetry::stats::InferenceStats;
+use crate::telemetry::{Protocol, metrics};
+
+/// An error on its way to an HTTP client.
+#[derive(Debug)]
+struct ApiError(Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn to_json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => json_response(status, body),
+        Err(e) => ApiError(Error::Internal(e.to_string())).into_response(),
+    }
+}
+
+fn ok<T: Serialize>(value: &T) -> ApiResult {
+    Ok(to_json(StatusCode::OK, value))
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.0.code();
+        if code == ErrorCode::Internal {
+            tracing::warn!("request failed: {}", self.0);
+        } else {
+            tracing::debug!("request rejected: {}", self.0);
+        }
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        to_json(
+            status,
+            &ErrorBody {
+                error: self.0.to_string(),
+            },
+        )
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The binary tensor extension's header: the length of the JSON part of the body.
+const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// The request id header: accepted from the client, always returned.
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// The REST router over `state`. Tested without a socket through `tower::ServiceExt::oneshot`.
+pub fn app(state: AppState) -> Router {
+    let limit = state.max_request_bytes;
+    // Each model route, with and without the version segment, to one handler.
+    let model_route =
+        |router: Router<AppState>, tail: &str, route: axum::routing::MethodRouter<AppState>| {
+            router
+                .route(&format!("/v2/models/{{model}}{tail}"), route.clone())
+                .route(
+                    &format!("/v2/models/{{model}}/versions/{{version}}{tail}"),
+                    route,
+                )
+        };
+    let mut router = Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(statistics));
+    for (tail, route) in [
+        ("", get(model_metadata)),
+        ("/ready", get(model_ready)),
+        ("/infer", post(infer)),
+        ("/config", get(model_config)),
+        ("/stats", get(statistics)),
+    ] {
+        router = model_route(router, tail, route);
+    }
+    router
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
+        .route("/metrics", get(prometheus_metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // The limit applies to the decompressed body: a small gzip bomb cannot exceed it.
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(RequestDecompressionLayer::new())
+        .layer(CompressionLayer::new())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_declared_oversize,
+        ))
+        .with_state(state)
+}
+
+/// The `{model}` and optional `{version}` segments of a model route. Absent (`/v2/models/stats`),
+/// `model` is `None`.
+struct ModelPath {
+    model: Option<String>,
+    version: Option<String>,
+}
+
+impl ModelPath {
+    /// The model name of a route that always has one.
+    fn name(&self) -> &str {
+        self.model.as_deref().unwrap_or_default()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ModelPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let mut segments = match Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+        {
+            Ok(Path(segments)) => segments,
+            // A route without parameters.
+            Err(axum::extract::rejection::PathRejection::MissingPathParams(_)) => HashMap::new(),
+            Err(e) => return Err(ApiError(Error::invalid(format!("bad URL path: {e}")))),
+        };
+        Ok(ModelPath {
+            model: segments.remove("model"),
+            version: segments.remove("version"),
+        })
+    }
+}
+
+/// Answers 413 at once when the declared `Content-Length` is above the limit, before any of the
+/// body is read (the body limit alone would read up to the limit first).
+async fn refuse_declared_oversize(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > state.max_request_bytes as u64 => {
+            too_large(state.max_request_bytes).into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError(Error::TooLarge(format!(
+        "request body is larger than the limit of {limit} bytes (server setting max_request_bytes)"
+    )))
+}
+
+async fn not_found(request: Request) -> Response {
+    ApiError(Error::NotFound(format!(
+        "no such endpoint: {} {}",
+        request.method(),
+        request.uri().path()
+    )))
+    .into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    to_json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &ErrorBody {
+            error: format!(
+                "method {} is not allowed on {}",
+                request.method(),
+                request.uri().path()
+            ),
+        },
+    )
+}
+
+async fn server_metadata() -> ApiResult {
+    ok(&admin::server_metadata())
+}
+
+async fn live() -> ApiResult {
+    ok(&ServerLive { live: true })
+}
+
+async fn ready(State(state): State<AppState>) -> ApiResult {
+    if !state.is_ready() {
+        return Err(ApiError(Error::ModelNotReady(
+            "server is shutting down".into(),
+        )));
+    }
+    ok(&ServerReady { ready: true })
+}
+
+async fn model_metadata(State(state): State<AppState>, path: ModelPath) -> ApiResult {
+    let served = state.repository.get(path.name(), path.version.as_deref())?;
+    ok(&state.repository.metadata(&served))
+}
+
+async fn model_ready(State(state): State<AppState>, path: ModelPath) -> ApiResult {
+    let (served, ready) = admin::model_readiness(&state, path.name(), path.version.as_deref())?;
+    if !ready {
+        return Err(ApiError(Error::ModelNotReady(format!(
+            "model '{}' is not ready",
+            path.name()
+        ))));
+    }
+    ok(&ModelReady {
+        name: served.name.clone(),
+        ready,
+    })
+}
+
+async fn model_config(State(state): State<AppState>, path: ModelPath) -> ApiResult {
+    let served = state.repository.get(path.name(), path.version.as_deref())?;
+    ok(&ModelConfig::of(&served))
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    path: ModelPath,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let decoded = decode_body(&state, &headers, body);
+    let binary = decoded
+        .as_ref()
+        .map(json::BinaryOutputs::from_request)
+        .unwrap_or_default();
+    let call = pipeline::Call {
+        model: path.name(),
+        version: path.version.as_deref(),
+        protocol: Protocol::Http,
+        client: client.map(|c| c.0.0),
+        header_id: headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+    };
+    let (id, result) = pipeline::handle(&state, call, decoded).await;
+    let mut response = match result.and_then(|r| json::encode_infer_response(&r, &binary)) {
+        Ok(encoded) => match encoded.json_len {
+            None => json_response(StatusCode::OK, encoded.body),
+            Some(len) => {
+                let mut response = (StatusCode::OK, encoded.body).into_response();
+                let headers = response.headers_mut();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(len));
+                response
+            }
+        },
+        Err(e) => ApiError(e).into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    response
+}
+
+/// The request body as an [`InferRequest`]: JSON, or JSON followed by binary tensor data when
+/// `Inference-Header-Content-Length` is set.
+fn decode_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<InferRequest, Error> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(state.max_request_bytes).0
+        } else {
+            Error::invalid(format!("cannot read request body: {rejection}"))
+        }
+    })?;
+    let json_len = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Error::invalid("Inference-Header-Content-Length must be a non-negative integer")
+                })?,
+        ),
+    };
+    json::decode_infer_request(&body, json_len)
+}
+
+async fn prometheus_metrics(State(state): State<AppState>) -> Response {
+    let mut response = admin::metrics(&state).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+/// One `model_stats` entry of Triton's statistics extension.
+#[derive(Serialize)]
+struct ModelStatsJson {
+    name: String,
+    version: String,
+    last_inference: u64,
+    inference_count: u64,
+    execution_count: u64,
+    inference_stats: InferenceStats,
+    batch_stats: Vec<()>,
+    memory_usage: Vec<()>,
+    /// oxinfer's addition: the runtime's own counters (e.g. tract's plan compilations).
+    runtime_counters: BTreeMap<&'static str, u64>,
+}
+
+async fn statistics(State(state): State<AppState>, path: ModelPath) -> ApiResult {
+    let model_stats: Vec<ModelStatsJson> =
+        admin::statistics(&state, path.model.as_deref(), path.version.as_deref())?
+            .into_iter()
+            .map(|m| ModelStatsJson {
+                name: m.name,
+                version: m.version,
+                last_inference: m.stats.last_inference,
+                inference_count: m.stats.inference_count,
+                execution_count: m.stats.execution_count,
+                inference_stats: m.stats.inference_stats,
+                batch_stats: Vec::new(),
+                memory_usage: Vec::new(),
+                runtime_counters: m.runtime_counters,
+            })
+            .collect();
+    ok(&serde_json::json!({ "model_stats": model_stats }))
+}
+
+#[derive(Deserialize, Default)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+/// Parses an optional JSON body (the Python client sends none).
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| Error::invalid(format!("malformed request body: {e}")))
+}
+
+async fn repository_index(State(state): State<AppState>, body: Bytes) -> ApiResult {
+    let request: IndexRequest = optional_json(&body)?;
+    ok(&admin::index(&state, request.ready))
+}
+
+#[derive(Deserialize, Default)]
+struct RepositoryParameters {
+    #[serde(default)]
+    parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn repository_load(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let request: RepositoryParameters = optional_json(&body)?;
+    admin::load(
+        &state,
+        &model,
+        request.parameters.keys().map(String::as_str),
+    )
+    .await?;
+    ok(&serde_json::json!({}))
+}
+
+async fn repository_unload(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let request: RepositoryParameters = optional_json(&body)?;
+    admin::unload(
+        &state,
+        &model,
+        request.parameters.keys().map(String::as_str),
+    )
+    .await?;
+    ok(&serde_json::json!({}))
+}

@@ -1,0 +1,50 @@
+//! The state every front end and the pipeline share: the served models, readiness, limits, the
+//! inference log and the server-wide metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::models::ModelRepository;
+use crate::telemetry::ServerMetrics;
+use crate::telemetry::inference_log::InferenceLog;
+
+/// Shared state of the REST and gRPC front ends (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub(crate) repository: Arc<ModelRepository>,
+    /// Cleared when the server starts shutting down, so readiness probes fail first.
+    pub(crate) ready: Arc<AtomicBool>,
+    /// The largest request body accepted, in bytes.
+    pub(crate) max_request_bytes: usize,
+    pub(crate) log: Option<InferenceLog>,
+    pub(crate) metrics: Arc<ServerMetrics>,
+}
+
+impl AppState {
+    /// State for a repository, ready, with the given body limit (`max_request_bytes`).
+    pub fn new(repository: ModelRepository, max_request_bytes: usize) -> Self {
+        AppState {
+            repository: Arc::new(repository),
+            ready: Arc::new(AtomicBool::new(true)),
+            max_request_bytes,
+            log: None,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The same state, writing an inference log.
+    pub fn with_log(mut self, log: InferenceLog) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Whether the server accepts traffic (false once shutdown has begun).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks the server as shutting down: readiness probes fail from now on.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+    }
+}
