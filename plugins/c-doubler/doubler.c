@@ -1,4 +1,6 @@
 /* A model plugin written in C against docs/oxinfer_plugin.h: y = 2 * x for FP32 x [-1].
+ * It takes no options: any key under [models.options] (except model_dir, which the host takes
+ * out) is refused at load, so a misspelt option never goes unnoticed.
  * Build: cc -shared -fPIC -I docs -o libdoubler.so plugins/c-doubler/doubler.c
  * The end-to-end tests build and serve it, so this file and the header stay correct. */
 #include <string.h>
@@ -11,7 +13,17 @@ static const char META[] =
 
 static OxError *create(const OxHostApi *host, const uint8_t *options, size_t options_len,
                        const uint8_t *dir, size_t dir_len, void **instance) {
-  (void)host; (void)options; (void)options_len; (void)dir; (void)dir_len;
+  (void)dir; (void)dir_len;
+  /* The host passes the options as a compact JSON object: "{}" when there are none. */
+  if (options_len != 2 || memcmp(options, "{}", 2) != 0) {
+    static const char PREFIX[] = "c-doubler takes no options, got ";
+    char message[256];
+    size_t n = sizeof PREFIX - 1;
+    size_t m = options_len < sizeof message - n ? options_len : sizeof message - n;
+    memcpy(message, PREFIX, n);
+    if (m > 0) memcpy(message + n, options, m);
+    return host->error_new(OX_ERROR_INVALID_INPUT, (const uint8_t *)message, n + m);
+  }
   *instance = (void *)META; /* no state needed */
   return NULL;
 }

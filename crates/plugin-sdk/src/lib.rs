@@ -369,7 +369,25 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     ) -> Result<(), PluginError>;
 }
 
-/// Deserializes plugin options into a typed struct (use `#[serde(deny_unknown_fields)]`).
+/// Deserializes plugin options into a typed struct. Give the struct
+/// `#[serde(deny_unknown_fields)]`, so that a misspelt key is a load error ("invalid plugin
+/// options: unknown field `threshhold`, expected `threshold`") rather than silently ignored; a
+/// plugin without options can parse into an empty struct, which then refuses every key.
+///
+/// ```
+/// use oxinfer_plugin_sdk::{parse_options, serde_json::json};
+///
+/// #[derive(serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct Options {
+///     #[serde(default)]
+///     threshold: f32,
+/// }
+///
+/// let options: Options = parse_options(json!({"threshold": 0.3})).unwrap();
+/// assert_eq!(options.threshold, 0.3);
+/// assert!(parse_options::<Options>(json!({"threshhold": 0.3})).is_err());
+/// ```
 pub fn parse_options<T: serde::de::DeserializeOwned>(
     options: serde_json::Value,
 ) -> Result<T, PluginError> {
@@ -551,4 +569,39 @@ macro_rules! export_plugin {
             &API
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Options {
+        #[serde(default)]
+        threshold: f32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NoOptions {}
+
+    #[test]
+    fn a_misspelt_option_is_an_invalid_input_error() {
+        let options: Options = parse_options(serde_json::json!({"threshold": 0.25})).unwrap();
+        assert_eq!(options.threshold, 0.25);
+        let e = parse_options::<Options>(serde_json::json!({"threshhold": 0.25})).unwrap_err();
+        assert_eq!(e.code, OxErrorCode::InvalidInput);
+        assert_eq!(
+            e.to_string(),
+            "invalid plugin options: unknown field `threshhold`, expected `threshold`"
+        );
+        parse_options::<NoOptions>(serde_json::json!({})).unwrap();
+        let e = parse_options::<NoOptions>(serde_json::json!({"x": 1})).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid plugin options: unknown field `x`"),
+            "{e}"
+        );
+    }
 }

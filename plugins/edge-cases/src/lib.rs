@@ -105,3 +105,30 @@ impl EdgeCases {
 }
 
 export_plugin!(EdgeCases);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_option_is_an_error() {
+        let edge = EdgeCases::load(
+            serde_json::json!({"on_demand_failures": true}),
+            Path::new(""),
+        )
+        .expect("a known option loads");
+        assert!(edge.on_demand_failures);
+        let e = EdgeCases::load(
+            serde_json::json!({"on_demand_failure": true}),
+            Path::new(""),
+        )
+        .err()
+        .expect("a misspelt option is refused");
+        assert!(
+            e.to_string().contains(
+                "invalid plugin options: unknown field `on_demand_failure`, expected `on_demand_failures`"
+            ),
+            "{e}"
+        );
+    }
+}

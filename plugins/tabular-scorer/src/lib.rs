@@ -103,3 +103,30 @@ impl Plugin for TabularScorer {
 }
 
 export_plugin!(TabularScorer);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/scorer")
+    }
+
+    #[test]
+    fn loads_with_its_options_and_refuses_a_misspelt_one() {
+        let scorer = TabularScorer::load(serde_json::json!({"threshold": 0.3}), &model_dir())
+            .expect("the example model loads");
+        assert_eq!(scorer.threshold, 0.3);
+        let scorer = TabularScorer::load(serde_json::json!({}), &model_dir()).unwrap();
+        assert_eq!(scorer.threshold, 0.5);
+        let e = TabularScorer::load(serde_json::json!({"threshhold": 0.3}), &model_dir())
+            .err()
+            .expect("a misspelt option is refused");
+        assert!(
+            e.to_string().contains(
+                "invalid plugin options: unknown field `threshhold`, expected `threshold`"
+            ),
+            "{e}"
+        );
+    }
+}

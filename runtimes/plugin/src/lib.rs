@@ -11,8 +11,10 @@
 //!   allocates and then owns; errors are created by this host.
 //! - A plugin that declares itself not thread-safe has its calls serialised.
 //!
-//! Options: `model_dir` (relative to the manifest) is the plugin's model directory; every other
-//! key of `[models.options]` is passed to the plugin as a JSON object.
+//! Options: `model_dir` (relative to the manifest) is the plugin's model directory, which must
+//! exist and be a directory; every other key of `[models.options]` is passed to the plugin as a
+//! JSON object (the plugin checks them: the SDK's `parse_options` into a
+//! `#[serde(deny_unknown_fields)]` struct refuses a misspelt key).
 
 #![allow(unsafe_code)]
 
@@ -169,6 +171,20 @@ fn take_error(plugin: &str, e: *mut OxError) -> Error {
     }
 }
 
+/// An error followed by its sources. libloading's own text is only "dlopen failed" or "dlsym
+/// failed"; the system's reason (`dlerror`: "invalid ELF header", "cannot open shared object
+/// file: No such file or directory", ...) is its source.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Opened libraries by path: never unloaded, so their code outlives every instance.
 fn open_library(path: &Path) -> Result<&'static libloading::Library> {
     static OPEN: OnceLock<Mutex<HashMap<PathBuf, &'static libloading::Library>>> = OnceLock::new();
@@ -184,8 +200,9 @@ fn open_library(path: &Path) -> Result<&'static libloading::Library> {
     // may pin its sha256, checked before this call).
     let lib = unsafe { libloading::Library::new(&key) }.map_err(|e| {
         Error::Load(format!(
-            "cannot load plugin library {}: {e}",
-            path.display()
+            "cannot load plugin library {}: {}",
+            path.display(),
+            with_sources(&e)
         ))
     })?;
     let lib: &'static libloading::Library = Box::leak(Box::new(lib));
@@ -201,7 +218,8 @@ fn plugin_api(path: &Path) -> Result<&'static OxPluginApi> {
     let entry: libloading::Symbol<'static, EntryFn> =
         unsafe { lib.get(ENTRY_SYMBOL) }.map_err(|e| {
             Error::Load(format!(
-                "{name} is not an oxinfer plugin: it does not export `oxinfer_plugin_entry` ({e})"
+                "{name} is not an oxinfer plugin: it does not export `oxinfer_plugin_entry` ({})",
+                with_sources(&e)
             ))
         })?;
     // SAFETY: calling the entry function, which takes nothing and returns a pointer to a static
@@ -222,6 +240,17 @@ fn plugin_api(path: &Path) -> Result<&'static OxPluginApi> {
             std::ptr::read_unaligned(p.add(16).cast::<usize>()),
         )
     };
+    check_table(&name.to_string(), magic, major, minor, size)?;
+    // SAFETY: magic, major version and size are right: the table has the ABI's layout.
+    Ok(unsafe { &*api })
+}
+
+/// The version of `oxinfer-plugin-sdk` that builds plugins for this host: the SDK and this crate
+/// share the workspace's version.
+const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Checks the head of a plugin table: magic value, ABI major version, table size.
+fn check_table(name: &str, magic: u64, major: u32, minor: u32, size: usize) -> Result<()> {
     if magic != MAGIC {
         return Err(Error::Load(format!(
             "plugin {name}: wrong magic value {magic:#018x} (expected {MAGIC:#018x}): not an oxinfer plugin table"
@@ -230,7 +259,9 @@ fn plugin_api(path: &Path) -> Result<&'static OxPluginApi> {
     if major != ABI_MAJOR {
         return Err(Error::Load(format!(
             "plugin {name} was built for oxinfer plugin ABI {major}.{minor}, but this server speaks ABI \
-             {ABI_MAJOR}.{ABI_MINOR}; rebuild the plugin against oxinfer-plugin-sdk {ABI_MAJOR}.x"
+             {ABI_MAJOR}.{ABI_MINOR}; rebuild the plugin against oxinfer-plugin-sdk {SDK_VERSION} \
+             (ABI {ABI_MAJOR}.{ABI_MINOR}), or, in C, against this server's docs/oxinfer_plugin.h \
+             (OX_ABI_MAJOR {ABI_MAJOR})"
         )));
     }
     if size < std::mem::size_of::<OxPluginApi>() {
@@ -240,8 +271,32 @@ fn plugin_api(path: &Path) -> Result<&'static OxPluginApi> {
             std::mem::size_of::<OxPluginApi>()
         )));
     }
-    // SAFETY: magic, major version and size are right: the table has the ABI's layout.
-    Ok(unsafe { &*api })
+    Ok(())
+}
+
+/// The `model_dir` option resolved against the manifest's directory (empty when not given),
+/// checked to be an existing directory.
+fn model_dir(option: Option<toml::Value>, base_dir: &Path) -> Result<PathBuf> {
+    let dir = match option {
+        None => return Ok(PathBuf::new()),
+        Some(toml::Value::String(dir)) => base_dir.join(dir),
+        Some(other) => {
+            return Err(Error::Manifest(format!(
+                "invalid options for runtime 'plugin': model_dir must be a string, not {other}"
+            )));
+        }
+    };
+    let problem = match std::fs::metadata(&dir) {
+        Ok(meta) if meta.is_dir() => return Ok(dir),
+        Ok(_) => "is not a directory".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        Err(e) => format!("cannot be read: {e}"),
+    };
+    Err(Error::Manifest(format!(
+        "invalid options for runtime 'plugin': model_dir {} {problem} (a relative model_dir is \
+         resolved against the manifest's directory)",
+        dir.display()
+    )))
 }
 
 #[derive(serde::Deserialize)]
@@ -291,15 +346,7 @@ impl Runtime for PluginRuntime {
 
     fn load(&self, request: &LoadRequest<'_>) -> Result<Box<dyn Model>> {
         let mut options = request.options.clone();
-        let model_dir = match options.remove("model_dir") {
-            None => PathBuf::new(),
-            Some(toml::Value::String(dir)) => request.base_dir.join(dir),
-            Some(other) => {
-                return Err(Error::Manifest(format!(
-                    "invalid options for runtime 'plugin': model_dir must be a string, not {other}"
-                )));
-            }
-        };
+        let model_dir = model_dir(options.remove("model_dir"), request.base_dir)?;
         let options_json = serde_json::to_string(&options).map_err(|e| {
             Error::Manifest(format!("plugin options cannot be passed as JSON: {e}"))
         })?;
@@ -352,15 +399,6 @@ impl Runtime for PluginRuntime {
             inputs: metadata.inputs.into_iter().map(spec).collect(),
             outputs: metadata.outputs.into_iter().map(spec).collect(),
         };
-        tracing::info!(
-            model = request.name,
-            version = request.version,
-            runtime = "plugin",
-            library = %request.path.display(),
-            abi = format!("{}.{}", api.abi_major, api.abi_minor),
-            thread_safe = api.thread_safe != 0,
-            "model loaded"
-        );
         Ok(Box::new(model))
     }
 }
@@ -368,6 +406,16 @@ impl Runtime for PluginRuntime {
 impl Model for PluginModel {
     fn signature(&self) -> &ModelSignature {
         &self.signature
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "abi",
+                format!("{}.{}", self.api.abi_major, self.api.abi_minor),
+            ),
+            ("thread_safe", (self.api.thread_safe != 0).to_string()),
+        ]
     }
 
     fn concurrent(&self) -> bool {
@@ -433,5 +481,165 @@ impl Model for PluginModel {
                     .map_err(|e| Error::Execution(format!("plugin '{}': {e}", self.name)))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("oxinfer-plugin-host-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn load(library: &Path, base_dir: &Path, options: &str) -> Result<Box<dyn Model>> {
+        let options: toml::Table = toml::from_str(options).unwrap();
+        PluginRuntime.load(&LoadRequest {
+            runtime: "plugin",
+            name: "p",
+            version: "1",
+            path: library,
+            base_dir,
+            options: &options,
+            settings: &toml::Table::new(),
+            instances: 1,
+        })
+    }
+
+    fn load_error(library: &Path, base_dir: &Path, options: &str) -> String {
+        match load(library, base_dir, options) {
+            Ok(_) => panic!(
+                "{} with options {options:?} should not load",
+                library.display()
+            ),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_library_is_refused_with_the_systems_reason() {
+        let dir = temp_dir("not-a-library");
+        let text = dir.join("x.so");
+        std::fs::write(&text, "a text file, not a shared library\n".repeat(8)).unwrap();
+        let short = dir.join("short.so");
+        std::fs::write(&short, "not ELF").unwrap();
+        for path in [text, short] {
+            let e = load_error(&path, &dir, "");
+            assert!(
+                e.contains(&format!("cannot load plugin library {}: ", path.display())),
+                "{e}"
+            );
+            // The system's reason (dlerror), not only libloading's "dlopen failed".
+            assert!(
+                e.contains("invalid ELF header") || e.contains("file too short"),
+                "{e}"
+            );
+        }
+        let missing = dir.join("libmissing.so");
+        let e = load_error(&missing, &dir, "");
+        assert!(e.contains("No such file or directory"), "{e}");
+    }
+
+    #[test]
+    fn a_model_dir_that_is_not_a_directory_is_a_load_error_naming_it() {
+        let dir = temp_dir("model-dir");
+        // The option is checked before the library is opened.
+        let library = dir.join("libnever-opened.so");
+        let e = load_error(&library, &dir, "model_dir = \"nope\"");
+        assert!(
+            e.contains(&format!(
+                "model_dir {} does not exist",
+                dir.join("nope").display()
+            )),
+            "{e}"
+        );
+        std::fs::write(dir.join("model.json"), "{}").unwrap();
+        let e = load_error(&library, &dir, "model_dir = \"model.json\"");
+        assert!(
+            e.contains(&format!(
+                "model_dir {} is not a directory",
+                dir.join("model.json").display()
+            )),
+            "{e}"
+        );
+        let e = load_error(&library, &dir, "model_dir = 3");
+        assert!(e.contains("model_dir must be a string, not 3"), "{e}");
+        // An existing directory passes: the load goes on to the library.
+        std::fs::create_dir(dir.join("models")).unwrap();
+        let e = load_error(&library, &dir, "model_dir = \"models\"");
+        assert!(e.contains("cannot load plugin library"), "{e}");
+        assert_eq!(
+            model_dir(Some("models".into()), &dir).unwrap(),
+            dir.join("models")
+        );
+        assert_eq!(model_dir(None, &dir).unwrap(), PathBuf::new());
+    }
+
+    #[test]
+    fn an_abi_mismatch_names_the_real_versions() {
+        let size = std::mem::size_of::<OxPluginApi>();
+        let e = check_table("libx.so", MAGIC, ABI_MAJOR + 1, 7, size)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "plugin libx.so was built for oxinfer plugin ABI {}.7, but this server speaks ABI \
+                 {ABI_MAJOR}.{ABI_MINOR}",
+                ABI_MAJOR + 1
+            )),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!(
+                "oxinfer-plugin-sdk {} (ABI {ABI_MAJOR}.{ABI_MINOR})",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{e}"
+        );
+        // SDK_VERSION is this crate's version: both crates take the workspace's.
+        for manifest in [
+            include_str!("../Cargo.toml"),
+            include_str!("../../../crates/plugin-sdk/Cargo.toml"),
+        ] {
+            assert!(manifest.contains("\nversion.workspace = true\n"));
+        }
+        assert!(check_table("libx.so", MAGIC, ABI_MAJOR, ABI_MINOR + 1, size).is_ok());
+        let e = check_table("libx.so", 0x1234, ABI_MAJOR, ABI_MINOR, size)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("wrong magic value 0x0000000000001234"), "{e}");
+        let e = check_table("libx.so", MAGIC, ABI_MAJOR, ABI_MINOR, 16)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has a 16-byte table, smaller than"), "{e}");
+    }
+
+    #[test]
+    fn the_c_example_plugin_loads_and_refuses_options() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = temp_dir("c-doubler");
+        let library = dir.join("libdoubler.so");
+        let status = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
+            .arg(root.join("docs"))
+            .arg("-o")
+            .arg(&library)
+            .arg(root.join("plugins/c-doubler/doubler.c"))
+            .status()
+            .expect("a C compiler (cc)");
+        assert!(status.success(), "plugins/c-doubler/doubler.c compiles");
+        let model = load(&library, &dir, "").unwrap();
+        assert_eq!(model.signature().inputs[0].name, "x");
+        assert_eq!(model.signature().outputs[0].name, "y");
+        let e = load_error(&library, &dir, "threshhold = 0.5");
+        assert!(
+            e.contains("plugin 'p'")
+                && e.contains("c-doubler takes no options, got {\"threshhold\":0.5}"),
+            "{e}"
+        );
     }
 }
