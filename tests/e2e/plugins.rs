@@ -323,3 +323,50 @@ fn a_plugin_written_in_c_against_the_header_is_served() {
     assert_eq!(status, 400);
     assert!(out["error"].as_str().unwrap().contains("negative input"));
 }
+
+#[test]
+fn an_output_json_cannot_carry_counts_as_a_failure() {
+    let server = Server::start(&manifest("edge", &edge_entry()), &[]);
+    // `text` as raw binary data holding bytes that are not UTF-8; the plugin upper-cases them
+    // into `upper`, which JSON cannot carry.
+    let header = json!({"inputs": [
+        {"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}},
+        {"name": "values", "shape": [1], "datatype": "FP64", "data": [1.0]},
+    ]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&2u32.to_le_bytes());
+    body.extend_from_slice(&[0xff, 0xfe]);
+    let response = ureq::post(&server.url("/v2/models/edge/infer"))
+        .set("Inference-Header-Content-Length", &header.len().to_string())
+        .set("Content-Type", "application/octet-stream")
+        .send_bytes(&body);
+    let Err(ureq::Error::Status(status, response)) = response else {
+        panic!("a non-UTF-8 output requested as JSON should fail");
+    };
+    assert_eq!(status, 400);
+    let error: Value = serde_json::from_str(&response.into_string().unwrap()).unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("not UTF-8"),
+        "{error}"
+    );
+    // Counted as the failure it is, in statistics and metrics alike.
+    let (_, stats) = request("GET", &server.url("/v2/models/edge/stats"), None);
+    let s = &stats["model_stats"][0]["inference_stats"];
+    assert_eq!(
+        (s["success"]["count"].as_u64(), s["fail"]["count"].as_u64()),
+        (Some(0), Some(1)),
+        "{stats}"
+    );
+    let metrics = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "oxinfer_requests_total{model=\"edge\",outcome=\"failure\",protocol=\"http\",version=\"1\"} 1"
+        ),
+        "{metrics}"
+    );
+}

@@ -9,6 +9,7 @@ absolute difference <= 1e-4 per component (embeddings are unit vectors; measured
 are around 1e-6).
 """
 
+import json
 import os
 import pathlib
 
@@ -346,3 +347,29 @@ def test_the_example_manifest_and_client(tmp_path, minilm_dir):
         assert "shape (3, 384)" in out.stdout, out.stdout
     finally:
         s.stop()
+
+
+def test_token_inputs_at_any_offset_of_a_binary_body(srv, tokenizer):
+    """The binary extension puts tensor data right after the JSON header, so INT64 token ids can
+    start at any byte offset: each offset gives the same embeddings as JSON."""
+    tensors = token_tensors(tokenizer, SENTENCES[:2])
+    expected = embed_tokens(srv, "minilm-tokens", tensors)
+    for pad in range(8):
+        header = {
+            "inputs": [
+                {"name": n, "datatype": "INT64", "shape": list(v.shape), "parameters": {"binary_data_size": v.nbytes}}
+                for n, v in tensors.items()
+            ]
+        }
+        text = json.dumps(header).encode() + b" " * pad
+        body = text + b"".join(v.astype("<i8").tobytes() for v in tensors.values())
+        r = requests.post(
+            f"{srv.url}/v2/models/minilm-tokens/infer",
+            data=body,
+            headers={"Inference-Header-Content-Length": str(len(text)), "Content-Type": "application/octet-stream"},
+            timeout=120,
+        )
+        assert r.status_code == 200, (pad, r.text)
+        out = r.json()["outputs"][0]
+        got = np.array(out["data"], dtype=np.float32).reshape(out["shape"])
+        assert np.array_equal(got, expected), pad

@@ -52,6 +52,10 @@ pub enum Error {
     /// bound (backpressure; the client may retry).
     #[error("{0}")]
     Overloaded(String),
+    /// The server cannot serve requests now for a reason of its own (not the model's): the
+    /// inference log cannot be written and its policy is to refuse requests meanwhile.
+    #[error("{0}")]
+    Unavailable(String),
     /// The request's timeout passed while it waited in the queue; it was not executed.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -76,7 +80,9 @@ impl Error {
         match self {
             Error::InvalidInput(_) => ErrorCode::InvalidArgument,
             Error::NotFound(_) => ErrorCode::NotFound,
-            Error::ModelNotReady(_) | Error::Overloaded(_) => ErrorCode::Unavailable,
+            Error::ModelNotReady(_) | Error::Overloaded(_) | Error::Unavailable(_) => {
+                ErrorCode::Unavailable
+            }
             Error::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             Error::TooLarge(_) => ErrorCode::ResourceExhausted,
             Error::Manifest(_) | Error::Load(_) | Error::Execution(_) | Error::Internal(_) => {

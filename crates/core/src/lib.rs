@@ -21,7 +21,7 @@ pub mod testing;
 
 pub use datatype::DataType;
 pub use error::{Error, ErrorCode, Result};
-pub use manifest::{Manifest, ModelEntry, Provenance, Scheduling};
+pub use manifest::{Limits, Manifest, ModelEntry, Provenance, Scheduling};
 pub use runtime::{LoadRequest, Model, ModelSignature, Runtime};
 pub use tensor::{Element, Tensor, TensorData};
 

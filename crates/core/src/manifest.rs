@@ -56,7 +56,7 @@ pub struct Manifest {
 }
 
 /// The `[server]` table.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Address of the HTTP (REST) listener, e.g. `127.0.0.1:8080`; port 0 picks a free port.
@@ -65,6 +65,32 @@ pub struct ServerSettings {
     pub grpc: Option<String>,
     /// The largest request body accepted, in bytes ([`DEFAULT_MAX_REQUEST_BYTES`] if unset).
     pub max_request_bytes: Option<usize>,
+    /// Web origins (`https://app.example.com`, or `*` for any) whose pages may call the REST
+    /// API from a browser. Empty (the default): a request carrying an `Origin` header is
+    /// refused, so that no web page a user opens can drive the server.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// On SIGTERM / SIGINT, how long open connections (in-flight requests, idle keep-alive or
+    /// HTTP/2 clients, half-sent requests) may keep the server from exiting before they are
+    /// closed, in seconds (default 10).
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_seconds: u64,
+}
+
+fn default_shutdown_timeout() -> u64 {
+    10
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            http: None,
+            grpc: None,
+            max_request_bytes: None,
+            cors_origins: Vec::new(),
+            shutdown_timeout_seconds: default_shutdown_timeout(),
+        }
+    }
 }
 
 /// The `[telemetry]` table: export request spans to an OpenTelemetry collector over OTLP.
@@ -108,12 +134,34 @@ pub struct InferenceLogSettings {
     /// (default 65536).
     #[serde(default = "default_tensor_cap")]
     pub max_tensor_bytes: usize,
+    /// A record longer than this many bytes has its tensors replaced by their digests, and if
+    /// that is still too long, left out with their count (default 1 MiB).
+    #[serde(default = "default_record_cap")]
+    pub max_record_bytes: usize,
     /// Records queued between the request path and the writer (default 4096).
     #[serde(default = "default_capacity")]
     pub queue_capacity: usize,
     /// Policy when the queue is full.
     #[serde(default)]
     pub on_full: OnFull,
+    /// Policy while records cannot be written (a full disk, an I/O error).
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// What to do while the inference log cannot be written. Either way the file keeps only whole
+/// records, failed writes are retried in order, and they are counted in
+/// `oxinfer_inference_log_write_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Keep serving; records wait in memory (bounded) for the writes to succeed again
+    /// (default).
+    #[default]
+    Serve,
+    /// Refuse requests (503 / `UNAVAILABLE`) until records can be written again: for users who
+    /// must not serve a prediction that is not recorded.
+    Refuse,
 }
 
 fn default_log_bytes() -> u64 {
@@ -124,6 +172,9 @@ fn default_retention() -> usize {
 }
 fn default_tensor_cap() -> usize {
     64 * 1024
+}
+fn default_record_cap() -> usize {
+    1 << 20
 }
 fn default_capacity() -> usize {
     4096
@@ -157,6 +208,67 @@ pub struct ModelEntry {
     /// timeout (`[models.scheduler]`).
     #[serde(default)]
     pub scheduler: Scheduling,
+    /// What one request may ask of the model (`[models.limits]`).
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[models.limits]`: bounds on what one request may make the server do, checked before the
+/// model runs. Every key is optional.
+///
+/// ```toml
+/// [models.limits]
+/// max_rows = 1048576              # first dimension of any input
+/// max_dimension = 16777216        # any dimension of any input
+/// max_empty_extent = 65536        # an input without elements: its non-zero dimensions' product
+/// max_output_bytes = 268435456    # the outputs of one request (estimated before, checked after)
+/// ```
+///
+/// A request with zero-sized dimensions carries no data but can still ask for a huge batch
+/// (`[1048576, 3, 0, 0]`); these bounds keep such a request from making the model allocate, and
+/// the server send back, far more than it sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The largest first dimension (rows) of any input (default 2^20 = 1048576).
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// The largest size of any dimension of any input (default 2^24 = 16777216).
+    #[serde(default = "default_max_dimension")]
+    pub max_dimension: usize,
+    /// An input with no elements (a zero-sized dimension) carries no data, so its other
+    /// dimensions cost the client nothing: their product may be at most this (default 65536).
+    #[serde(default = "default_max_empty_extent")]
+    pub max_empty_extent: usize,
+    /// The largest total size of one request's outputs, in bytes (default 256 MiB): refused
+    /// before execution when the signature shows the outputs would be larger (their dynamic
+    /// first dimensions taken as the request's rows), and after it when they are.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: usize,
+}
+
+fn default_max_rows() -> usize {
+    1 << 20
+}
+fn default_max_empty_extent() -> usize {
+    65536
+}
+fn default_max_dimension() -> usize {
+    1 << 24
+}
+fn default_max_output_bytes() -> usize {
+    256 << 20
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_rows: default_max_rows(),
+            max_dimension: default_max_dimension(),
+            max_empty_extent: default_max_empty_extent(),
+            max_output_bytes: default_max_output_bytes(),
+        }
+    }
 }
 
 /// `[models.scheduler]`: the per-model request scheduler, in Triton's vocabulary. Every key is

@@ -16,7 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -224,6 +224,17 @@ fn run(command: Command) -> Result<()> {
                 "OK: {} record(s) intact; chain starts from {} and ends at {}",
                 verified.records, verified.starts_from, verified.last_hash
             );
+            if verified.starts_from == inference_log::GENESIS {
+                println!("the chain starts with the log's first record ever");
+            } else {
+                // Not an error: retention deletes the oldest files. A record removed inside the
+                // files given breaks the chain instead, and fails above.
+                println!(
+                    "the chain does not start with the log's first record: the records before \
+                     it are in files not given here, or were deleted by retention \
+                     (retention_files)"
+                );
+            }
             Ok(())
         }
         Command::Audit(Audit::Show { id, files }) => {
@@ -312,11 +323,13 @@ fn serve(
         .transpose()?;
     let repository = load(&manifest)?;
     let max_request_bytes = max_request_bytes.unwrap_or(manifest.max_request_bytes());
+    let shutdown_timeout = manifest.server.shutdown_timeout_seconds;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let mut state = AppState::new(repository, max_request_bytes);
+    let mut state = AppState::new(repository, max_request_bytes)
+        .with_cors_origins(manifest.server.cors_origins.clone());
     let log = match manifest.inference_log.clone() {
         Some(settings) => Some(inference_log::InferenceLog::start(settings)?),
         None => None,
@@ -354,7 +367,27 @@ fn serve(
                 None => Ok(()),
             }
         };
-        let (http_result, grpc_result) = tokio::join!(http_server, grpc_server);
+        // After the signal, connections get `shutdown_timeout_seconds` to finish; whatever is
+        // still open then (a half-sent request, an idle HTTP/2 client) is closed.
+        let grace = Duration::from_secs(shutdown_timeout);
+        let deadline = {
+            let stopped = wait();
+            async move {
+                stopped.await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        let (http_result, grpc_result) = tokio::select! {
+            results = async { tokio::join!(http_server, grpc_server) } => results,
+            () = deadline => {
+                tracing::warn!(
+                    "connections still open {}s after the shutdown signal \
+                     (shutdown_timeout_seconds): closing them",
+                    grace.as_secs()
+                );
+                (Ok(()), Ok(()))
+            }
+        };
         if let Some(log) = &log {
             // Every request has finished: write out what is queued before exiting.
             log.shutdown().await;
@@ -363,8 +396,11 @@ fn serve(
         http_result.context("HTTP server failed")?;
         grpc_result?;
         tracing::info!("stopped");
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // Connection tasks the deadline cut short are dropped here, without waiting for them.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -137,7 +137,9 @@ pub struct OxHostApi {
     ) -> *mut u8,
 }
 
-/// The table a plugin exports.
+/// The table a plugin exports. Its function pointers are nullable, as in C (`Option` of a
+/// function pointer has the pointer's layout): the host refuses a table that leaves one NULL
+/// before calling any of them.
 #[repr(C)]
 pub struct OxPluginApi {
     /// [`MAGIC`].
@@ -154,32 +156,38 @@ pub struct OxPluginApi {
     /// Creates an instance from the manifest options (a JSON object, UTF-8) and the model
     /// directory (UTF-8 path, may be empty). On success stores the instance in `*instance` and
     /// returns null; on failure returns an error.
-    pub create: unsafe extern "C" fn(
-        host: *const OxHostApi,
-        options_json: *const u8,
-        options_len: usize,
-        model_dir: *const u8,
-        model_dir_len: usize,
-        instance: *mut *mut c_void,
-    ) -> *mut OxError,
+    pub create: Option<
+        unsafe extern "C" fn(
+            host: *const OxHostApi,
+            options_json: *const u8,
+            options_len: usize,
+            model_dir: *const u8,
+            model_dir_len: usize,
+            instance: *mut *mut c_void,
+        ) -> *mut OxError,
+    >,
     /// The instance's metadata as JSON (`{"inputs":[{"name","datatype","shape"}],"outputs":[...]}`,
     /// -1 for dynamic dims), UTF-8, owned by the instance and valid until `destroy`.
-    pub metadata_json: unsafe extern "C" fn(
-        instance: *mut c_void,
-        json: *mut *const u8,
-        json_len: *mut usize,
-    ) -> *mut OxError,
+    pub metadata_json: Option<
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            json: *mut *const u8,
+            json_len: *mut usize,
+        ) -> *mut OxError,
+    >,
     /// Runs one request: `inputs` in the metadata's order; each output allocated through
     /// `host->alloc_output(outputs, ...)` and filled before returning null (or an error).
-    pub execute: unsafe extern "C" fn(
-        instance: *mut c_void,
-        host: *const OxHostApi,
-        inputs: *const OxTensor,
-        input_count: usize,
-        outputs: *mut c_void,
-    ) -> *mut OxError,
+    pub execute: Option<
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            host: *const OxHostApi,
+            inputs: *const OxTensor,
+            input_count: usize,
+            outputs: *mut c_void,
+        ) -> *mut OxError,
+    >,
     /// Frees an instance.
-    pub destroy: unsafe extern "C" fn(instance: *mut c_void),
+    pub destroy: Option<unsafe extern "C" fn(instance: *mut c_void)>,
 }
 
 /// The type of the entry symbol.

@@ -550,10 +550,10 @@ pub mod __private {
             abi_minor: abi::ABI_MINOR,
             struct_size: std::mem::size_of::<OxPluginApi>(),
             thread_safe: P::THREAD_SAFE as u32,
-            create: create::<P>,
-            metadata_json: metadata_json::<P>,
-            execute: execute::<P>,
-            destroy: destroy::<P>,
+            create: Some(create::<P>),
+            metadata_json: Some(metadata_json::<P>),
+            execute: Some(execute::<P>),
+            destroy: Some(destroy::<P>),
         }
     }
 }

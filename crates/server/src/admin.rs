@@ -115,17 +115,54 @@ fn check_parameters<'a>(
 
 /// Loads every version of `model` from its files again; `parameters` are the names of the
 /// request's repository parameters (none is supported). Runs off the I/O threads.
+///
+/// Loads of one model are coalesced: while one runs, every other load of that model waits for
+/// its result rather than starting its own (and its own thread).
 pub(crate) async fn load<'a>(
     state: &AppState,
     model: &str,
     parameters: impl IntoIterator<Item = &'a str>,
 ) -> Result<()> {
     check_parameters("load", parameters, &[])?;
-    let repository = state.repository.clone();
-    let name = model.to_string();
-    tokio::task::spawn_blocking(move || repository.reload(&name))
+    let mut outcome = {
+        let mut loads = state.loads.lock().unwrap_or_else(|e| e.into_inner());
+        match loads.get(model) {
+            Some(running) => running.clone(),
+            None => {
+                let (done, outcome) = tokio::sync::watch::channel(None);
+                loads.insert(model.to_string(), outcome.clone());
+                let (repository, loads, name) = (
+                    state.repository.clone(),
+                    state.loads.clone(),
+                    model.to_string(),
+                );
+                // Runs to the end even if every caller goes away.
+                tokio::spawn(async move {
+                    let reload_name = name.clone();
+                    let result =
+                        tokio::task::spawn_blocking(move || repository.reload(&reload_name))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(Error::Internal(format!(
+                                    "loading model '{name}' panicked: {e}"
+                                )))
+                            });
+                    loads
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&name);
+                    let _ = done.send(Some(result));
+                });
+                outcome
+            }
+        }
+    };
+    let result = outcome
+        .wait_for(Option::is_some)
         .await
-        .map_err(|e| Error::Internal(format!("loading model '{model}' panicked: {e}")))?
+        .map_err(|_| Error::Internal(format!("loading model '{model}' stopped")))?
+        .clone();
+    result.unwrap_or_else(|| Err(Error::Internal("no load outcome".into())))
 }
 
 /// Takes every version of `model` out of service; `parameters` are the names of the request's

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument;
 
 use oxinfer_core::protocol::{InferRequest, InferResponse, Parameter, TensorMetadata};
-use oxinfer_core::{Error, ModelSignature, Result, Tensor};
+use oxinfer_core::{DataType, Error, Limits, ModelSignature, Result, Tensor};
 
 use crate::models::ServedModel;
 use crate::state::AppState;
@@ -46,6 +46,50 @@ fn list(tensors: &[TensorMetadata]) -> String {
         .join(", ")
 }
 
+/// Checks one input against a model signature: a declared input, with its datatype and a
+/// compatible shape. Returns its position and description.
+fn check_input<'s>(
+    model_name: &str,
+    signature: &'s ModelSignature,
+    name: &str,
+    datatype: DataType,
+    shape: &[usize],
+) -> Result<(usize, &'s TensorMetadata)> {
+    let Some((ix, meta)) = signature.input(name) else {
+        return Err(Error::invalid(format!(
+            "model '{model_name}' has no input '{name}' (inputs: {})",
+            list(&signature.inputs)
+        )));
+    };
+    if datatype != meta.datatype {
+        return Err(Error::invalid(format!(
+            "input '{}': datatype {datatype} does not match the model's {}",
+            meta.name, meta.datatype
+        )));
+    }
+    if !shape_fits(&meta.shape, shape) {
+        return Err(Error::invalid(format!(
+            "input '{}': shape {shape:?} does not match the model's {:?} (-1 is any size)",
+            meta.name, meta.shape
+        )));
+    }
+    Ok((ix, meta))
+}
+
+/// What a front end checks of each input before decoding its data (the JSON decoder's
+/// [`InputCheck`](oxinfer_core::protocol::json::InputCheck)): the checks of [`validate`] and
+/// the dimension bounds of [`check_limits`], so that data the model would refuse is never
+/// decoded.
+pub(crate) fn check_before_decoding(
+    model: &ServedModel,
+    name: &str,
+    datatype: DataType,
+    shape: &[usize],
+) -> Result<()> {
+    check_input(&model.name, model.signature(), name, datatype, shape)?;
+    check_dimensions(&model.entry.limits, name, shape)
+}
+
 /// Checks a request against a model signature: every declared input given exactly once, with
 /// the declared datatype and a compatible shape; no unknown inputs; requested outputs exist.
 fn validate(
@@ -55,29 +99,13 @@ fn validate(
 ) -> Result<Validated> {
     let mut slots: Vec<Option<Tensor>> = vec![None; signature.inputs.len()];
     for tensor in std::mem::take(&mut request.inputs) {
-        let Some((ix, meta)) = signature.input(tensor.name()) else {
-            return Err(Error::invalid(format!(
-                "model '{model_name}' has no input '{}' (inputs: {})",
-                tensor.name(),
-                list(&signature.inputs)
-            )));
-        };
-        if tensor.datatype() != meta.datatype {
-            return Err(Error::invalid(format!(
-                "input '{}': datatype {} does not match the model's {}",
-                meta.name,
-                tensor.datatype(),
-                meta.datatype
-            )));
-        }
-        if !shape_fits(&meta.shape, tensor.shape()) {
-            return Err(Error::invalid(format!(
-                "input '{}': shape {:?} does not match the model's {:?} (-1 is any size)",
-                meta.name,
-                tensor.shape(),
-                meta.shape
-            )));
-        }
+        let (ix, meta) = check_input(
+            model_name,
+            signature,
+            tensor.name(),
+            tensor.datatype(),
+            tensor.shape(),
+        )?;
         if slots[ix].replace(tensor).is_some() {
             return Err(Error::invalid(format!(
                 "input '{}' is given more than once",
@@ -125,8 +153,11 @@ fn validate(
     Ok(Validated { inputs, outputs })
 }
 
+/// A front end's check that it can encode a response.
+pub(crate) type EncodableCheck<'a> = dyn Fn(&InferResponse) -> Result<()> + Sync + 'a;
+
 /// Where a request came from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Call<'a> {
     /// The model name in the URL or message.
     pub(crate) model: &'a str,
@@ -137,6 +168,29 @@ pub(crate) struct Call<'a> {
     pub(crate) client: Option<SocketAddr>,
     /// A request id from outside the body (REST's `X-Request-ID` header).
     pub(crate) header_id: Option<String>,
+    /// Whether the front end can encode a response (REST JSON: BYTES outputs must be UTF-8);
+    /// one it cannot is a failed request, recorded as such.
+    pub(crate) encodable: Option<&'a EncodableCheck<'a>>,
+}
+
+/// The longest request id accepted (`id` in the request, `X-Request-ID`).
+pub(crate) const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// Accepts a client's request id: at most [`MAX_REQUEST_ID_CHARS`] printable ASCII characters.
+fn check_request_id(id: &str) -> Result<&str> {
+    if id.len() > MAX_REQUEST_ID_CHARS {
+        return Err(Error::invalid(format!(
+            "the request id is {} bytes long; at most {MAX_REQUEST_ID_CHARS} printable ASCII \
+             characters are accepted",
+            id.len()
+        )));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(Error::invalid(format!(
+            "the request id must be printable ASCII (at most {MAX_REQUEST_ID_CHARS} characters)"
+        )));
+    }
+    Ok(id)
 }
 
 /// The front ends' entry point: given the decoded request (or why decoding failed), assigns the
@@ -150,14 +204,16 @@ pub(crate) async fn handle(
 ) -> (String, Result<InferResponse>) {
     let arrived = SystemTime::now();
     let started = Instant::now();
-    let id = match &decoded {
-        Ok(r) if r.id.as_deref().is_some_and(|id| !id.is_empty()) => {
-            r.id.clone().unwrap_or_default()
-        }
-        _ => call
-            .header_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    let given = match &decoded {
+        Ok(r) if r.id.as_deref().is_some_and(|id| !id.is_empty()) => r.id.as_deref(),
+        _ => call.header_id.as_deref(),
+    };
+    // A client's id goes into the log and back in a header: one that is too long or not
+    // printable fails the request, which gets an id of its own.
+    let (id, decoded) = match given.map(check_request_id) {
+        None => (uuid::Uuid::new_v4().to_string(), decoded),
+        Some(Ok(id)) => (id.to_string(), decoded),
+        Some(Err(e)) => (uuid::Uuid::new_v4().to_string(), Err(e)),
     };
     // Debug level: free unless a subscriber wants it (the OTLP exporter does; plain info logs
     // do not pay for a span per request).
@@ -168,6 +224,19 @@ pub(crate) async fn handle(
         protocol = call.protocol.as_str()
     );
     let (model, inputs, result) = async {
+        if let Some(log) = &state.log
+            && !log.accepting()
+        {
+            return (
+                None,
+                Vec::new(),
+                Err(Error::Unavailable(
+                    "the inference log cannot be written (see the server log); requests are \
+                     refused until it can (on_error = \"refuse\")"
+                        .into(),
+                )),
+            );
+        }
         let model = match state.repository.get(call.model, call.version) {
             Ok(model) => model,
             Err(e) => return (None, Vec::new(), Err(e)),
@@ -182,7 +251,12 @@ pub(crate) async fn handle(
         } else {
             Vec::new()
         };
-        let result = infer(&model, request).await;
+        let result = infer(&model, request).await.and_then(|response| {
+            if let Some(check) = call.encodable {
+                check(&response)?;
+            }
+            Ok(response)
+        });
         (Some(model), inputs, result)
     }
     .instrument(span.clone())
@@ -225,6 +299,87 @@ pub(crate) async fn handle(
     (id, result)
 }
 
+/// The bytes of a tensor's data (BYTES: the strings and their 4-byte length prefixes).
+pub(crate) fn payload_bytes(t: &Tensor) -> usize {
+    match t.raw() {
+        Some(raw) => raw.len(),
+        None => t
+            .strings()
+            .map_or(0, |s| s.iter().map(|b| b.len().saturating_add(4)).sum()),
+    }
+}
+
+/// Checks an input's rows (first dimension) and every dimension against the model's limits.
+fn check_dimensions(limits: &Limits, name: &str, shape: &[usize]) -> Result<()> {
+    if let Some(&first) = shape.first()
+        && first > limits.max_rows
+    {
+        return Err(Error::invalid(format!(
+            "input '{name}': {first} rows (first dimension) is over the model's limit of {} \
+             (max_rows in [models.limits])",
+            limits.max_rows
+        )));
+    }
+    if let Some(&dim) = shape.iter().find(|&&d| d > limits.max_dimension) {
+        return Err(Error::invalid(format!(
+            "input '{name}': dimension {dim} of shape {shape:?} is over the model's limit of {} \
+             (max_dimension in [models.limits])",
+            limits.max_dimension
+        )));
+    }
+    if shape.contains(&0) {
+        let extent = shape
+            .iter()
+            .filter(|&&d| d > 0)
+            .fold(1u128, |n, &d| n.saturating_mul(d as u128));
+        if extent > limits.max_empty_extent as u128 {
+            return Err(Error::invalid(format!(
+                "input '{name}': shape {shape:?} has no elements but spans {extent} positions in \
+                 its other dimensions, over the model's limit of {} (max_empty_extent in \
+                 [models.limits])",
+                limits.max_empty_extent
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a validated request against the model's `[models.limits]`: the rows and every
+/// dimension of its inputs, and the size its outputs would have by the model's signature (a
+/// dynamic first dimension taken as the request's rows, other dynamic dimensions as 1), so that
+/// a request with zero-sized dimensions cannot make the model produce far more than it sent.
+fn check_limits(limits: &Limits, signature: &ModelSignature, request: &Validated) -> Result<()> {
+    let mut rows = 0usize;
+    for t in &request.inputs {
+        check_dimensions(limits, t.name(), t.shape())?;
+        rows = rows.max(t.shape().first().copied().unwrap_or(0));
+    }
+    let estimate = request
+        .outputs
+        .iter()
+        .map(|&ix| {
+            let meta = &signature.outputs[ix];
+            let elements = meta.shape.iter().enumerate().fold(1u128, |n, (i, &d)| {
+                let d = match d {
+                    d if d >= 0 => d as u128,
+                    _ if i == 0 => rows as u128,
+                    _ => 1,
+                };
+                n.saturating_mul(d)
+            });
+            elements.saturating_mul(meta.datatype.size().unwrap_or(4) as u128)
+        })
+        .fold(0u128, u128::saturating_add);
+    if estimate > limits.max_output_bytes as u128 {
+        return Err(Error::TooLarge(format!(
+            "this request's outputs would be at least {estimate} bytes by the model's signature, \
+             over its limit of {} (max_output_bytes in [models.limits])",
+            limits.max_output_bytes
+        )));
+    }
+    Ok(())
+}
+
 /// The request's queue deadline: its `timeout` parameter, in microseconds (Triton's and
 /// tritonclient's convention), if any.
 fn request_timeout(request: &InferRequest) -> Result<Option<Duration>> {
@@ -243,6 +398,7 @@ fn request_timeout(request: &InferRequest) -> Result<Option<Duration>> {
 async fn infer(model: &Arc<ServedModel>, mut request: InferRequest) -> Result<InferResponse> {
     let started = Instant::now();
     let validated = validate(&model.name, model.signature(), &mut request)?;
+    check_limits(&model.entry.limits, model.signature(), &validated)?;
     let timeout = request_timeout(&request)?;
     let telemetry = &model.telemetry;
     telemetry.input_checked(started.elapsed());
@@ -258,6 +414,14 @@ async fn infer(model: &Arc<ServedModel>, mut request: InferRequest) -> Result<In
         ))
     })??;
     let assembling = Instant::now();
+    let produced_bytes: usize = outputs.iter().map(|&ix| payload_bytes(&produced[ix])).sum();
+    let max = model.entry.limits.max_output_bytes;
+    if produced_bytes > max {
+        return Err(Error::TooLarge(format!(
+            "the model's outputs for this request are {produced_bytes} bytes, over its limit of \
+             {max} (max_output_bytes in [models.limits])"
+        )));
+    }
     let mut slots: Vec<Option<Tensor>> = produced.into_iter().map(Some).collect();
     let outputs = outputs
         .into_iter()

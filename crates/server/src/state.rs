@@ -1,8 +1,9 @@
 //! The state every front end and the pipeline share: the served models, readiness, limits, the
 //! inference log and the server-wide metrics.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::models::ModelRepository;
 use crate::telemetry::ServerMetrics;
@@ -18,7 +19,15 @@ pub struct AppState {
     pub(crate) max_request_bytes: usize,
     pub(crate) log: Option<InferenceLog>,
     pub(crate) metrics: Arc<ServerMetrics>,
+    /// Origins allowed to call the REST API from a browser (`[server] cors_origins`).
+    pub(crate) cors_origins: Arc<[String]>,
+    /// Repository loads in flight, by model name: a second load of the same model waits for
+    /// the first one's result instead of starting its own.
+    pub(crate) loads: Arc<Mutex<HashMap<String, LoadResult>>>,
 }
+
+/// The outcome of a repository load, once known, shared by every caller that asked for it.
+pub(crate) type LoadResult = tokio::sync::watch::Receiver<Option<oxinfer_core::Result<()>>>;
 
 impl AppState {
     /// State for a repository, ready, with the given body limit (`max_request_bytes`).
@@ -29,7 +38,15 @@ impl AppState {
             max_request_bytes,
             log: None,
             metrics: Arc::default(),
+            cors_origins: Arc::new([]),
+            loads: Arc::default(),
         }
+    }
+
+    /// The same state, letting pages from these origins call the REST API (`*`: any).
+    pub fn with_cors_origins(mut self, origins: Vec<String>) -> Self {
+        self.cors_origins = origins.into();
+        self
     }
 
     /// The same state, writing an inference log.

@@ -267,8 +267,11 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
             "datatype FP32 does not match the model's INT32"),
         (with_input0(json!({"name": "INPUT0", "shape": [1, 16], "datatype": "INT33", "data": ones})), 400,
             "unknown datatype 'INT33'"),
+        // The shape is checked against the model before the data is decoded.
         (with_input0(json!({"name": "INPUT0", "shape": [1, 15], "datatype": "INT32", "data": ones})), 400,
-            "more elements than the shape's 15"),
+            "shape [1, 15] does not match the model's [-1, 16]"),
+        (with_input0(json!({"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": vec![1; 17]})), 400,
+            "more elements than the shape's 16"),
         (with_input0(json!({"name": "INPUT0", "shape": [2, 16], "datatype": "INT32", "data": ones})), 400,
             "needs 32 elements but 'data' has 16"),
         (with_input0(json!({"name": "INPUT0", "shape": [16], "datatype": "INT32", "data": ones})), 400,
@@ -279,8 +282,12 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
             "negative dimension"),
         (with_input0(json!({"name": "INPUT0", "shape": [9223372036854775807i64, 16], "datatype": "INT32", "data": ones})), 400,
             "too large"),
+        // An absurd batch is refused by the model's limits before any data is decoded...
         (with_input0(json!({"name": "INPUT0", "shape": [1000000000, 16], "datatype": "INT32", "data": ones})), 400,
-            "needs 16000000000 elements but 'data' has 16"),
+            "1000000000 rows (first dimension) is over the model's limit of 1048576"),
+        // ...and a large one within them finds too little data without allocating for it.
+        (with_input0(json!({"name": "INPUT0", "shape": [65536, 16], "datatype": "INT32", "data": ones})), 400,
+            "needs 1048576 elements but 'data' has 16"),
         (with_input0(json!({"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": vec!["1"; 16]})), 400,
             "\"1\" is not a valid INT32 integer"),
         (with_input0(json!({"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": vec![1.5; 16]})), 400,

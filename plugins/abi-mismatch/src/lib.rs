@@ -52,10 +52,10 @@ pub extern "C" fn oxinfer_plugin_entry() -> *const OxPluginApi {
                 std::mem::size_of::<OxPluginApi>()
             },
             thread_safe: 1,
-            create,
-            metadata_json: metadata,
-            execute,
-            destroy,
+            create: Some(create),
+            metadata_json: Some(metadata),
+            execute: Some(execute),
+            destroy: Some(destroy),
         }
     })
 }

@@ -480,7 +480,13 @@ impl EmbeddingModel {
             )));
         }
         let convert = |t: &Tensor, bound: usize, what: &str| -> Result<Vec<u32>> {
-            t.as_slice::<i64>()?
+            // Borrowed when aligned; the binary extension and gRPC raw contents may deliver the
+            // data at any offset, and then it is copied.
+            let values = match t.as_slice::<i64>() {
+                Ok(slice) => std::borrow::Cow::Borrowed(slice),
+                Err(_) => std::borrow::Cow::Owned(t.to_vec::<i64>()?),
+            };
+            values
                 .iter()
                 .map(|&v| {
                     if v >= 0 && (v as u64) < bound as u64 {

@@ -5,7 +5,9 @@
 //!   server before this runtime opens the file.
 //! - At load, the entry symbol, the magic value, the ABI major version and the table size are
 //!   checked; a mismatch stops startup with a message naming the plugin, the ABI it was built for
-//!   and the one this server speaks. Libraries are never unloaded.
+//!   and the one this server speaks. Libraries are never unloaded, so reloading a model whose
+//!   library file has changed since it was opened is refused (the old code would keep running
+//!   under the new file's digest): a new library takes a restart or a new file name.
 //! - Inputs are lent as pointer + length views of the request's buffers (BYTES tensors are
 //!   serialised to the length-prefixed form); outputs are written into buffers this host
 //!   allocates and then owns; errors are created by this host.
@@ -185,16 +187,41 @@ fn with_sources(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Opened libraries by path: never unloaded, so their code outlives every instance.
+/// The SHA-256 of a library file, as the server reports a model's digest.
+fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::Load(format!(
+            "cannot load plugin library {}: cannot read it: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Opened libraries by path, with the digest of the file as it was opened: never unloaded, so
+/// their code outlives every instance. A library whose file has changed since is refused: the
+/// process would go on running the old code under the new file's digest.
 fn open_library(path: &Path) -> Result<&'static libloading::Library> {
-    static OPEN: OnceLock<Mutex<HashMap<PathBuf, &'static libloading::Library>>> = OnceLock::new();
+    type Open = HashMap<PathBuf, (&'static libloading::Library, String)>;
+    static OPEN: OnceLock<Mutex<Open>> = OnceLock::new();
     let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let mut open = OPEN
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if let Some(lib) = open.get(&key) {
-        return Ok(lib);
+    let sha256 = file_sha256(&key)?;
+    if let Some((lib, loaded)) = open.get(&key) {
+        if *loaded == sha256 {
+            return Ok(lib);
+        }
+        return Err(Error::Load(format!(
+            "plugin library {} has changed since it was loaded (sha256 {loaded}, now {sha256}); \
+             a library cannot be unloaded from a running process, so its new code cannot run \
+             here: restart the server, or install the new library under a new file name and \
+             point the manifest at it",
+            path.display()
+        )));
     }
     // SAFETY: loading a library runs its initialisers; the manifest names it deliberately (and
     // may pin its sha256, checked before this call).
@@ -206,8 +233,46 @@ fn open_library(path: &Path) -> Result<&'static libloading::Library> {
         ))
     })?;
     let lib: &'static libloading::Library = Box::leak(Box::new(lib));
-    open.insert(key, lib);
+    open.insert(key, (lib, sha256));
     Ok(lib)
+}
+
+/// A plugin table's functions, checked to be non-NULL.
+#[derive(Clone, Copy)]
+struct Functions {
+    create: unsafe extern "C" fn(
+        *const OxHostApi,
+        *const u8,
+        usize,
+        *const u8,
+        usize,
+        *mut *mut c_void,
+    ) -> *mut OxError,
+    metadata_json: unsafe extern "C" fn(*mut c_void, *mut *const u8, *mut usize) -> *mut OxError,
+    execute: unsafe extern "C" fn(
+        *mut c_void,
+        *const OxHostApi,
+        *const OxTensor,
+        usize,
+        *mut c_void,
+    ) -> *mut OxError,
+    destroy: unsafe extern "C" fn(*mut c_void),
+}
+
+/// The table's functions; a NULL one is a load error naming it.
+fn functions(name: &str, api: &OxPluginApi) -> Result<Functions> {
+    let missing = |field: &str| {
+        Error::Load(format!(
+            "plugin {name}: its table leaves `{field}` NULL; every function of the table is \
+             required"
+        ))
+    };
+    Ok(Functions {
+        create: api.create.ok_or_else(|| missing("create"))?,
+        metadata_json: api.metadata_json.ok_or_else(|| missing("metadata_json"))?,
+        execute: api.execute.ok_or_else(|| missing("execute"))?,
+        destroy: api.destroy.ok_or_else(|| missing("destroy"))?,
+    })
 }
 
 /// Finds and checks a library's plugin table.
@@ -316,6 +381,7 @@ struct WireMetadata {
 struct PluginModel {
     name: String,
     api: &'static OxPluginApi,
+    f: Functions,
     instance: *mut c_void,
     signature: ModelSignature,
     /// Held around `execute` when the plugin is not thread-safe.
@@ -331,7 +397,7 @@ unsafe impl Sync for PluginModel {}
 impl Drop for PluginModel {
     fn drop(&mut self) {
         // SAFETY: the instance was created by this table's `create` and is destroyed once.
-        unsafe { (self.api.destroy)(self.instance) };
+        unsafe { (self.f.destroy)(self.instance) };
     }
 }
 
@@ -352,11 +418,12 @@ impl Runtime for PluginRuntime {
         })?;
         let api = plugin_api(request.path)?;
         let plugin = request.name.to_string();
+        let f = functions(&request.path.display().to_string(), api)?;
         let dir = model_dir.to_string_lossy();
         let mut instance = std::ptr::null_mut();
         // SAFETY: valid pointers for the call; `instance` receives the new instance.
         let e = unsafe {
-            (api.create)(
+            (f.create)(
                 &HOST,
                 options_json.as_ptr(),
                 options_json.len(),
@@ -372,16 +439,23 @@ impl Runtime for PluginRuntime {
                 take_error(&plugin, e)
             )));
         }
+        if instance.is_null() {
+            return Err(Error::Load(format!(
+                "plugin '{plugin}' ({}): create reported success but returned no instance (NULL)",
+                request.path.display()
+            )));
+        }
         let mut model = PluginModel {
             name: plugin.clone(),
             api,
+            f,
             instance,
             signature: ModelSignature::default(),
             serial: (api.thread_safe == 0).then(|| Mutex::new(())),
         };
         let (mut json, mut len) = (std::ptr::null(), 0usize);
         // SAFETY: the instance is live; the plugin stores a pointer to its own string.
-        let e = unsafe { (api.metadata_json)(instance, &mut json, &mut len) };
+        let e = unsafe { (f.metadata_json)(instance, &mut json, &mut len) };
         if !e.is_null() {
             return Err(Error::Load(format!(
                 "plugin '{plugin}': metadata failed: {}",
@@ -456,7 +530,7 @@ impl Model for PluginModel {
         // SAFETY: the views point into `inputs`, `buffers` and `shapes`, alive for the call; the
         // sink outlives it.
         let e = unsafe {
-            (self.api.execute)(
+            (self.f.execute)(
                 self.instance,
                 &HOST,
                 views.as_ptr(),
@@ -618,10 +692,9 @@ mod tests {
         assert!(e.contains("has a 16-byte table, smaller than"), "{e}");
     }
 
-    #[test]
-    fn the_c_example_plugin_loads_and_refuses_options() {
+    /// Builds the C example plugin into `dir`.
+    fn c_doubler(dir: &Path) -> PathBuf {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let dir = temp_dir("c-doubler");
         let library = dir.join("libdoubler.so");
         let status = std::process::Command::new("cc")
             .args(["-shared", "-fPIC", "-Wall", "-Werror", "-I"])
@@ -632,6 +705,82 @@ mod tests {
             .status()
             .expect("a C compiler (cc)");
         assert!(status.success(), "plugins/c-doubler/doubler.c compiles");
+        library
+    }
+
+    #[test]
+    fn a_library_changed_on_disk_is_not_reloaded_under_its_new_digest() {
+        let dir = temp_dir("changed");
+        let library = c_doubler(&dir);
+        load(&library, &dir, "").unwrap();
+        // The same file again: the library already open serves it.
+        load(&library, &dir, "").unwrap();
+        // A new build in its place (here: the same code with bytes appended, still a valid
+        // library), installed as deploys do, by renaming a new file over the old one (writing
+        // into the mapped file would change the code running now): its code could not replace
+        // the code already mapped.
+        let mut bytes = std::fs::read(&library).unwrap();
+        bytes.extend_from_slice(b"a new build");
+        let staged = dir.join("libdoubler.so.new");
+        std::fs::write(&staged, bytes).unwrap();
+        std::fs::rename(&staged, &library).unwrap();
+        let e = load_error(&library, &dir, "");
+        assert!(
+            e.contains("has changed since it was loaded") && e.contains("restart the server"),
+            "{e}"
+        );
+    }
+
+    /// Compiles a C plugin whose table is `table` (the initialiser of an `OxPluginApi`, with
+    /// `create_null` / `create_ok` / `meta` / `exec` / `destroy` defined).
+    fn c_plugin(dir: &Path, table: &str) -> PathBuf {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let source = dir.join("plugin.c");
+        std::fs::write(
+            &source,
+            format!(
+                "#include \"oxinfer_plugin.h\"\n\
+                 static OxError *create_null(const OxHostApi *h, const uint8_t *o, size_t ol,\n\
+                     const uint8_t *d, size_t dl, void **instance) {{ *instance = 0; return 0; }}\n\
+                 static OxError *meta(void *i, const uint8_t **j, size_t *l) {{ return 0; }}\n\
+                 static OxError *exec(void *i, const OxHostApi *h, const OxTensor *in, size_t n,\n\
+                     void *out) {{ return 0; }}\n\
+                 static void destroy(void *i) {{}}\n\
+                 static const OxPluginApi API = {{{table}}};\n\
+                 const OxPluginApi *oxinfer_plugin_entry(void) {{ return &API; }}\n"
+            ),
+        )
+        .unwrap();
+        let library = dir.join("libplugin.so");
+        let status = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-I"])
+            .arg(root.join("docs"))
+            .arg("-o")
+            .arg(&library)
+            .arg(&source)
+            .status()
+            .expect("a C compiler (cc)");
+        assert!(status.success(), "{} compiles", source.display());
+        library
+    }
+
+    #[test]
+    fn a_table_with_a_null_function_or_a_null_instance_is_refused() {
+        let header = "OX_MAGIC, OX_ABI_MAJOR, OX_ABI_MINOR, sizeof(OxPluginApi), 1";
+        let dir = temp_dir("null-execute");
+        let library = c_plugin(&dir, &format!("{header}, create_null, meta, 0, destroy"));
+        let e = load_error(&library, &dir, "");
+        assert!(e.contains("leaves `execute` NULL"), "{e}");
+        let dir = temp_dir("null-instance");
+        let library = c_plugin(&dir, &format!("{header}, create_null, meta, exec, destroy"));
+        let e = load_error(&library, &dir, "");
+        assert!(e.contains("returned no instance (NULL)"), "{e}");
+    }
+
+    #[test]
+    fn the_c_example_plugin_loads_and_refuses_options() {
+        let dir = temp_dir("c-doubler");
+        let library = c_doubler(&dir);
         let model = load(&library, &dir, "").unwrap();
         assert_eq!(model.signature().inputs[0].name, "x");
         assert_eq!(model.signature().outputs[0].name, "y");

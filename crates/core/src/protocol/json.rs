@@ -91,6 +91,32 @@ fn contains_non_finite_token(body: &[u8]) -> bool {
 /// data of every input that carries a `binary_data_size` parameter, in input order. Binary input
 /// data is sliced out of `body` without copying.
 pub fn decode_infer_request(body: &Bytes, json_len: Option<usize>) -> Result<InferRequest> {
+    decode_infer_request_checked(body, json_len, &|_, _, _| Ok(()))
+}
+
+/// The `id` of a REST inference request, read without decoding anything else (tensor data is
+/// skipped, not allocated): for answering and recording a request that is refused before its
+/// body is decoded. `None` when there is none or the JSON is malformed.
+pub fn peek_request_id(body: &Bytes, json_len: Option<usize>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    let json = body.get(..json_len.unwrap_or(body.len()))?;
+    serde_json::from_slice::<IdOnly>(json).ok()?.id
+}
+
+/// Checks one input's name, datatype and shape before its data is decoded.
+pub type InputCheck<'a> = dyn Fn(&str, DataType, &[usize]) -> Result<()> + 'a;
+
+/// [`decode_infer_request`], calling `check` with each input's name, datatype and shape before
+/// its data is decoded: a server checks them against the model first, so that data for an input
+/// the model would refuse is never decoded (nor allocated).
+pub fn decode_infer_request_checked(
+    body: &Bytes,
+    json_len: Option<usize>,
+    check: &InputCheck<'_>,
+) -> Result<InferRequest> {
     let json_len = match json_len {
         None => body.len(),
         Some(0) => {
@@ -124,7 +150,7 @@ pub fn decode_infer_request(body: &Bytes, json_len: Option<usize>) -> Result<Inf
     let mut binary = body.slice(json_len..);
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
-        inputs.push(decode_input(input, &mut binary)?);
+        inputs.push(decode_input(input, &mut binary, check)?);
     }
     if !binary.is_empty() {
         return Err(Error::invalid(format!(
@@ -150,7 +176,11 @@ pub fn decode_infer_request(body: &Bytes, json_len: Option<usize>) -> Result<Inf
     })
 }
 
-fn decode_input(input: WireInput<'_>, binary: &mut Bytes) -> Result<Tensor> {
+fn decode_input(
+    input: WireInput<'_>,
+    binary: &mut Bytes,
+    check: &InputCheck<'_>,
+) -> Result<Tensor> {
     let name = input.name;
     let datatype: DataType = input
         .datatype
@@ -164,6 +194,7 @@ fn decode_input(input: WireInput<'_>, binary: &mut Bytes) -> Result<Tensor> {
         )));
     }
     let (shape, count) = check_shape(&name, &input.shape)?;
+    check(&name, datatype, &shape)?;
     if let Some(size) = params.get("binary_data_size") {
         let size = size.as_u64().ok_or_else(|| {
             Error::invalid(format!(
@@ -218,11 +249,32 @@ fn decode_data(datatype: DataType, raw: &RawValue, count: usize) -> Result<Tenso
         DataType::Fp32 => typed::<f32>(raw, count),
         DataType::Fp64 => typed::<f64>(raw, count),
         DataType::Fp16 | DataType::Bf16 => {
-            let values = collect::<f32>(raw, count)?.into_iter();
+            // A finite number beyond the type's range is an error, not a silent infinity (JSON
+            // could not send an infinity, nor give this one back).
+            fn narrow<T: Element>(
+                values: Vec<f32>,
+                convert: fn(f32) -> T,
+                infinite: fn(&T) -> bool,
+                what: DataType,
+            ) -> Result<Bytes, String> {
+                let out = values
+                    .into_iter()
+                    .map(|v| {
+                        let x = convert(v);
+                        if v.is_finite() && infinite(&x) {
+                            Err(format!("{v} is out of range for {what}"))
+                        } else {
+                            Ok(x)
+                        }
+                    })
+                    .collect::<Result<Vec<T>, String>>()?;
+                Ok(bytes_from_vec(out))
+            }
+            let values = collect::<f32>(raw, count)?;
             Ok(TensorData::Raw(if datatype == DataType::Fp16 {
-                bytes_from_vec(values.map(f16::from_f32).collect())
+                narrow(values, f16::from_f32, |x| x.is_infinite(), datatype)?
             } else {
-                bytes_from_vec(values.map(bf16::from_f32).collect())
+                narrow(values, bf16::from_f32, |x| x.is_infinite(), datatype)?
             }))
         }
         DataType::Bytes => Ok(TensorData::Strings(collect::<Bytes>(raw, count)?)),
@@ -232,9 +284,10 @@ fn decode_data(datatype: DataType, raw: &RawValue, count: usize) -> Result<Tenso
 /// Parses `raw` (a scalar or arbitrarily nested arrays) into exactly `count` elements.
 fn collect<T: JsonScalar>(raw: &RawValue, count: usize) -> Result<Vec<T>, String> {
     let text = raw.get();
-    // Every element takes at least one byte of JSON, so this never over-allocates for an
-    // absurd shape with little data.
-    let mut out = Vec::with_capacity(count.min(text.len()));
+    // Every element but the last takes at least two bytes of JSON (the value and a comma), so
+    // this never reserves more than the data could fill for an absurd shape; and at most 64 Ki
+    // elements up front, growing from there with what is really there.
+    let mut out = Vec::with_capacity(count.min(text.len() / 2 + 1).min(1 << 16));
     let mut de = serde_json::Deserializer::from_str(text);
     Flatten {
         out: &mut out,
@@ -466,6 +519,27 @@ impl BinaryOutputs {
             .find(|(n, _)| n == name)
             .map_or(self.default, |(_, b)| *b)
     }
+
+    /// Checks that [`encode_infer_response`] can write `response`: every BYTES output that goes
+    /// out as JSON must be UTF-8. Lets a server count such a response as failed before it is
+    /// recorded as a success.
+    pub fn check_encodable(&self, response: &InferResponse) -> Result<()> {
+        for t in &response.outputs {
+            if self.is_binary(t.name()) {
+                continue;
+            }
+            if let Some(items) = t.strings()
+                && items.iter().any(|b| std::str::from_utf8(b).is_err())
+            {
+                return Err(Error::invalid(format!(
+                    "output '{}' holds bytes that are not UTF-8 and cannot be sent as JSON; ask \
+                     for it as binary data (binary_data_output)",
+                    t.name()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An encoded REST response.
@@ -693,6 +767,14 @@ mod tests {
         assert!(one("FP32", "[3]", "[1,2]").contains("needs 3 elements but 'data' has 2"));
         assert!(one("FP32", "[1]", "[1,2]").contains("more elements than the shape's 1"));
         assert!(one("FP32", "[-1]", "[1]").contains("negative dimension"));
+        // Beyond the type's range: an error, not a silent infinity.
+        assert!(one("FP16", "[1]", "[65520]").contains("65520 is out of range for FP16"));
+        assert!(
+            one("FP32", "[1]", "[1e39]").contains("is not a valid number"),
+            "{}",
+            one("FP32", "[1]", "[1e39]")
+        );
+        assert!(!one("FP16", "[1]", "[65504, 1]").contains("out of range"));
         assert!(one("FP32", "[4294967296,4294967296,4294967296]", "[1]").contains("too large"));
         assert!(one("INT32", "[1]", r#"["a"]"#).contains("\"a\" is not a valid INT32 integer"));
         assert!(one("INT32", "[1]", "[1.5]").contains("1.5 is not a valid INT32 integer"));

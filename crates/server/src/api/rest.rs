@@ -25,6 +25,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::admin;
+use crate::models::ServedModel;
 use crate::models::model_config::ModelConfig;
 use crate::pipeline;
 use crate::state::AppState;
@@ -134,7 +135,87 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             refuse_declared_oversize,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard_browser_requests,
+        ))
         .with_state(state)
+}
+
+/// Request headers a browser page may send cross-origin (answered to a CORS preflight).
+const CORS_ALLOW_HEADERS: &str =
+    "content-type, content-encoding, inference-header-content-length, x-request-id, authorization";
+
+/// Keeps web pages from driving the server (cross-site request forgery): a request carrying an
+/// `Origin` header (every browser sends one with a cross-origin request) is refused with 403
+/// unless `[server] cors_origins` allows that origin, and a body whose `Content-Type` is not
+/// JSON or binary (`text/plain`, a form: what a page can send without a preflight) is refused
+/// with 415. Allowed origins get the CORS response headers and their preflights answered.
+async fn guard_browser_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let refuse = |status: StatusCode, error: String| to_json(status, &ErrorBody { error });
+    if let Some(kind) = request.headers().get(header::CONTENT_TYPE) {
+        let kind = kind.to_str().unwrap_or_default().to_ascii_lowercase();
+        let essence = kind.split(';').next().unwrap_or_default().trim();
+        let accepted = essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+            || essence == "application/octet-stream";
+        if !accepted {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Type '{essence}' is not accepted: send application/json (or \
+                     application/octet-stream with the binary tensor extension); with curl, \
+                     add -H 'content-type: application/json'"
+                ),
+            );
+        }
+    }
+    let Some(origin) = request.headers().get(header::ORIGIN).cloned() else {
+        return next.run(request).await;
+    };
+    let text = origin.to_str().unwrap_or_default();
+    if !state.cors_origins.iter().any(|o| o == "*" || o == text) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "requests from web pages are refused (Origin: {}); allow the origin with \
+                 [server] cors_origins",
+                text.chars().take(200).collect::<String>()
+            ),
+        );
+    }
+    let preflight = request.method() == axum::http::Method::OPTIONS;
+    let mut response = if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_ALLOW_HEADERS),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        response
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(header::VARY, HeaderValue::from_static("origin"));
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("x-request-id, inference-header-content-length"),
+    );
+    response
 }
 
 /// The `{model}` and optional `{version}` segments of a model route. Absent (`/v2/models/stats`),
@@ -266,11 +347,42 @@ async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let decoded = decode_body(&state, &headers, body);
+    // Large bodies are parsed on a blocking thread, so that a few big JSON requests cannot hold
+    // up the I/O threads (and with them liveness probes and small requests).
+    // Nothing of the body is decoded for a model that is not served (the pipeline reports the
+    // lookup's error), and each input is checked against the model before its data is decoded.
+    let json_len = inference_header_length(&headers);
+    let limit = state.max_request_bytes;
+    let body_for_id = body.as_ref().ok().cloned();
+    let json_len_for_id = json_len.as_ref().ok().copied().flatten();
+    let decoded = match state.repository.get(path.name(), path.version.as_deref()) {
+        // Only the request's id is read, so that the answer and the log record carry it.
+        Err(_) => Ok(InferRequest {
+            id: body
+                .as_ref()
+                .ok()
+                .and_then(|b| json::peek_request_id(b, json_len.as_ref().ok().copied().flatten())),
+            ..InferRequest::default()
+        }),
+        Ok(model) => match body {
+            Ok(body) if body.len() > OFFLOAD_BYTES => {
+                tokio::task::spawn_blocking(move || decode_body(&model, limit, json_len, Ok(body)))
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Internal(format!("decoding panicked: {e}"))))
+            }
+            body => decode_body(&model, limit, json_len, body),
+        },
+    };
     let binary = decoded
         .as_ref()
         .map(json::BinaryOutputs::from_request)
         .unwrap_or_default();
+    // A body that failed to decode may still name the request's id: the answer and the log
+    // record carry it (the X-Request-ID header wins, as for a decoded request without one).
+    let peeked_id = match (&decoded, &body_for_id) {
+        (Err(_), Some(body)) => json::peek_request_id(body, json_len_for_id),
+        _ => None,
+    };
     let call = pipeline::Call {
         model: path.name(),
         version: path.version.as_deref(),
@@ -280,10 +392,20 @@ async fn infer(
             .get(X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
-            .map(str::to_string),
+            .map(str::to_string)
+            .or(peeked_id),
+        encodable: Some(&|r: &oxinfer_core::protocol::InferResponse| binary.check_encodable(r)),
     };
     let (id, result) = pipeline::handle(&state, call, decoded).await;
-    let mut response = match result.and_then(|r| json::encode_infer_response(&r, &binary)) {
+    let encoded = match result {
+        Ok(r) if r.outputs.iter().map(pipeline::payload_bytes).sum::<usize>() > OFFLOAD_BYTES => {
+            tokio::task::spawn_blocking(move || json::encode_infer_response(&r, &binary))
+                .await
+                .unwrap_or_else(|e| Err(Error::Internal(format!("encoding panicked: {e}"))))
+        }
+        result => result.and_then(|r| json::encode_infer_response(&r, &binary)),
+    };
+    let mut response = match encoded {
         Ok(encoded) => match encoded.json_len {
             None => json_response(StatusCode::OK, encoded.body),
             Some(len) => {
@@ -305,32 +427,42 @@ async fn infer(
     response
 }
 
-/// The request body as an [`InferRequest`]: JSON, or JSON followed by binary tensor data when
-/// `Inference-Header-Content-Length` is set.
-fn decode_body(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<InferRequest, Error> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large(state.max_request_bytes).0
-        } else {
-            Error::invalid(format!("cannot read request body: {rejection}"))
-        }
-    })?;
-    let json_len = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
-        None => None,
-        Some(v) => Some(
+/// Request bodies and responses larger than this are decoded and encoded on a blocking thread.
+const OFFLOAD_BYTES: usize = 256 * 1024;
+
+/// The binary extension's JSON length (`Inference-Header-Content-Length`), if the header is set.
+fn inference_header_length(headers: &HeaderMap) -> Result<Option<usize>, Error> {
+    headers
+        .get(INFERENCE_HEADER_CONTENT_LENGTH)
+        .map(|v| {
             v.to_str()
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .ok_or_else(|| {
                     Error::invalid("Inference-Header-Content-Length must be a non-negative integer")
-                })?,
-        ),
-    };
-    json::decode_infer_request(&body, json_len)
+                })
+        })
+        .transpose()
+}
+
+/// The request body as an [`InferRequest`]: JSON, or JSON followed by binary tensor data when
+/// `Inference-Header-Content-Length` is set.
+fn decode_body(
+    model: &ServedModel,
+    limit: usize,
+    json_len: Result<Option<usize>, Error>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<InferRequest, Error> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(limit).0
+        } else {
+            Error::invalid(format!("cannot read request body: {rejection}"))
+        }
+    })?;
+    json::decode_infer_request_checked(&body, json_len?, &|name, datatype, shape| {
+        pipeline::check_before_decoding(model, name, datatype, shape)
+    })
 }
 
 async fn prometheus_metrics(State(state): State<AppState>) -> Response {

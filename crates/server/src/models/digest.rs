@@ -4,7 +4,8 @@
 //! - A directory: the SHA-256 of a manifest of its regular files, sorted by their path relative
 //!   to the directory (`/`-separated): for each file, one line `<sha256 hex>  <relative path>\n`,
 //!   the format `sha256sum` prints. So `(cd DIR && find . -type f | sed 's|^\./||' | LC_ALL=C sort
-//!   | xargs sha256sum) | sha256sum` gives the same digest. Symbolic links are followed.
+//!   | xargs sha256sum) | sha256sum` gives the same digest. Symbolic links are followed; a link
+//!   that loops back to a directory being walked is an error.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,29 @@ pub(crate) fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-fn files_under(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+/// The most files a model directory may hold.
+const MAX_FILES: usize = 100_000;
+
+/// Lists the regular files under `dir`, following symbolic links. `ancestors` holds the
+/// canonical paths of the directories being walked, so that a link back to one of them (a loop)
+/// is an error instead of an endless walk.
+fn files_under(
+    dir: &Path,
+    base: &Path,
+    ancestors: &mut Vec<PathBuf>,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<()> {
+    let canonical = dir
+        .canonicalize()
+        .map_err(|e| Error::Load(format!("cannot resolve {}: {e}", dir.display())))?;
+    if ancestors.contains(&canonical) {
+        return Err(Error::Load(format!(
+            "{} links back to {} (a symbolic link loop): the model directory cannot be digested",
+            dir.display(),
+            canonical.display()
+        )));
+    }
+    ancestors.push(canonical);
     let entries = std::fs::read_dir(dir)
         .map_err(|e| Error::Load(format!("cannot list {}: {e}", dir.display())))?;
     for entry in entries {
@@ -39,8 +62,14 @@ fn files_under(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) -> Res
             .map_err(|e| Error::Load(format!("cannot list {}: {e}", dir.display())))?
             .path();
         if path.is_dir() {
-            files_under(&path, base, out)?;
+            files_under(&path, base, ancestors, out)?;
         } else if path.is_file() {
+            if out.len() >= MAX_FILES {
+                return Err(Error::Load(format!(
+                    "{} holds more than {MAX_FILES} files",
+                    base.display()
+                )));
+            }
             let relative = path
                 .strip_prefix(base)
                 .expect("under base")
@@ -51,6 +80,7 @@ fn files_under(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) -> Res
             out.push((relative, path));
         }
     }
+    ancestors.pop();
     Ok(())
 }
 
@@ -60,7 +90,7 @@ pub(crate) fn model_sha256(path: &Path) -> Result<String> {
         return file_sha256(path);
     }
     let mut files = Vec::new();
-    files_under(path, path, &mut files)?;
+    files_under(path, path, &mut Vec::new(), &mut files)?;
     files.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let mut listing = Sha256::new();
     for (relative, file) in files {
@@ -76,6 +106,7 @@ mod tests {
     #[test]
     fn file_and_directory_digests_are_stable() {
         let dir = std::env::temp_dir().join(format!("oxinfer-digest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("b.txt"), b"bee\n").unwrap();
         std::fs::write(dir.join("sub/a.txt"), b"hello\n").unwrap();
@@ -94,5 +125,15 @@ mod tests {
             hex::encode(Sha256::digest(listing.as_bytes()))
         );
         assert!(file_sha256(&dir.join("missing")).is_err());
+        // A link to a directory elsewhere is followed; one back into the walk is a loop.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(dir.join("sub"), dir.join("also-sub")).unwrap();
+            assert!(model_sha256(&dir).is_ok());
+            std::os::unix::fs::symlink(&dir, dir.join("sub/up")).unwrap();
+            let e = model_sha256(&dir).unwrap_err().to_string();
+            assert!(e.contains("symbolic link loop"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -209,13 +209,31 @@ impl ModelRepository {
             .collect()
     }
 
+    /// A message for clients: the manifest's directory and the models' directories cut from
+    /// the paths in it, so that it names files without showing the server's file system.
+    fn without_paths(&self, text: &str) -> String {
+        let mut dirs: Vec<String> = self
+            .manifest
+            .models
+            .iter()
+            .filter_map(|e| e.path.parent())
+            .chain(self.manifest.source.parent())
+            .map(|d| format!("{}/", d.display()))
+            .filter(|d| d.len() > 1)
+            .collect();
+        // Longest first, so that a directory is cut before one of its parents.
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+        dirs.iter()
+            .fold(text.to_string(), |text, dir| text.replace(dir.as_str(), ""))
+    }
+
     fn check_known(&self, name: &str) -> Result<()> {
         if self.manifest.models.iter().any(|e| e.name == name) {
             Ok(())
         } else {
             Err(Error::NotFound(format!(
-                "model '{name}' is not in the manifest {}",
-                self.manifest.source.display()
+                "model '{name}' is not in the manifest ({})",
+                file_name(&self.manifest.source)
             )))
         }
     }
@@ -256,9 +274,12 @@ impl ModelRepository {
                 match loaded {
                     Ok(served) => versions.insert(version, Slot::Ready(Arc::new(served))),
                     Err(e) => {
-                        let reason = format!("load failed: {e}");
-                        tracing::warn!(model = name, version = %entry.version, "{reason}");
-                        first_error.get_or_insert(Error::Load(format!("{entry}: {e}")));
+                        // The server log has the paths; clients are told the file names.
+                        tracing::warn!(model = name, version = %entry.version, "load failed: {e}");
+                        let reason = self.without_paths(&format!("load failed: {e}"));
+                        first_error.get_or_insert(Error::Load(
+                            self.without_paths(&format!("{entry}: {e}")),
+                        ));
                         match versions.get(&version) {
                             Some(Slot::Ready(_)) => None,
                             _ => versions.insert(version, Slot::Unavailable(reason)),
@@ -276,4 +297,12 @@ impl ModelRepository {
             }
         }
     }
+}
+
+/// The last component of a path, for messages.
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }

@@ -17,7 +17,8 @@
 //! | `oxinfer_runtime_value` | gauge | model, version, name | a runtime's own counters, e.g. tract's `plans_compiled`, `plan_cache_hits`, `plan_cache_evictions`, `plans_cached` |
 //! | `oxinfer_models_loaded` | gauge | | model versions ready to serve |
 //! | `oxinfer_inference_log_records_written_total` | counter | | inference-log records written |
-//! | `oxinfer_inference_log_records_dropped_total` | counter | | inference-log records dropped (queue full, `on_full = "drop"`) |
+//! | `oxinfer_inference_log_records_dropped_total` | counter | | inference-log records dropped (queue full with `on_full = "drop"`, or writes failing for too long) |
+//! | `oxinfer_inference_log_write_errors_total` | counter | | failed writes to the log file (disk full, I/O error); the records are retried |
 //! | `oxinfer_process_resident_memory_bytes` | gauge | | resident set size of the process |
 //!
 //! Plus the standard `process_*` metrics of the `prometheus` crate's process collector
@@ -106,7 +107,7 @@ pub(crate) fn render(
         register(&registry, Box::new(runtime_values(model)));
     }
     register(&registry, Box::new(server.rejected.clone()));
-    let (written, dropped) = log.map_or((0, 0), LogCounters::totals);
+    let (written, dropped, write_errors) = log.map_or((0, 0, 0), LogCounters::totals);
     register(
         &registry,
         Box::new(server_gauge(
@@ -129,6 +130,14 @@ pub(crate) fn render(
             "oxinfer_inference_log_records_dropped_total",
             "Inference log records dropped because the queue was full.",
             dropped,
+        )),
+    );
+    register(
+        &registry,
+        Box::new(server_counter(
+            "oxinfer_inference_log_write_errors_total",
+            "Failed writes to the inference log file (records kept and retried).",
+            write_errors,
         )),
     );
     #[cfg(target_os = "linux")]

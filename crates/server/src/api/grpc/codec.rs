@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use oxinfer_core::protocol::json::check_shape;
+use oxinfer_core::protocol::json::{InputCheck, check_shape};
 use oxinfer_core::protocol::{
     InferRequest, InferResponse, Parameter, Parameters, RequestedOutput, raw,
 };
@@ -118,7 +118,12 @@ fn from_contents(
 }
 
 /// Decodes a `ModelInferRequest`: raw contents (sliced, no copy) or typed contents, never both.
-pub(super) fn decode(request: pb::ModelInferRequest) -> Result<InferRequest, Error> {
+///
+/// `check` sees each input's name, datatype and shape before its contents are converted.
+pub(super) fn decode(
+    request: pb::ModelInferRequest,
+    check: &InputCheck<'_>,
+) -> Result<InferRequest, Error> {
     let raw_count = request.raw_input_contents.len();
     if raw_count > 0 {
         if raw_count != request.inputs.len() {
@@ -144,6 +149,7 @@ pub(super) fn decode(request: pb::ModelInferRequest) -> Result<InferRequest, Err
             .parse()
             .map_err(|e| Error::invalid(format!("input '{}': {e}", input.name)))?;
         let (shape, count) = check_shape(&input.name, &input.shape)?;
+        check(&input.name, datatype, &shape)?;
         let tensor = match raws.next() {
             Some(data) => raw::tensor_from_raw(input.name, datatype, shape, data)?,
             None => {
@@ -313,5 +319,145 @@ pub(super) fn pb_stats(m: ModelStatistics) -> pb::ModelStatistics {
             cache_miss: duration(i.cache_miss),
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Property tests of the gRPC request decoder: never panics on any message (or any bytes
+    //! prost accepts as one), and raw contents round-trip.
+
+    use super::*;
+    use oxinfer_core::bytes::Bytes;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn no_check(_: &str, _: DataType, _: &[usize]) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn contents() -> impl Strategy<Value = pb::InferTensorContents> {
+        (
+            prop::collection::vec(any::<bool>(), 0..8),
+            prop::collection::vec(any::<i32>(), 0..8),
+            prop::collection::vec(any::<i64>(), 0..8),
+            prop::collection::vec(any::<u32>(), 0..8),
+            prop::collection::vec(any::<f32>(), 0..8),
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..4), 0..8),
+        )
+            .prop_map(|(b, i, l, u, f, s)| pb::InferTensorContents {
+                bool_contents: b,
+                int_contents: i,
+                int64_contents: l,
+                uint_contents: u,
+                fp32_contents: f,
+                bytes_contents: s.into_iter().map(Bytes::from).collect(),
+                ..Default::default()
+            })
+    }
+
+    fn request() -> impl Strategy<Value = pb::ModelInferRequest> {
+        let datatype = prop_oneof![
+            Just("BOOL"),
+            Just("INT8"),
+            Just("INT32"),
+            Just("INT64"),
+            Just("UINT16"),
+            Just("UINT32"),
+            Just("FP16"),
+            Just("FP32"),
+            Just("BYTES"),
+            Just("NOPE"),
+        ];
+        let input = (
+            "[a-z]{1,3}",
+            datatype,
+            prop::collection::vec(prop_oneof![-1i64..9, Just(1 << 40), Just(i64::MAX)], 0..3),
+            prop::option::of(contents()),
+        )
+            .prop_map(|(name, dt, shape, contents)| {
+                pb::model_infer_request::InferInputTensor {
+                    name,
+                    datatype: dt.to_string(),
+                    shape,
+                    contents,
+                    ..Default::default()
+                }
+            });
+        (
+            prop::collection::vec(input, 0..4),
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..32), 0..4),
+        )
+            .prop_map(|(inputs, raw)| pb::ModelInferRequest {
+                model_name: "m".into(),
+                inputs,
+                raw_input_contents: raw.into_iter().map(Bytes::from).collect(),
+                ..Default::default()
+            })
+    }
+
+    proptest! {
+        // A fixed seed: CI runs the same cases every time (change it, or raise `cases`, to explore).
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x0f1e_2026),
+        ..ProptestConfig::default()
+    })]
+
+        #[test]
+        fn any_request_decodes_or_fails_cleanly(request in request()) {
+            let _ = decode(request, &no_check);
+        }
+
+        #[test]
+        fn any_bytes_prost_accepts_decode_or_fail_cleanly(
+            bytes in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            if let Ok(request) = pb::ModelInferRequest::decode(&bytes[..]) {
+                let _ = decode(request, &no_check);
+            }
+        }
+
+        #[test]
+        fn raw_contents_round_trip(values in prop::collection::vec(any::<i32>(), 0..32)) {
+            let tensor = Tensor::from_vec("x", vec![values.len()], values.clone()).unwrap();
+            let request = pb::ModelInferRequest {
+                inputs: vec![pb::model_infer_request::InferInputTensor {
+                    name: "x".into(),
+                    datatype: "INT32".into(),
+                    shape: vec![values.len() as i64],
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![raw::raw_bytes(&tensor)],
+                ..Default::default()
+            };
+            // Through the wire format, as a client sends it.
+            let wire = pb::ModelInferRequest::decode(request.encode_to_vec().as_slice()).unwrap();
+            let decoded = decode(wire, &no_check).unwrap();
+            prop_assert_eq!(decoded.inputs[0].to_vec::<i32>().unwrap(), values);
+        }
+    }
+
+    #[test]
+    fn the_check_runs_before_contents_are_converted() {
+        let request = pb::ModelInferRequest {
+            inputs: vec![pb::model_infer_request::InferInputTensor {
+                name: "x".into(),
+                datatype: "INT32".into(),
+                shape: vec![3],
+                contents: Some(pb::InferTensorContents {
+                    int_contents: vec![1, 2, 3],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = decode(request, &|name, _, shape| {
+            Err(Error::invalid(format!("refused {name} {shape:?}")))
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "refused x [3]");
     }
 }

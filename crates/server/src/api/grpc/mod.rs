@@ -71,8 +71,22 @@ impl GrpcService {
             protocol: Protocol::Grpc,
             client,
             header_id: None,
+            // Raw contents carry any bytes.
+            encodable: None,
         };
-        let (id, result) = pipeline::handle(&self.state, call, codec::decode(request)).await;
+        // As over REST: nothing is converted for a model that is not served, and each input is
+        // checked against the model before its contents are.
+        let decoded = match self.state.repository.get(&model, version(&model_version)) {
+            // The pipeline reports the lookup's error; the request id still goes with it.
+            Err(_) => Ok(oxinfer_core::protocol::InferRequest {
+                id: (!request.id.is_empty()).then_some(request.id),
+                ..Default::default()
+            }),
+            Ok(served) => codec::decode(request, &|name, datatype, shape| {
+                pipeline::check_before_decoding(&served, name, datatype, shape)
+            }),
+        };
+        let (id, result) = pipeline::handle(&self.state, call, decoded).await;
         (id, result.map(codec::encode))
     }
 }

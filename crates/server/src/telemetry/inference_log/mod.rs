@@ -15,14 +15,14 @@
 //! - On graceful shutdown the writer drains the queue and flushes before the process exits.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
-use oxinfer_core::manifest::{InferenceLogSettings, OnFull};
+use oxinfer_core::manifest::{InferenceLogSettings, OnError, OnFull};
 use oxinfer_core::protocol::json::JsonTensor;
 use oxinfer_core::protocol::raw;
 use oxinfer_core::{Error, Result, Tensor};
@@ -80,6 +80,7 @@ enum Message {
 pub struct InferenceLog {
     tx: mpsc::Sender<Message>,
     on_full: OnFull,
+    on_error: OnError,
     counters: Arc<LogCounters>,
 }
 
@@ -88,16 +89,22 @@ pub struct InferenceLog {
 pub(crate) struct LogCounters {
     /// Records appended to the file.
     written: AtomicU64,
-    /// Records dropped because the queue was full (policy `drop`).
+    /// Records dropped because the queue was full (policy `drop`), the writer had stopped, or
+    /// writes kept failing for longer than the retry buffer holds.
     dropped: AtomicU64,
+    /// Failed writes to the log file (disk full, I/O error).
+    write_errors: AtomicU64,
+    /// Set while records cannot be written; cleared by the next successful write.
+    failing: AtomicBool,
 }
 
 impl LogCounters {
-    /// (written, dropped) so far.
-    pub(crate) fn totals(&self) -> (u64, u64) {
+    /// (written, dropped, write errors) so far.
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
         (
             self.written.load(Ordering::Relaxed),
             self.dropped.load(Ordering::Relaxed),
+            self.write_errors.load(Ordering::Relaxed),
         )
     }
 }
@@ -117,15 +124,31 @@ impl InferenceLog {
         std::thread::Builder::new()
             .name("oxinfer-inference-log".into())
             .spawn(move || {
-                while let Some(message) = rx.blocking_recv() {
+                loop {
+                    let message = if writer.failing() {
+                        // Writes are failing: retry what is held every RETRY_INTERVAL, taking
+                        // new records meanwhile.
+                        match rx.try_recv() {
+                            Ok(message) => Some(message),
+                            Err(mpsc::error::TryRecvError::Empty) => {
+                                std::thread::sleep(RETRY_INTERVAL);
+                                writer.flush();
+                                continue;
+                            }
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        }
+                    } else {
+                        rx.blocking_recv()
+                    };
                     match message {
-                        Message::Record(event) => writer.append(&event),
-                        Message::Shutdown(done) => {
+                        Some(Message::Record(event)) => writer.append(&event),
+                        Some(Message::Shutdown(done)) => {
                             // Everything sent before the shutdown is already written.
                             writer.flush();
                             let _ = done.send(());
                             return;
                         }
+                        None => break,
                     }
                     if rx.is_empty() {
                         writer.flush();
@@ -138,6 +161,7 @@ impl InferenceLog {
         Ok(InferenceLog {
             tx,
             on_full: settings.on_full,
+            on_error: settings.on_error,
             counters,
         })
     }
@@ -145,12 +169,11 @@ impl InferenceLog {
     /// Queues a record, following the `on_full` policy.
     pub(crate) async fn record(&self, event: Event) {
         let message = Message::Record(Box::new(event));
-        match self.on_full {
-            OnFull::Block => {
-                let _ = self.tx.send(message).await;
-            }
-            OnFull::Drop => {
-                if self.tx.try_send(message).is_err() {
+        let lost = match self.on_full {
+            OnFull::Block => self.tx.send(message).await.is_err(),
+            OnFull::Drop => match self.tx.try_send(message) {
+                Ok(()) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => {
                     let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     if dropped.is_power_of_two() {
                         tracing::warn!(
@@ -158,9 +181,27 @@ impl InferenceLog {
                             "inference log queue full: records dropped (on_full = \"drop\")"
                         );
                     }
+                    false
                 }
+                Err(mpsc::error::TrySendError::Closed(_)) => true,
+            },
+        };
+        if lost {
+            // The writer thread has stopped: say so (rate-limited) and count every lost record.
+            let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::error!(
+                    dropped,
+                    "the inference log writer has stopped: records are being lost"
+                );
             }
         }
+    }
+
+    /// Whether requests may be served: false while records cannot be written and the log's
+    /// `on_error` policy is `refuse`.
+    pub(crate) fn accepting(&self) -> bool {
+        self.on_error != OnError::Refuse || !self.counters.failing.load(Ordering::Relaxed)
     }
 
     /// The written / dropped counters.
@@ -179,8 +220,8 @@ impl InferenceLog {
 
 #[derive(Serialize)]
 struct ModelRef<'a> {
-    name: &'a str,
-    version: &'a str,
+    name: std::borrow::Cow<'a, str>,
+    version: std::borrow::Cow<'a, str>,
     sha256: Option<&'a str>,
 }
 
@@ -224,11 +265,30 @@ struct Record<'a> {
     client: Option<String>,
     identity: Option<&'a str>,
     status: &'a str,
-    error: Option<&'a str>,
+    error: Option<std::borrow::Cow<'a, str>>,
     latency_us: u64,
     inputs: Vec<LoggedTensor<'a>>,
     outputs: Vec<LoggedTensor<'a>>,
+    /// Tensors left out because even their digests made the record longer than
+    /// `max_record_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    omitted_tensors: Option<usize>,
     prev_hash: &'a str,
+}
+
+/// The longest client-influenced string (error message, model name or version asked for) kept
+/// in a record, in bytes; a longer one is cut, with a marker.
+const MAX_ERROR_BYTES: usize = 1024;
+
+fn shortened(e: &str) -> std::borrow::Cow<'_, str> {
+    if e.len() <= MAX_ERROR_BYTES {
+        return e.into();
+    }
+    let mut cut = MAX_ERROR_BYTES;
+    while !e.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} bytes)", &e[..cut], e.len()).into()
 }
 
 fn logged(t: &Tensor, cap: usize) -> LoggedTensor<'_> {
@@ -249,41 +309,96 @@ fn timestamp(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-/// Serializes one record with its hash, as one line (with the newline).
-fn encode(event: &Event, prev_hash: &str, cap: usize) -> (Vec<u8>, String) {
-    let record = Record {
-        format: FORMAT_VERSION,
-        timestamp: timestamp(event.timestamp),
-        request_id: &event.request_id,
-        model: ModelRef {
-            name: &event.model,
-            version: &event.version,
-            sha256: event.sha256.as_deref(),
-        },
-        protocol: event.protocol,
-        client: event.client.map(|c| c.to_string()),
-        identity: event.identity.as_deref(),
-        status: if event.error.is_some() { "error" } else { "ok" },
-        error: event.error.as_deref(),
-        latency_us: event.latency_us,
-        inputs: event.inputs.iter().map(|t| logged(t, cap)).collect(),
-        outputs: event.outputs.iter().map(|t| logged(t, cap)).collect(),
-        prev_hash,
-    };
-    let mut line = serde_json::to_vec(&record).expect("records serialize");
+/// How much of a request's tensors a record carries.
+#[derive(Clone, Copy)]
+enum Detail {
+    /// As JSON up to this many bytes per tensor, digests above.
+    Capped(usize),
+    /// Digests only.
+    Digests,
+    /// None: only their count.
+    Omitted,
+}
+
+/// Serializes one record with its hash, as one line (with the newline). A record longer than
+/// `max_record` bytes is made again with digests instead of tensors, then without tensors.
+fn encode(event: &Event, prev_hash: &str, cap: usize, max_record: usize) -> (Vec<u8>, String) {
+    let mut line = serialize(event, prev_hash, Detail::Capped(cap));
+    for detail in [Detail::Digests, Detail::Omitted] {
+        if line.len() <= max_record {
+            break;
+        }
+        line = serialize(event, prev_hash, detail);
+    }
     let hash = hex::encode(Sha256::digest(&line));
     line.pop(); // the closing brace
     line.extend_from_slice(format!(",\"hash\":\"{hash}\"}}\n").as_bytes());
     (line, hash)
 }
 
+/// One record without its hash.
+fn serialize(event: &Event, prev_hash: &str, detail: Detail) -> Vec<u8> {
+    fn tensors(list: &[Tensor], detail: Detail) -> Vec<LoggedTensor<'_>> {
+        match detail {
+            Detail::Capped(cap) => list.iter().map(|t| logged(t, cap)).collect(),
+            Detail::Digests => list.iter().map(|t| logged(t, 0)).collect(),
+            Detail::Omitted => Vec::new(),
+        }
+    }
+    let omitted =
+        matches!(detail, Detail::Omitted).then(|| event.inputs.len() + event.outputs.len());
+    let record = Record {
+        format: FORMAT_VERSION,
+        timestamp: timestamp(event.timestamp),
+        request_id: &event.request_id,
+        model: ModelRef {
+            name: shortened(&event.model),
+            version: shortened(&event.version),
+            sha256: event.sha256.as_deref(),
+        },
+        protocol: event.protocol,
+        client: event.client.map(|c| c.to_string()),
+        identity: event.identity.as_deref(),
+        status: if event.error.is_some() { "error" } else { "ok" },
+        error: event.error.as_deref().map(shortened),
+        latency_us: event.latency_us,
+        inputs: tensors(&event.inputs, detail),
+        outputs: tensors(&event.outputs, detail),
+        omitted_tensors: omitted,
+        prev_hash,
+    };
+    serde_json::to_vec(&record).expect("records serialize")
+}
+
+/// How often the writer retries while writes fail.
+const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Encoded records are written out once this many bytes are pending (and whenever the queue is
+/// empty).
+const WRITE_CHUNK: usize = 1 << 16;
+
+/// The file side of the log. Records are encoded into `pending` and written out in chunks; the
+/// file only ever holds whole records. When a write fails (a full disk, say), the file is cut
+/// back to its last whole record, the failure is counted and logged, and the pending records
+/// are kept and retried in order, so that the chain stays intact. Past `max_pending` bytes they
+/// are dropped (counted), and the chain continues from the last record on disk.
 struct Writer {
     settings: InferenceLogSettings,
     counters: Arc<LogCounters>,
-    file: BufWriter<File>,
+    file: File,
+    /// Bytes of whole records in the file.
     size: u64,
     opened: Instant,
+    /// The hash of the last record encoded (pending or written).
     prev_hash: String,
+    /// The hash of the last record in the file.
+    written_hash: String,
+    /// Encoded records not yet in the file.
+    pending: Vec<u8>,
+    pending_records: u64,
+    /// The most bytes held while writes fail.
+    max_pending: usize,
+    last_error_log: Option<Instant>,
 }
 
 /// The `hash` of the last complete record of a log file, if it has one.
@@ -367,36 +482,108 @@ impl Writer {
                 ))
             })?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let max_pending = settings.max_record_bytes.saturating_mul(16).max(64 << 20);
         Ok(Writer {
             settings,
             counters,
-            file: BufWriter::with_capacity(1 << 16, file),
+            file,
             size,
             opened: Instant::now(),
+            written_hash: prev_hash.clone(),
             prev_hash,
+            pending: Vec::with_capacity(WRITE_CHUNK * 2),
+            pending_records: 0,
+            max_pending,
+            last_error_log: None,
         })
     }
 
+    fn failing(&self) -> bool {
+        self.counters.failing.load(Ordering::Relaxed)
+    }
+
     fn append(&mut self, event: &Event) {
-        if let Err(e) = self.rotate_if_due() {
+        if self.pending.is_empty()
+            && let Err(e) = self.rotate_if_due()
+        {
             tracing::error!("inference log rotation failed: {e}");
         }
-        let (line, hash) = encode(event, &self.prev_hash, self.settings.max_tensor_bytes);
-        match self.file.write_all(&line) {
+        let (line, hash) = encode(
+            event,
+            &self.prev_hash,
+            self.settings.max_tensor_bytes,
+            self.settings.max_record_bytes,
+        );
+        self.pending.extend_from_slice(&line);
+        self.pending_records += 1;
+        self.prev_hash = hash;
+        if self.pending.len() >= WRITE_CHUNK {
+            self.write_out();
+        }
+    }
+
+    /// Writes the pending records to the file; on failure keeps them for a retry.
+    fn write_out(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        match self.file.write_all(&self.pending) {
             Ok(()) => {
-                self.size += line.len() as u64;
-                self.prev_hash = hash;
-                self.counters.written.fetch_add(1, Ordering::Relaxed);
+                self.size += self.pending.len() as u64;
+                self.counters
+                    .written
+                    .fetch_add(self.pending_records, Ordering::Relaxed);
+                self.written_hash = self.prev_hash.clone();
+                self.pending.clear();
+                self.pending_records = 0;
+                if self.counters.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("inference log writes succeed again");
+                }
+                true
             }
-            Err(e) => tracing::error!("cannot write the inference log: {e}"),
+            Err(e) => {
+                self.write_failed(&e);
+                false
+            }
+        }
+    }
+
+    /// Cuts the file back to its last whole record, counts and logs the failure (at most once
+    /// every 10 s), and drops the pending records when there are too many to hold.
+    fn write_failed(&mut self, e: &std::io::Error) {
+        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.failing.store(true, Ordering::Relaxed);
+        let repaired = self.file.set_len(self.size);
+        let now = Instant::now();
+        if self
+            .last_error_log
+            .is_none_or(|t| now.duration_since(t).as_secs() >= 10)
+        {
+            self.last_error_log = Some(now);
+            tracing::error!(
+                path = %self.settings.path.display(),
+                pending_records = self.pending_records,
+                repaired = repaired.is_ok(),
+                "cannot write the inference log: {e}; retrying"
+            );
+        }
+        if self.pending.len() > self.max_pending {
+            self.counters
+                .dropped
+                .fetch_add(self.pending_records, Ordering::Relaxed);
+            tracing::error!(
+                records = self.pending_records,
+                "inference log records dropped: writes have failed for too long"
+            );
+            self.pending.clear();
+            self.pending_records = 0;
+            self.prev_hash = self.written_hash.clone();
         }
     }
 
     fn flush(&mut self) {
-        if let Err(e) = self
-            .file
-            .flush()
-            .and_then(|_| self.file.get_ref().sync_data())
+        if self.write_out()
+            && let Err(e) = self.file.sync_data()
         {
             tracing::error!("cannot flush the inference log: {e}");
         }
@@ -411,7 +598,6 @@ impl Writer {
         if self.size == 0 || !(too_big || too_old) {
             return Ok(());
         }
-        self.file.flush()?;
         let path = &self.settings.path;
         let stamp = time::OffsetDateTime::now_utc()
             .format(time::macros::format_description!(
@@ -425,10 +611,7 @@ impl Writer {
             n += 1;
         }
         std::fs::rename(path, &rotated)?;
-        self.file = BufWriter::with_capacity(
-            1 << 16,
-            OpenOptions::new().create(true).append(true).open(path)?,
-        );
+        self.file = OpenOptions::new().create(true).append(true).open(path)?;
         self.size = 0;
         self.opened = Instant::now();
         tracing::info!(rotated = %rotated.display(), "inference log rotated");
@@ -472,7 +655,7 @@ mod tests {
         let mut prev = GENESIS.to_string();
         let mut text = String::new();
         for i in 0..3 {
-            let (line, hash) = encode(&event(&format!("r{i}"), i as f32), &prev, 64);
+            let (line, hash) = encode(&event(&format!("r{i}"), i as f32), &prev, 64, 1 << 20);
             let line = String::from_utf8(line).unwrap();
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             assert_eq!(v["prev_hash"], prev.as_str());

@@ -1,0 +1,383 @@
+"""Hostile input and hostile conditions, through the real binary: what a request that looks valid
+can make the server do is bounded, and the server keeps serving afterwards.
+
+Each test checks the status, and where memory is the point the process's high-water mark
+(VmHWM), and that the server still answers a normal request.
+"""
+
+import gzip
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import MODELS, ROOT, Server, run_oxinfer
+
+
+def request(server, path, body=None, headers=None, method=None):
+    """(status, headers, body bytes) of one HTTP request."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    headers = dict(headers or {})
+    if data is not None:
+        # urllib would send a form's type otherwise.
+        headers.setdefault("Content-Type", "application/json")
+    req = urllib.request.Request(server.url + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, Headers(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, Headers(e.headers), e.read()
+
+
+class Headers(dict):
+    """Response headers, looked up without regard to case."""
+
+    def __init__(self, headers):
+        super().__init__((k.lower(), v) for k, v in headers.items())
+
+    def __getitem__(self, key):
+        return super().__getitem__(key.lower())
+
+    def get(self, key, default=None):
+        return super().get(key.lower(), default)
+
+
+def error(server, path, body=None, headers=None, method=None):
+    status, hdrs, raw = request(server, path, body, headers, method)
+    assert hdrs.get("Content-Type") == "application/json", (status, raw[:200])
+    return status, json.loads(raw)["error"]
+
+
+def vm_hwm_kb(server):
+    for line in open(f"/proc/{server.proc.pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+SIMPLE = {
+    "inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [1] * 16},
+    ]
+}
+
+
+def still_serves(server):
+    status, _, raw = request(server, "/v2/models/simple/infer", SIMPLE)
+    assert status == 200, raw[:300]
+    assert json.loads(raw)["outputs"][0]["data"][:3] == [1, 2, 3]
+
+
+def write_manifest(tmp_path, extra="", models=("simple", "image")):
+    parts = [extra]
+    for name in models:
+        parts.append(f'[[models]]\nname = "{name}"\nruntime = "tract"\npath = "{MODELS / (name + ".onnx")}"\n')
+    manifest = tmp_path / "m.toml"
+    manifest.write_text("\n".join(parts))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    log = tmp / "audit" / "inference.jsonl"
+    extra = f'[inference_log]\npath = "{log}"\nmax_record_bytes = 4096\n'
+    s = Server(write_manifest(tmp, extra))
+    s.log_path = log
+    yield s
+    s.stop()
+    assert s.proc.returncode == 0, "".join(s.log)
+
+
+def test_zero_sized_dimensions_cannot_ask_for_a_huge_batch(srv):
+    before = vm_hwm_kb(srv)
+    for shape, limit in (
+        ([1048576, 3, 0, 0], "max_empty_extent"),
+        ([1 << 40, 3, 0, 0], "max_rows"),
+        ([1, 3, 0, 1 << 30], "max_dimension"),
+        ([1, 3, 0, 100000], "max_empty_extent"),
+    ):
+        body = {"inputs": [{"name": "image", "shape": shape, "datatype": "FP32", "data": []}]}
+        status, message = error(srv, "/v2/models/image/infer", body)
+        assert status == 400 and limit in message, (shape, message)
+    # The same through gRPC.
+    client = grpcclient.InferenceServerClient(url=srv.grpc_address)
+    image = grpcclient.InferInput("image", [1048576, 3, 0, 0], "FP32")
+    image.set_data_from_numpy(np.zeros((1048576, 3, 0, 0), dtype=np.float32))
+    with pytest.raises(Exception, match="max_empty_extent"):
+        client.infer("image", [image])
+    assert vm_hwm_kb(srv) - before < 50_000, "no allocation sized by the request's dimensions"
+    still_serves(srv)
+
+
+def test_outputs_over_the_limit_are_refused_before_execution(tmp_path):
+    extra = ""
+    manifest = write_manifest(tmp_path, extra)
+    text = manifest.read_text() + "[models.limits]\nmax_output_bytes = 1000\n"
+    manifest.write_text(text)  # applies to the last model: image
+    server = Server(manifest)
+    try:
+        body = {"inputs": [{"name": "image", "shape": [100, 3, 0, 0], "datatype": "FP32", "data": []}]}
+        status, message = error(server, "/v2/models/image/infer", body)
+        assert status == 413 and "max_output_bytes" in message, message
+        small = {"inputs": [{"name": "image", "shape": [1, 3, 1, 1], "datatype": "FP32", "data": [1, 2, 3]}]}
+        assert request(server, "/v2/models/image/infer", small)[0] == 200
+    finally:
+        server.stop()
+
+
+def test_request_ids_are_bounded_and_printable(srv):
+    long_id = "x" * 600_000
+    status, hdrs, raw = request(srv, "/v2/models/simple/infer", dict(SIMPLE, id=long_id))
+    assert status == 400 and "at most 128" in json.loads(raw)["error"]
+    assert len(hdrs["X-Request-ID"]) <= 128, "a long id is never echoed"
+    status, hdrs, raw = request(srv, "/v2/models/simple/infer", SIMPLE, headers={"X-Request-ID": "y" * 129})
+    assert status == 400 and hdrs["X-Request-ID"] != "y" * 129
+    status, hdrs, _ = request(srv, "/v2/models/simple/infer", dict(SIMPLE, id="a" * 128))
+    assert status == 200 and hdrs["X-Request-ID"] == "a" * 128
+    status, message = error(srv, "/v2/models/simple/infer", dict(SIMPLE, id="bad\u0001id"))
+    assert status == 400 and "printable" in message
+    still_serves(srv)
+
+
+def test_log_records_are_bounded_and_the_chain_verifies(srv):
+    # Thousands of tensors (one input given 2000 times: an error, but logged) and a long model
+    # name: the records stay small.
+    inputs = [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": [i] * 16} for i in range(2000)]
+    status, _ = error(srv, "/v2/models/simple/infer", {"id": "many-inputs", "inputs": inputs})
+    assert status == 400
+    status, _ = error(srv, "/v2/models/" + "m" * 5000 + "/infer", SIMPLE)
+    assert status == 404
+    still_serves(srv)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        lines = srv.log_path.read_text().splitlines()
+        if any('"many-inputs"' in l for l in lines) and any("m" * 1000 in l for l in lines):
+            break
+        time.sleep(0.1)
+    assert max(len(l) for l in lines) <= 4096 + 200, "records are cut to max_record_bytes"
+    record = json.loads(next(l for l in lines if '"many-inputs"' in l))
+    assert record["omitted_tensors"] == 2000 and record["inputs"] == []
+    result = run_oxinfer("audit", "verify", str(srv.log_path))
+    assert result.returncode == 0, result.stderr
+    assert "starts with the log's first record" in result.stdout
+
+
+def test_audit_verify_says_when_the_oldest_records_are_missing(tmp_path):
+    log = tmp_path / "audit" / "inference.jsonl"
+    extra = f'[inference_log]\npath = "{log}"\nmax_file_bytes = 1000\nretention_files = 1\n'
+    server = Server(write_manifest(tmp_path, extra, models=("simple",)))
+    for i in range(6):
+        assert request(server, "/v2/models/simple/infer", dict(SIMPLE, id=f"r{i}"))[0] == 200
+    server.stop()
+    rotated = sorted(log.parent.glob("inference.jsonl.*"))
+    result = run_oxinfer("audit", "verify", *map(str, rotated), str(log))
+    assert result.returncode == 0, result.stderr
+    assert "deleted by retention" in result.stdout, result.stdout
+
+
+def test_web_pages_cannot_drive_the_server(srv):
+    # A page's form post: text/plain, cross-origin.
+    status, message = error(
+        srv,
+        "/v2/repository/models/simple/unload",
+        b"{}",
+        headers={"Content-Type": "text/plain", "Origin": "https://evil.example"},
+    )
+    assert status == 415, message
+    status, message = error(srv, "/v2/repository/models/simple/unload", b"{}", headers={"Origin": "https://evil.example"})
+    assert status == 403 and "cors_origins" in message
+    status, message = error(
+        srv, "/v2/models/simple/infer", SIMPLE, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert status == 415 and "application/json" in message
+    assert request(srv, "/v2/models/simple/ready")[0] == 200, "nothing was unloaded"
+    still_serves(srv)
+
+
+def test_allowed_origins_get_cors_headers(tmp_path):
+    server = Server(write_manifest(tmp_path, '[server]\ncors_origins = ["https://app.example"]\n', ("simple",)))
+    try:
+        status, hdrs, _ = request(server, "/v2/models/simple/infer", SIMPLE, headers={"Origin": "https://app.example", "Content-Type": "application/json"})
+        assert status == 200 and hdrs["Access-Control-Allow-Origin"] == "https://app.example"
+        status, hdrs, _ = request(
+            server,
+            "/v2/models/simple/infer",
+            method="OPTIONS",
+            headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert status == 204 and "POST" in hdrs["Access-Control-Allow-Methods"]
+        assert error(server, "/v2/models/simple/infer", SIMPLE, headers={"Origin": "https://other.example"})[0] == 403
+    finally:
+        server.stop()
+
+
+def test_concurrent_loads_of_one_model_run_once(srv):
+    before = sum(1 for l in srv.log if "model loaded through the repository API" in l)
+    results = []
+
+    def load():
+        results.append(request(srv, "/v2/repository/models/image/load", b"", method="POST")[0])
+
+    threads = [threading.Thread(target=load) for _ in range(48)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 48
+    time.sleep(0.2)
+    loads = sum(1 for l in srv.log if "model loaded through the repository API" in l) - before
+    assert 1 <= loads < 48, f"{loads} loads ran for 48 concurrent requests"
+    still_serves(srv)
+
+
+def test_client_errors_do_not_show_server_paths(tmp_path):
+    model = tmp_path / "models" / "simple.onnx"
+    model.parent.mkdir()
+    shutil.copy(MODELS / "simple.onnx", model)
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(f'[[models]]\nname = "simple"\nruntime = "tract"\npath = "{model}"\n')
+    server = Server(manifest)
+    try:
+        model.write_bytes(b"corrupted")
+        status, message = error(server, "/v2/repository/models/simple/load", b"", method="POST")
+        assert status == 500 and "simple.onnx" in message and str(tmp_path) not in message, message
+        status, message = error(server, "/v2/repository/models/nope/load", b"", method="POST")
+        assert status == 404 and "m.toml" in message and str(tmp_path) not in message, message
+        index = json.loads(request(server, "/v2/repository/index", b"", method="POST")[2])
+        assert all(str(tmp_path) not in e["reason"] for e in index)
+        assert any(str(tmp_path) in l for l in server.log), "the server log keeps the full path"
+    finally:
+        server.stop()
+
+
+def test_big_json_bodies_do_not_stall_liveness(srv):
+    body = json.dumps(
+        {"inputs": [{"name": "image", "shape": [1, 3, 700, 700], "datatype": "FP32", "data": [0.5] * (3 * 700 * 700)}]}
+    ).encode()
+    done = []
+
+    def big():
+        done.append(request(srv, "/v2/models/image/infer", body)[0])
+
+    threads = [threading.Thread(target=big) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    worst = 0.0
+    while any(t.is_alive() for t in threads):
+        started = time.monotonic()
+        assert request(srv, "/v2/health/live")[0] == 200
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert done == [200] * 4
+    assert worst < 0.5, f"liveness took {worst:.3f} s while big bodies were decoded"
+
+
+def test_shutdown_closes_lingering_connections(tmp_path):
+    log = tmp_path / "audit" / "inference.jsonl"
+    extra = f'[server]\nshutdown_timeout_seconds = 1\n[inference_log]\npath = "{log}"\n'
+    server = Server(write_manifest(tmp_path, extra, ("simple",)))
+    assert request(server, "/v2/models/simple/infer", dict(SIMPLE, id="before-shutdown"))[0] == 200
+    host, port = server.address.rsplit(":", 1)
+    half = socket.create_connection((host, int(port)))
+    half.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+    h2 = socket.create_connection((host, int(port)))
+    h2.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    time.sleep(0.3)
+    started = time.monotonic()
+    server.proc.terminate()
+    server.proc.wait(timeout=15)
+    elapsed = time.monotonic() - started
+    half.close()
+    h2.close()
+    assert server.proc.returncode == 0, "".join(server.log)
+    assert elapsed < 5, f"exit took {elapsed:.1f} s with clients still connected"
+    assert "before-shutdown" in log.read_text()
+    assert run_oxinfer("audit", "verify", str(log)).returncode == 0
+
+
+def tmpfs(path, size="256k"):
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+
+
+def umount(path):
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("on_error", ["serve", "refuse"])
+def test_a_full_disk_keeps_the_log_whole(tmp_path, on_error):
+    disk = tmp_path / "disk"
+    tmpfs(disk)
+    try:
+        log = disk / "inference.jsonl"
+        extra = f'[inference_log]\npath = "{log}"\non_error = "{on_error}"\nmax_file_bytes = 100000000\n'
+        server = Server(write_manifest(tmp_path, extra, ("simple",)))
+        try:
+            filler = disk / "filler"
+            # Fill the disk but for a few records.
+            free = shutil.disk_usage(disk).free
+            filler.write_bytes(b"\0" * max(0, free - 6000))
+            statuses = []
+            for i in range(40):
+                statuses.append(request(server, "/v2/models/simple/infer", dict(SIMPLE, id=f"full-{i}"))[0])
+                time.sleep(0.02)
+            time.sleep(0.5)
+            if on_error == "refuse":
+                assert 503 in statuses, statuses
+                status, message = error(server, "/v2/models/simple/infer", SIMPLE)
+                assert status == 503 and "inference log" in message
+            else:
+                assert statuses == [200] * 40
+            metrics = request(server, "/metrics")[2].decode()
+            errors = [l for l in metrics.splitlines() if l.startswith("oxinfer_inference_log_write_errors_total")]
+            assert errors and float(errors[0].split()[-1]) >= 1, errors
+            # The file holds whole records only, and verifies.
+            assert log.read_bytes().endswith(b"\n")
+            assert run_oxinfer("audit", "verify", str(log)).returncode == 0
+            # Room again: the held records are written, in order, and serving resumes.
+            filler.unlink()
+            deadline = time.time() + 10
+            while time.time() < deadline and request(server, "/v2/models/simple/infer", SIMPLE)[0] != 200:
+                time.sleep(0.2)
+            still_serves(server)
+            time.sleep(1)
+        finally:
+            server.stop()
+        assert server.proc.returncode == 0
+        result = run_oxinfer("audit", "verify", str(log))
+        assert result.returncode == 0, result.stderr
+        records = [json.loads(l) for l in log.read_text().splitlines()]
+        full = [r for r in records if r["request_id"].startswith("full-")]
+        # Every request, served or refused, is recorded once, in order, with its outcome.
+        assert [r["request_id"] for r in full] == [f"full-{i}" for i in range(40)]
+        served = [f"full-{i}" for i, s in enumerate(statuses) if s == 200]
+        assert [r["request_id"] for r in full if r["status"] == "ok"] == served
+    finally:
+        umount(disk)
+
+
+def test_bodies_are_not_decoded_for_unknown_models_or_refused_inputs(srv):
+    """~15 MB of empty strings in 50 KB of gzip: decoded, each would cost a 32-byte handle."""
+    before = vm_hwm_kb(srv)
+    n = 5_000_000
+    for model, status in (("nope", 404), ("simple", 400)):
+        body = '{"inputs":[{"name":"INPUT0","shape":[%d],"datatype":"BYTES","data":[""%s]}]}' % (n, ',""' * (n - 1))
+        packed = gzip.compress(body.encode())
+        assert len(packed) < 100_000
+        got, message = error(srv, f"/v2/models/{model}/infer", packed, headers={"Content-Encoding": "gzip"})
+        assert got == status, message
+    grown = vm_hwm_kb(srv) - before
+    assert grown < 80_000, f"the process grew by {grown} kB"
+    still_serves(srv)
