@@ -166,8 +166,12 @@ pub(crate) struct Call<'a> {
     pub(crate) protocol: Protocol,
     /// The client's address, when known.
     pub(crate) client: Option<SocketAddr>,
-    /// A request id from outside the body (REST's `X-Request-ID` header).
-    pub(crate) header_id: Option<String>,
+    /// The request's id when the decoded request carries none: the id a front end read on its
+    /// own from a body it could not decode, else REST's `X-Request-ID` header.
+    pub(crate) fallback_id: Option<String>,
+    /// The model the front end resolved (before decoding, so that nothing is decoded for a
+    /// model that is not served), or why there is none.
+    pub(crate) target: Result<Arc<ServedModel>>,
     /// Whether the front end can encode a response (REST JSON: BYTES outputs must be UTF-8);
     /// one it cannot is a failed request, recorded as such.
     pub(crate) encodable: Option<&'a EncodableCheck<'a>>,
@@ -193,9 +197,9 @@ fn check_request_id(id: &str) -> Result<&str> {
     Ok(id)
 }
 
-/// The front ends' entry point: given the decoded request (or why decoding failed), assigns the
-/// request id (the client's, else the `X-Request-ID` header, else a new UUID), finds the model,
-/// runs [`infer`], and records the request in the model's telemetry, the inference log and the
+/// The front ends' entry point: given the model the front end resolved and the decoded request
+/// (or why either failed), assigns the request id (the client's, else the `X-Request-ID`
+/// header, else a new UUID), runs [`infer`], and records the request in the model's telemetry, the inference log and the
 /// debug log. Returns the request id with the outcome.
 pub(crate) async fn handle(
     state: &AppState,
@@ -206,7 +210,7 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let given = match &decoded {
         Ok(r) if r.id.as_deref().is_some_and(|id| !id.is_empty()) => r.id.as_deref(),
-        _ => call.header_id.as_deref(),
+        _ => call.fallback_id.as_deref(),
     };
     // A client's id goes into the log and back in a header: one that is too long or not
     // printable fails the request, which gets an id of its own.
@@ -237,7 +241,7 @@ pub(crate) async fn handle(
                 )),
             );
         }
-        let model = match state.repository.get(call.model, call.version) {
+        let model = match call.target.clone() {
             Ok(model) => model,
             Err(e) => return (None, Vec::new(), Err(e)),
         };

@@ -355,45 +355,41 @@ async fn infer(
     let limit = state.max_request_bytes;
     let body_for_id = body.as_ref().ok().cloned();
     let json_len_for_id = json_len.as_ref().ok().copied().flatten();
-    let decoded = match state.repository.get(path.name(), path.version.as_deref()) {
-        // Only the request's id is read, so that the answer and the log record carry it.
-        Err(_) => Ok(InferRequest {
-            id: body
-                .as_ref()
-                .ok()
-                .and_then(|b| json::peek_request_id(b, json_len.as_ref().ok().copied().flatten())),
-            ..InferRequest::default()
-        }),
+    let target = state.repository.get(path.name(), path.version.as_deref());
+    let decoded = match &target {
+        Err(e) => Err(e.clone()),
         Ok(model) => match body {
             Ok(body) if body.len() > OFFLOAD_BYTES => {
+                let model = model.clone();
                 tokio::task::spawn_blocking(move || decode_body(&model, limit, json_len, Ok(body)))
                     .await
                     .unwrap_or_else(|e| Err(Error::Internal(format!("decoding panicked: {e}"))))
             }
-            body => decode_body(&model, limit, json_len, body),
+            body => decode_body(model, limit, json_len, body),
         },
     };
     let binary = decoded
         .as_ref()
         .map(json::BinaryOutputs::from_request)
         .unwrap_or_default();
-    // A body that failed to decode may still name the request's id: the answer and the log
-    // record carry it (the X-Request-ID header wins, as for a decoded request without one).
+    // A body that was not decoded (unknown model, bad input) may still name the request's id:
+    // read on its own, it goes with the answer and the log record, before the header's.
     let peeked_id = match (&decoded, &body_for_id) {
         (Err(_), Some(body)) => json::peek_request_id(body, json_len_for_id),
         _ => None,
     };
+    let header_id = headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
     let call = pipeline::Call {
         model: path.name(),
         version: path.version.as_deref(),
         protocol: Protocol::Http,
         client: client.map(|c| c.0.0),
-        header_id: headers
-            .get(X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-            .or(peeked_id),
+        fallback_id: peeked_id.or(header_id),
+        target,
         encodable: Some(&|r: &oxinfer_core::protocol::InferResponse| binary.check_encodable(r)),
     };
     let (id, result) = pipeline::handle(&state, call, decoded).await;

@@ -65,26 +65,26 @@ impl GrpcService {
     ) -> (String, Result<pb::ModelInferResponse, Error>) {
         let model = request.model_name.clone();
         let model_version = request.model_version.clone();
+        let request_id = (!request.id.is_empty()).then(|| request.id.clone());
+        // As over REST: nothing is converted for a model that is not served, and each input is
+        // checked against the model before its contents are.
+        let target = self.state.repository.get(&model, version(&model_version));
+        let decoded = match &target {
+            Err(e) => Err(e.clone()),
+            Ok(served) => codec::decode(request, &|name, datatype, shape| {
+                pipeline::check_before_decoding(served, name, datatype, shape)
+            }),
+        };
         let call = pipeline::Call {
             model: &model,
             version: version(&model_version),
             protocol: Protocol::Grpc,
             client,
-            header_id: None,
+            // The message's id, also when its contents could not be decoded.
+            fallback_id: request_id,
+            target,
             // Raw contents carry any bytes.
             encodable: None,
-        };
-        // As over REST: nothing is converted for a model that is not served, and each input is
-        // checked against the model before its contents are.
-        let decoded = match self.state.repository.get(&model, version(&model_version)) {
-            // The pipeline reports the lookup's error; the request id still goes with it.
-            Err(_) => Ok(oxinfer_core::protocol::InferRequest {
-                id: (!request.id.is_empty()).then_some(request.id),
-                ..Default::default()
-            }),
-            Ok(served) => codec::decode(request, &|name, datatype, shape| {
-                pipeline::check_before_decoding(&served, name, datatype, shape)
-            }),
         };
         let (id, result) = pipeline::handle(&self.state, call, decoded).await;
         (id, result.map(codec::encode))

@@ -503,8 +503,11 @@ impl Writer {
     }
 
     fn append(&mut self, event: &Event) {
-        if self.pending.is_empty()
-            && let Err(e) = self.rotate_if_due()
+        // Pending records belong to the current file: they are written before it rotates, so a
+        // file rotates at its size whatever the batching (and never while writes fail).
+        if self.rotation_due()
+            && self.write_out()
+            && let Err(e) = self.rotate()
         {
             tracing::error!("inference log rotation failed: {e}");
         }
@@ -589,15 +592,18 @@ impl Writer {
         }
     }
 
-    fn rotate_if_due(&mut self) -> std::io::Result<()> {
-        let too_big = self.size >= self.settings.max_file_bytes;
+    /// Whether the file, with the records pending for it, is due to rotate.
+    fn rotation_due(&self) -> bool {
+        let size = self.size + self.pending.len() as u64;
+        let too_big = size >= self.settings.max_file_bytes;
         let too_old = self
             .settings
             .rotate_seconds
             .is_some_and(|s| self.opened.elapsed().as_secs() >= s);
-        if self.size == 0 || !(too_big || too_old) {
-            return Ok(());
-        }
+        size > 0 && (too_big || too_old)
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
         let path = &self.settings.path;
         let stamp = time::OffsetDateTime::now_utc()
             .format(time::macros::format_description!(
