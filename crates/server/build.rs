@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `bytes` fields (raw_input_contents, ...) decode as `bytes::Bytes`: no copy out of the
         // received message.
         .bytes(".")
+        // prost's codec, with the server's admission check in front of inference messages
+        // (src/api/grpc/admission.rs).
+        .codec_path("crate::api::grpc::AdmissionCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

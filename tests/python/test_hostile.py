@@ -381,3 +381,133 @@ def test_bodies_are_not_decoded_for_unknown_models_or_refused_inputs(srv):
     grown = vm_hwm_kb(srv) - before
     assert grown < 80_000, f"the process grew by {grown} kB"
     still_serves(srv)
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory):
+    """A server whose requests in flight may hold 32 MiB together (bodies up to 8 MiB)."""
+    tmp = tmp_path_factory.mktemp("budget")
+    log = tmp / "inference.jsonl"
+    extra = (
+        "[server]\nmax_request_bytes = 8388608\nmax_inflight_bytes = 33554432\n"
+        f'[inference_log]\npath = "{log}"\n'
+    )
+    s = Server(write_manifest(tmp, extra, models=("simple", "dtypes", "identity")))
+    s.log_path = log
+    yield s
+    s.stop()
+    assert s.proc.returncode == 0, "".join(s.log)
+
+
+def metric(server, name):
+    status, _, raw = request(server, "/metrics")
+    assert status == 200
+    for line in raw.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def empty_strings_request(n_rows):
+    """2 x n_rows empty BYTES elements for the dtypes model: 3 bytes each in JSON, 32 in memory."""
+    n = 2 * n_rows
+    body = '{"inputs":[{"name":"in_BYTES","shape":[%d,2],"datatype":"BYTES","data":[""%s]}]}' % (n_rows, ',""' * (n - 1))
+    return gzip.compress(body.encode())
+
+
+def test_a_request_over_the_inflight_budget_is_refused_before_decoding(budgeted):
+    """REST: 2M empty strings would decode to 64 MB of element handles, over the 32 MiB budget:
+    503 with the reason, before the data is decoded; smaller requests are served, and the
+    budget is whole again once requests and their log records are done."""
+    before = vm_hwm_kb(budgeted)
+    refused = metric(budgeted, "oxinfer_inflight_refused_total")
+    got, message = error(budgeted, "/v2/models/dtypes/infer", empty_strings_request(1_000_000), headers={"Content-Encoding": "gzip"})
+    assert got == 503, message
+    assert "max_inflight_bytes" in message, message
+    grown = vm_hwm_kb(budgeted) - before
+    assert grown < 40_000, f"the process grew by {grown} kB"
+    assert metric(budgeted, "oxinfer_inflight_refused_total") == refused + 1
+    assert metric(budgeted, "oxinfer_inflight_bytes_limit") == 33554432
+    # A request within the budget: 2 MB in, 2 MB out, over REST JSON and binary.
+    x = np.arange(16 * 32768, dtype=np.float32).reshape(32768, 16)
+    status, _, raw = request(budgeted, "/v2/models/identity/infer", {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]})
+    assert status == 200, raw[:300]
+    assert json.loads(raw)["outputs"][0]["data"][-1] == float(x.ravel()[-1])
+    still_serves(budgeted)
+    # Everything reserved is given back (the log records are written within a moment).
+    deadline = time.time() + 10
+    while metric(budgeted, "oxinfer_inflight_bytes") != 0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert metric(budgeted, "oxinfer_inflight_bytes") == 0
+
+
+def test_concurrent_requests_share_the_budget_and_give_it_back(budgeted):
+    """Eight 6 MB binary requests at once against 32 MiB: each holds its body, outputs and
+    response, so some are served and the rest get 503 (never a 5xx of another kind), and the
+    budget returns to zero."""
+    import tritonclient.http as httpclient
+
+    x = np.ones((98304, 16), dtype=np.float32)  # 6 MiB
+    results = []
+
+    def one():
+        client = httpclient.InferenceServerClient(budgeted.address, network_timeout=60)
+        inp = httpclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        try:
+            r = client.infer("identity", [inp], outputs=[httpclient.InferRequestedOutput("y", binary_data=True)])
+            results.append(("ok", r.as_numpy("y").shape))
+        except Exception as e:  # noqa: BLE001 - the status is what is checked
+            results.append(("error", str(e)))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8
+    for kind, what in results:
+        assert kind == "ok" or "max_inflight_bytes" in what, what
+    assert any(kind == "ok" for kind, _ in results), results
+    deadline = time.time() + 10
+    while metric(budgeted, "oxinfer_inflight_bytes") != 0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert metric(budgeted, "oxinfer_inflight_bytes") == 0
+
+
+def test_grpc_messages_are_admitted_before_prost_decodes_them(budgeted):
+    """gRPC bytes_contents: 2M empty elements are 4 MB on the wire (a few KB gzip-compressed)
+    and 64 MB decoded. For an unknown model: NOT_FOUND; for a model whose input is not BYTES:
+    INVALID_ARGUMENT; for a BYTES input: RESOURCE_EXHAUSTED, the budget being 32 MiB. None of
+    them is decoded: the process stays small, and each is recorded in the log."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    channel = grpc.insecure_channel(budgeted.grpc_address, options=[("grpc.max_send_message_length", 64 << 20)])
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    before = vm_hwm_kb(budgeted)
+    cases = (
+        ("nope", "in_BYTES", grpc.StatusCode.NOT_FOUND, "unknown model"),
+        ("simple", "INPUT0", grpc.StatusCode.INVALID_ARGUMENT, "datatype BYTES does not match"),
+        ("dtypes", "in_BYTES", grpc.StatusCode.RESOURCE_EXHAUSTED, "max_inflight_bytes"),
+    )
+    for model, name, code, needle in cases:
+        req = service_pb2.ModelInferRequest(model_name=model, id=f"bomb-{model}")
+        tensor = req.inputs.add(name=name, datatype="BYTES", shape=[1_000_000, 2])
+        tensor.contents.bytes_contents.extend([b""] * 2_000_000)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ModelInfer(req, compression=grpc.Compression.Gzip, timeout=60)
+        assert e.value.code() == code, e.value.details()
+        assert needle in e.value.details().lower() or needle in e.value.details(), e.value.details()
+    grown = vm_hwm_kb(budgeted) - before
+    assert grown < 40_000, f"the process grew by {grown} kB"
+    # Each refusal is an ordinary failed request in the log, under its id.
+    time.sleep(0.5)
+    ids = [json.loads(line).get("request_id") for line in open(budgeted.log_path)]
+    for model, *_ in cases:
+        assert f"bomb-{model}" in ids
+    still_serves(budgeted)
+    deadline = time.time() + 10
+    while metric(budgeted, "oxinfer_inflight_bytes") != 0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert metric(budgeted, "oxinfer_inflight_bytes") == 0

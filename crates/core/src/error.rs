@@ -14,6 +14,9 @@ pub enum ErrorCode {
     ResourceExhausted,
     /// The request's deadline passed before it could run (HTTP 504, gRPC `DEADLINE_EXCEEDED`).
     DeadlineExceeded,
+    /// The server holds as many bytes for requests in flight as it may; retry later (HTTP 503,
+    /// gRPC `RESOURCE_EXHAUSTED`).
+    OverBudget,
     /// The server or a runtime failed (HTTP 500, gRPC `INTERNAL`).
     Internal,
 }
@@ -27,6 +30,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::ResourceExhausted => 413,
             ErrorCode::DeadlineExceeded => 504,
+            ErrorCode::OverBudget => 503,
             ErrorCode::Internal => 500,
         }
     }
@@ -59,6 +63,10 @@ pub enum Error {
     /// The request's timeout passed while it waited in the queue; it was not executed.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// Taking the request would put the bytes held by requests in flight over the server's
+    /// budget (`[server] max_inflight_bytes`); the client may retry.
+    #[error("{0}")]
+    OverBudget(String),
     /// The manifest is invalid: unknown key, unknown runtime, missing file, duplicate model, ...
     /// Only raised at startup or by `oxinfer check`; never sent to a client.
     #[error("{0}")]
@@ -85,6 +93,7 @@ impl Error {
             }
             Error::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             Error::TooLarge(_) => ErrorCode::ResourceExhausted,
+            Error::OverBudget(_) => ErrorCode::OverBudget,
             Error::Manifest(_) | Error::Load(_) | Error::Execution(_) | Error::Internal(_) => {
                 ErrorCode::Internal
             }

@@ -32,6 +32,9 @@ use crate::{Error, Result};
 /// The default request body limit: 64 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
+/// The default budget of bytes held by requests in flight: 1 GiB.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 1024 * 1024 * 1024;
+
 /// A parsed and checked manifest.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +68,11 @@ pub struct ServerSettings {
     pub grpc: Option<String>,
     /// The largest request body accepted, in bytes ([`DEFAULT_MAX_REQUEST_BYTES`] if unset).
     pub max_request_bytes: Option<usize>,
+    /// The bytes all requests in flight may hold together: bodies, decoded tensors, outputs,
+    /// responses being sent and records waiting for the inference log
+    /// ([`DEFAULT_MAX_INFLIGHT_BYTES`] if unset). A request that would go over it is refused
+    /// with HTTP 503 / gRPC `RESOURCE_EXHAUSTED`. At least `max_request_bytes`.
+    pub max_inflight_bytes: Option<usize>,
     /// Web origins (`https://app.example.com`, or `*` for any) whose pages may call the REST
     /// API from a browser. Empty (the default): a request carrying an `Origin` header is
     /// refused, so that no web page a user opens can drive the server.
@@ -87,6 +95,7 @@ impl Default for ServerSettings {
             http: None,
             grpc: None,
             max_request_bytes: None,
+            max_inflight_bytes: None,
             cors_origins: Vec::new(),
             shutdown_timeout_seconds: default_shutdown_timeout(),
         }
@@ -450,6 +459,14 @@ impl Manifest {
         let mut manifest: Manifest = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
         manifest.source = path.to_path_buf();
         let base = path.parent().unwrap_or(Path::new("."));
+        if manifest.max_inflight_bytes() < manifest.max_request_bytes() {
+            return Err(fail(format!(
+                "[server]: max_inflight_bytes ({}) must be at least max_request_bytes ({}), or \
+                 no request of the largest size could ever be served",
+                manifest.max_inflight_bytes(),
+                manifest.max_request_bytes()
+            )));
+        }
         if let Some(log) = &mut manifest.inference_log {
             if log.path.is_relative() {
                 log.path = base.join(&log.path);
@@ -517,6 +534,13 @@ impl Manifest {
             .max_request_bytes
             .unwrap_or(DEFAULT_MAX_REQUEST_BYTES)
     }
+
+    /// The budget of bytes held by requests in flight.
+    pub fn max_inflight_bytes(&self) -> usize {
+        self.server
+            .max_inflight_bytes
+            .unwrap_or(DEFAULT_MAX_INFLIGHT_BYTES)
+    }
 }
 
 #[cfg(test)]
@@ -560,6 +584,7 @@ mod tests {
         assert_eq!(m.models[0].path, dir().join("models/a.onnx"));
         assert_eq!(m.models[0].options["anything"].as_integer(), Some(1));
         assert_eq!(m.max_request_bytes(), DEFAULT_MAX_REQUEST_BYTES);
+        assert_eq!(m.max_inflight_bytes(), DEFAULT_MAX_INFLIGHT_BYTES);
     }
 
     #[test]
@@ -572,6 +597,13 @@ mod tests {
         let e = parse(&entry("colour = 1")).unwrap_err().to_string();
         assert!(
             e.contains("oxinfer.toml") && e.contains("unknown field `colour`"),
+            "{e}"
+        );
+        let e = parse("[server]\nmax_request_bytes = 100\nmax_inflight_bytes = 99\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_inflight_bytes (99) must be at least max_request_bytes (100)"),
             "{e}"
         );
         let e = parse("[serverr]\n").unwrap_err().to_string();

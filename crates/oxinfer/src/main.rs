@@ -321,14 +321,22 @@ fn serve(
     let grpc_listener = grpc
         .map(|addr| bind(addr, "gRPC", "--grpc or [server] grpc"))
         .transpose()?;
-    let repository = load(&manifest)?;
     let max_request_bytes = max_request_bytes.unwrap_or(manifest.max_request_bytes());
+    let max_inflight_bytes = manifest.max_inflight_bytes();
+    if max_inflight_bytes < max_request_bytes {
+        anyhow::bail!(
+            "max_inflight_bytes ({max_inflight_bytes}) must be at least max_request_bytes \
+             ({max_request_bytes}), or no request of the largest size could ever be served"
+        );
+    }
+    let repository = load(&manifest)?;
     let shutdown_timeout = manifest.server.shutdown_timeout_seconds;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let mut state = AppState::new(repository, max_request_bytes)
+        .with_inflight_budget(max_inflight_bytes)
         .with_cors_origins(manifest.server.cors_origins.clone());
     let log = match manifest.inference_log.clone() {
         Some(settings) => Some(inference_log::InferenceLog::start(settings)?),

@@ -89,6 +89,7 @@ pub(crate) fn metrics(state: &AppState) -> String {
     metrics::render(
         &series,
         &state.metrics,
+        &state.budget,
         state.log.as_ref().map(|log| log.counters()),
     )
 }

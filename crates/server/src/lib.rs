@@ -12,7 +12,9 @@
 //!   loaded versions, the Triton model configuration;
 //! - `telemetry`: statistics and Prometheus metrics (one recorder, two views), and the
 //!   [`inference_log`];
-//! - `state`: the [`AppState`] the front ends and the pipeline share.
+//! - `state`: the [`AppState`] the front ends and the pipeline share;
+//! - `budget`: the process-wide budget of bytes held by requests in flight, which every
+//!   inference request reserves against from its first byte to its log record.
 //!
 //! The binary (`crates/oxinfer`) builds a [`ModelRepository`] from a manifest with a
 //! [`RuntimeRegistry`] of the runtimes compiled in, wraps it in an [`AppState`], and runs
@@ -20,6 +22,7 @@
 
 mod admin;
 mod api;
+mod budget;
 mod models;
 mod pipeline;
 mod scheduler;

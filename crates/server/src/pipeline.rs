@@ -15,6 +15,7 @@ use tracing::Instrument;
 use oxinfer_core::protocol::{InferRequest, InferResponse, Parameter, TensorMetadata};
 use oxinfer_core::{DataType, Error, Limits, ModelSignature, Result, Tensor};
 
+use crate::budget::Reservation;
 use crate::models::ServedModel;
 use crate::state::AppState;
 use crate::telemetry::Protocol;
@@ -175,6 +176,9 @@ pub(crate) struct Call<'a> {
     /// Whether the front end can encode a response (REST JSON: BYTES outputs must be UTF-8);
     /// one it cannot is a failed request, recorded as such.
     pub(crate) encodable: Option<&'a EncodableCheck<'a>>,
+    /// The request's reservation against the in-flight budget; the pipeline adds the outputs
+    /// to it and keeps it with the log record until that is written.
+    pub(crate) held: Option<Reservation>,
 }
 
 /// The longest request id accepted (`id` in the request, `X-Request-ID`).
@@ -255,12 +259,14 @@ pub(crate) async fn handle(
         } else {
             Vec::new()
         };
-        let result = infer(&model, request).await.and_then(|response| {
-            if let Some(check) = call.encodable {
-                check(&response)?;
-            }
-            Ok(response)
-        });
+        let result = infer(&model, request, call.held.as_ref())
+            .await
+            .and_then(|response| {
+                if let Some(check) = call.encodable {
+                    check(&response)?;
+                }
+                Ok(response)
+            });
         (Some(model), inputs, result)
     }
     .instrument(span.clone())
@@ -290,6 +296,7 @@ pub(crate) async fn handle(
             protocol: call.protocol.as_str(),
             client: call.client,
             identity: None,
+            _held: call.held.clone(),
             error: result.as_ref().err().map(ToString::to_string),
             latency_us: elapsed.as_micros() as u64,
             inputs,
@@ -352,7 +359,8 @@ fn check_dimensions(limits: &Limits, name: &str, shape: &[usize]) -> Result<()> 
 /// dimension of its inputs, and the size its outputs would have by the model's signature (a
 /// dynamic first dimension taken as the request's rows, other dynamic dimensions as 1), so that
 /// a request with zero-sized dimensions cannot make the model produce far more than it sent.
-fn check_limits(limits: &Limits, signature: &ModelSignature, request: &Validated) -> Result<()> {
+/// Returns the estimate of the outputs' size, in bytes.
+fn check_limits(limits: &Limits, signature: &ModelSignature, request: &Validated) -> Result<usize> {
     let mut rows = 0usize;
     for t in &request.inputs {
         check_dimensions(limits, t.name(), t.shape())?;
@@ -381,7 +389,7 @@ fn check_limits(limits: &Limits, signature: &ModelSignature, request: &Validated
             limits.max_output_bytes
         )));
     }
-    Ok(())
+    Ok(estimate as usize)
 }
 
 /// The request's queue deadline: its `timeout` parameter, in microseconds (Triton's and
@@ -398,11 +406,19 @@ fn request_timeout(request: &InferRequest) -> Result<Option<Duration>> {
 }
 
 /// Runs one request on a model: validation, execution on the model's scheduler threads,
-/// response assembly.
-async fn infer(model: &Arc<ServedModel>, mut request: InferRequest) -> Result<InferResponse> {
+/// response assembly. The outputs' estimated size is reserved in `held` before the request is
+/// queued, and their real size once they exist.
+async fn infer(
+    model: &Arc<ServedModel>,
+    mut request: InferRequest,
+    held: Option<&Reservation>,
+) -> Result<InferResponse> {
     let started = Instant::now();
     let validated = validate(&model.name, model.signature(), &mut request)?;
-    check_limits(&model.entry.limits, model.signature(), &validated)?;
+    let estimate = check_limits(&model.entry.limits, model.signature(), &validated)?;
+    if let Some(held) = held {
+        held.grow(estimate)?;
+    }
     let timeout = request_timeout(&request)?;
     let telemetry = &model.telemetry;
     telemetry.input_checked(started.elapsed());
@@ -419,6 +435,9 @@ async fn infer(model: &Arc<ServedModel>, mut request: InferRequest) -> Result<In
     })??;
     let assembling = Instant::now();
     let produced_bytes: usize = outputs.iter().map(|&ix| payload_bytes(&produced[ix])).sum();
+    if let Some(held) = held {
+        held.add(produced_bytes.saturating_sub(estimate));
+    }
     let max = model.entry.limits.max_output_bytes;
     if produced_bytes > max {
         return Err(Error::TooLarge(format!(

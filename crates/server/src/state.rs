@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::budget::MemoryBudget;
 use crate::models::ModelRepository;
 use crate::telemetry::ServerMetrics;
 use crate::telemetry::inference_log::InferenceLog;
@@ -17,6 +18,8 @@ pub struct AppState {
     pub(crate) ready: Arc<AtomicBool>,
     /// The largest request body accepted, in bytes.
     pub(crate) max_request_bytes: usize,
+    /// The bytes requests in flight may hold together (`[server] max_inflight_bytes`).
+    pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) log: Option<InferenceLog>,
     pub(crate) metrics: Arc<ServerMetrics>,
     /// Origins allowed to call the REST API from a browser (`[server] cors_origins`).
@@ -30,12 +33,16 @@ pub struct AppState {
 pub(crate) type LoadResult = tokio::sync::watch::Receiver<Option<oxinfer_core::Result<()>>>;
 
 impl AppState {
-    /// State for a repository, ready, with the given body limit (`max_request_bytes`).
+    /// State for a repository, ready, with the given body limit (`max_request_bytes`) and the
+    /// default budget for requests in flight (1 GiB, or the body limit if larger).
     pub fn new(repository: ModelRepository, max_request_bytes: usize) -> Self {
         AppState {
             repository: Arc::new(repository),
             ready: Arc::new(AtomicBool::new(true)),
             max_request_bytes,
+            budget: MemoryBudget::new(
+                oxinfer_core::manifest::DEFAULT_MAX_INFLIGHT_BYTES.max(max_request_bytes),
+            ),
             log: None,
             metrics: Arc::default(),
             cors_origins: Arc::new([]),
@@ -46,6 +53,12 @@ impl AppState {
     /// The same state, letting pages from these origins call the REST API (`*`: any).
     pub fn with_cors_origins(mut self, origins: Vec<String>) -> Self {
         self.cors_origins = origins.into();
+        self
+    }
+
+    /// The same state, with a budget of `bytes` for requests in flight (`max_inflight_bytes`).
+    pub fn with_inflight_budget(mut self, bytes: usize) -> Self {
+        self.budget = MemoryBudget::new(bytes);
         self
     }
 

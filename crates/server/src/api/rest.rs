@@ -25,6 +25,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::admin;
+use crate::budget::{self, CountedBody, HeldBody, Reservation};
 use crate::models::ServedModel;
 use crate::models::model_config::ModelConfig;
 use crate::pipeline;
@@ -111,7 +112,10 @@ pub fn app(state: AppState) -> Router {
     for (tail, route) in [
         ("", get(model_metadata)),
         ("/ready", get(model_ready)),
-        ("/infer", post(infer)),
+        (
+            "/infer",
+            post(infer).layer(middleware::from_fn_with_state(state.clone(), hold_budget)),
+        ),
         ("/config", get(model_config)),
         ("/stats", get(statistics)),
     ] {
@@ -271,6 +275,31 @@ async fn refuse_declared_oversize(
     }
 }
 
+/// Reserves an inference request's bytes against the in-flight budget: its declared length
+/// before any of the body is read (when it is not compressed), then each decompressed chunk as
+/// it arrives; the handler adds what decoding, the model and encoding hold; the response body
+/// keeps the reservation until it is sent. Over the budget: 503.
+async fn hold_budget(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let reservation = state.budget.reservation();
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .filter(|_| !request.headers().contains_key(header::CONTENT_ENCODING))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    if let Err(e) = reservation.grow(declared) {
+        return ApiError(e).into_response();
+    }
+    let (mut parts, body) = request.into_parts();
+    parts.extensions.insert(reservation.clone());
+    let body = CountedBody::new(body, reservation.clone(), declared, |e| Box::new(e));
+    let request = Request::from_parts(parts, axum::body::Body::new(body));
+    next.run(request)
+        .await
+        .map(|body| axum::body::Body::new(HeldBody::new(body, reservation)))
+}
+
 fn too_large(limit: usize) -> ApiError {
     ApiError(Error::TooLarge(format!(
         "request body is larger than the limit of {limit} bytes (server setting max_request_bytes)"
@@ -344,6 +373,7 @@ async fn infer(
     State(state): State<AppState>,
     path: ModelPath,
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Extension(held): Extension<Reservation>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -356,18 +386,32 @@ async fn infer(
     let body_for_id = body.as_ref().ok().cloned();
     let json_len_for_id = json_len.as_ref().ok().copied().flatten();
     let target = state.repository.get(path.name(), path.version.as_deref());
+    // The body is held now; each input's data is reserved by its declared shape before it is
+    // decoded, and once decoded the reservation is what decoding actually copied out.
+    let base = held.bytes();
     let decoded = match &target {
         Err(e) => Err(e.clone()),
         Ok(model) => match body {
             Ok(body) if body.len() > OFFLOAD_BYTES => {
                 let model = model.clone();
-                tokio::task::spawn_blocking(move || decode_body(&model, limit, json_len, Ok(body)))
-                    .await
-                    .unwrap_or_else(|e| Err(Error::Internal(format!("decoding panicked: {e}"))))
+                let held = held.clone();
+                tokio::task::spawn_blocking(move || {
+                    decode_body(&model, &held, limit, json_len, Ok(body))
+                })
+                .await
+                .unwrap_or_else(|e| Err(Error::Internal(format!("decoding panicked: {e}"))))
             }
-            body => decode_body(model, limit, json_len, body),
+            body => decode_body(model, &held, limit, json_len, body),
         },
     };
+    let decoded = decoded.and_then(|request| {
+        let body = body_for_id.as_deref().unwrap_or_default();
+        let copied = request.inputs.iter().fold(0usize, |n, t| {
+            n.saturating_add(budget::held_outside(t, body))
+        });
+        held.set(base.saturating_add(copied))?;
+        Ok(request)
+    });
     let binary = decoded
         .as_ref()
         .map(json::BinaryOutputs::from_request)
@@ -391,6 +435,7 @@ async fn infer(
         fallback_id: peeked_id.or(header_id),
         target,
         encodable: Some(&|r: &oxinfer_core::protocol::InferResponse| binary.check_encodable(r)),
+        held: Some(held.clone()),
     };
     let (id, result) = pipeline::handle(&state, call, decoded).await;
     let encoded = match result {
@@ -401,6 +446,9 @@ async fn infer(
         }
         result => result.and_then(|r| json::encode_infer_response(&r, &binary)),
     };
+    if let Ok(encoded) = &encoded {
+        held.add(encoded.body.len());
+    }
     let mut response = match encoded {
         Ok(encoded) => match encoded.json_len {
             None => json_response(StatusCode::OK, encoded.body),
@@ -445,6 +493,7 @@ fn inference_header_length(headers: &HeaderMap) -> Result<Option<usize>, Error> 
 /// `Inference-Header-Content-Length` is set.
 fn decode_body(
     model: &ServedModel,
+    held: &Reservation,
     limit: usize,
     json_len: Result<Option<usize>, Error>,
     body: Result<Bytes, BytesRejection>,
@@ -452,12 +501,15 @@ fn decode_body(
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large(limit).0
+        } else if let Some(refused) = budget::refusal_in(&rejection) {
+            refused
         } else {
             Error::invalid(format!("cannot read request body: {rejection}"))
         }
     })?;
     json::decode_infer_request_checked(&body, json_len?, &|name, datatype, shape| {
-        pipeline::check_before_decoding(model, name, datatype, shape)
+        pipeline::check_before_decoding(model, name, datatype, shape)?;
+        held.grow(budget::declared_bytes(datatype, shape))
     })
 }
 

@@ -19,6 +19,9 @@
 //! | `oxinfer_inference_log_records_written_total` | counter | | inference-log records written |
 //! | `oxinfer_inference_log_records_dropped_total` | counter | | inference-log records dropped (queue full with `on_full = "drop"`, or writes failing for too long) |
 //! | `oxinfer_inference_log_write_errors_total` | counter | | failed writes to the log file (disk full, I/O error); the records are retried |
+//! | `oxinfer_inflight_bytes` | gauge | | bytes held by requests in flight, against `max_inflight_bytes` |
+//! | `oxinfer_inflight_bytes_limit` | gauge | | `[server] max_inflight_bytes` |
+//! | `oxinfer_inflight_refused_total` | counter | | requests refused because the in-flight budget was spent (503 / `RESOURCE_EXHAUSTED`) |
 //! | `oxinfer_process_resident_memory_bytes` | gauge | | resident set size of the process |
 //!
 //! Plus the standard `process_*` metrics of the `prometheus` crate's process collector
@@ -30,6 +33,7 @@
 use prometheus::core::Collector;
 use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use crate::budget::MemoryBudget;
 use crate::telemetry::inference_log::LogCounters;
 use crate::telemetry::{ModelTelemetry, ServerMetrics};
 
@@ -97,6 +101,7 @@ fn resident_memory(families: &[prometheus::proto::MetricFamily]) -> Option<i64> 
 pub(crate) fn render(
     models: &[ModelSeries<'_>],
     server: &ServerMetrics,
+    budget: &MemoryBudget,
     log: Option<&LogCounters>,
 ) -> String {
     let registry = Registry::new();
@@ -114,6 +119,30 @@ pub(crate) fn render(
             "oxinfer_models_loaded",
             "Model versions ready to serve.",
             models.len() as i64,
+        )),
+    );
+    register(
+        &registry,
+        Box::new(server_gauge(
+            "oxinfer_inflight_bytes",
+            "Bytes held by requests in flight (bodies, tensors, responses, log records).",
+            budget.used() as i64,
+        )),
+    );
+    register(
+        &registry,
+        Box::new(server_gauge(
+            "oxinfer_inflight_bytes_limit",
+            "The budget of bytes for requests in flight (max_inflight_bytes).",
+            budget.limit() as i64,
+        )),
+    );
+    register(
+        &registry,
+        Box::new(server_counter(
+            "oxinfer_inflight_refused_total",
+            "Requests refused because the in-flight budget was spent.",
+            budget.refused(),
         )),
     );
     register(

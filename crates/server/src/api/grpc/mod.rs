@@ -4,6 +4,7 @@
 //! run through the same [`pipeline::handle`]; the other operations are [`admin`]'s, so a model
 //! behaves identically through both front ends.
 
+mod admission;
 mod codec;
 
 use std::pin::Pin;
@@ -25,6 +26,8 @@ pub mod pb {
     tonic::include_proto!("inference");
 }
 
+pub(crate) use admission::AdmissionCodec;
+
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
 /// Maps an oxinfer error to a gRPC status, following Triton's mapping.
@@ -33,7 +36,7 @@ fn status(e: Error) -> Status {
         ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
         ErrorCode::NotFound => tonic::Code::NotFound,
         ErrorCode::Unavailable => tonic::Code::Unavailable,
-        ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorCode::ResourceExhausted | ErrorCode::OverBudget => tonic::Code::ResourceExhausted,
         ErrorCode::DeadlineExceeded => tonic::Code::DeadlineExceeded,
         ErrorCode::Internal => {
             tracing::warn!("gRPC request failed: {e}");
@@ -58,23 +61,40 @@ impl GrpcService {
         self.state.repository.get(name, version(v)).map_err(status)
     }
 
+    /// Runs one decoded message, given what the codec decided about it ([`admission`]).
     async fn infer(
         &self,
         request: pb::ModelInferRequest,
+        verdict: Option<admission::Verdict>,
         client: Option<std::net::SocketAddr>,
     ) -> (String, Result<pb::ModelInferResponse, Error>) {
         let model = request.model_name.clone();
         let model_version = request.model_version.clone();
         let request_id = (!request.id.is_empty()).then(|| request.id.clone());
-        // As over REST: nothing is converted for a model that is not served, and each input is
-        // checked against the model before its contents are.
+        // As over REST: nothing is decoded for a model that is not served, and each input is
+        // checked against the model before its contents are (by the codec, before prost
+        // decodes them, and again here).
         let target = self.state.repository.get(&model, version(&model_version));
-        let decoded = match &target {
-            Err(e) => Err(e.clone()),
-            Ok(served) => codec::decode(request, &|name, datatype, shape| {
+        let (held, refused) = match verdict {
+            Some(admission::Verdict::Admitted(held)) => (Some(held), None),
+            Some(admission::Verdict::Refused(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        let decoded = match (&target, refused) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(_), Some(e)) => Err(e),
+            (Ok(served), None) => codec::decode(request, &|name, datatype, shape| {
                 pipeline::check_before_decoding(served, name, datatype, shape)
             }),
         };
+        // What the model will read is the decoded tensors (the message is dropped): hold
+        // those, plus the message's raw contents they share.
+        if let (Some(held), Ok(request)) = (&held, &decoded) {
+            let copied = request.inputs.iter().fold(0usize, |n, t| {
+                n.saturating_add(crate::budget::held_outside(t, &[]))
+            });
+            let _ = held.set(copied);
+        }
         let call = pipeline::Call {
             model: &model,
             version: version(&model_version),
@@ -85,6 +105,7 @@ impl GrpcService {
             target,
             // Raw contents carry any bytes.
             encodable: None,
+            held,
         };
         let (id, result) = pipeline::handle(&self.state, call, decoded).await;
         (id, result.map(codec::encode))
@@ -160,7 +181,8 @@ impl GrpcInferenceService for GrpcService {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let client = request.remote_addr();
-        self.infer(request.into_inner(), client)
+        let verdict = admission::take_verdict();
+        self.infer(request.into_inner(), verdict, client)
             .await
             .1
             .map(Response::new)
@@ -177,12 +199,13 @@ impl GrpcInferenceService for GrpcService {
         let mut inbound = request.into_inner();
         let service = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
+        let answer = async move {
             // Requests are answered one at a time, in order; an error goes in error_message and
             // the stream stays open.
             while let Some(item) = inbound.next().await {
                 let Ok(request) = item else { break };
-                let reply = match service.infer(request, client).await {
+                let verdict = admission::take_verdict();
+                let reply = match service.infer(request, verdict, client).await {
                     (_, Ok(response)) => pb::ModelStreamInferResponse {
                         error_message: String::new(),
                         infer_response: Some(response),
@@ -199,7 +222,12 @@ impl GrpcInferenceService for GrpcService {
                     break;
                 }
             }
-        });
+        };
+        // The messages are decoded in this task: it carries the call's admission.
+        match admission::current() {
+            Some(admission) => tokio::spawn(admission.scope(answer)),
+            None => tokio::spawn(answer),
+        };
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -282,12 +310,16 @@ pub async fn serve_grpc(
         .set_serving::<GrpcInferenceServiceServer<GrpcService>>()
         .await;
     let limit = state.max_request_bytes;
+    let service_state = state.clone();
     let service = GrpcInferenceServiceServer::new(GrpcService { state })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
         .send_compressed(tonic::codec::CompressionEncoding::Gzip);
     tonic::transport::Server::builder()
+        .layer(admission::AdmissionLayer {
+            state: service_state,
+        })
         .add_service(health)
         .add_service(service)
         .serve_with_incoming_shutdown(

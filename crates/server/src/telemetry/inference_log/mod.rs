@@ -68,6 +68,9 @@ pub(crate) struct Event {
     pub(crate) inputs: Vec<Tensor>,
     /// The outputs returned (empty on failure).
     pub(crate) outputs: Vec<Tensor>,
+    /// The request's bytes against the in-flight budget: the tensors above stay counted until
+    /// the record is written and the event dropped.
+    pub(crate) _held: Option<crate::budget::Reservation>,
 }
 
 enum Message {
@@ -649,6 +652,7 @@ mod tests {
             protocol: "http",
             client: Some("127.0.0.1:9".parse().unwrap()),
             identity: None,
+            _held: None,
             error: None,
             latency_us: 12,
             inputs: vec![Tensor::from_vec("x", vec![2], vec![value, 2.0]).unwrap()],

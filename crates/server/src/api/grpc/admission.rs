@@ -1,0 +1,675 @@
+//! Admission of gRPC inference messages before they are decoded.
+//!
+//! prost decodes a whole message before a handler sees it, and a small message can decode into
+//! far more memory than it occupies: an empty `bytes_contents` element is 2 bytes on the wire
+//! and a 32-byte handle in memory, an empty input tensor 2 bytes and a few hundred. So
+//! `ModelInfer` and `ModelStreamInfer` messages go through [`AdmissionCodec`], which first
+//! walks the message's wire format without allocating for its contents ([`scan`]):
+//!
+//! - for a model that is not served, only the model name, version and id are decoded (the
+//!   handler then answers NOT_FOUND and records the request as for any unknown model);
+//! - each input's name, datatype, shape and limits are checked against the model, as over
+//!   REST, and a request that fails is not decoded further;
+//! - the memory the decoded message will take is estimated from the scan and reserved against
+//!   the in-flight budget, with the message's own bytes; over it, the request gets
+//!   `RESOURCE_EXHAUSTED` and is not decoded.
+//!
+//! The codec has no state of its own (tonic creates it with `Default`): the server state and
+//! the verdict for the handler travel in a task-local [`Admission`], which [`AdmissionLayer`]
+//! sets around each inference call (and the stream handler around its reading task). Without
+//! one (other methods, the client) the codec decodes as prost does.
+
+use std::any::TypeId;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::mem::size_of;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::http;
+use bytes::{Buf, Bytes};
+use oxinfer_core::protocol::json::check_shape;
+use oxinfer_core::{DataType, Error};
+use prost::Message;
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic_prost::{ProstDecoder, ProstEncoder};
+
+use super::{pb, status, version};
+use crate::budget::{CountedBody, Reservation};
+use crate::pipeline;
+use crate::state::AppState;
+
+tokio::task_local! {
+    static CALL: Arc<Admission>;
+}
+
+/// One inference call's admission state.
+#[derive(Debug)]
+pub(super) struct Admission {
+    state: AppState,
+    /// The bytes of the message being received, counted as they arrive; handed over to the
+    /// message's own reservation once it is complete.
+    wire: Reservation,
+    /// What the codec decided about the last message, for the handler.
+    verdict: Mutex<Option<Verdict>>,
+}
+
+/// What the codec decided about a message it admitted or refused.
+#[derive(Debug)]
+pub(super) enum Verdict {
+    /// Decoded; its memory is reserved here.
+    Admitted(Reservation),
+    /// Not decoded past its model name, version and id, for this reason.
+    Refused(Error),
+}
+
+impl Admission {
+    /// Runs `future` (which reads and decodes this call's messages) with this admission.
+    pub(super) fn scope<F: Future>(self: Arc<Self>, future: F) -> impl Future<Output = F::Output> {
+        CALL.scope(self, future)
+    }
+
+    /// Whether `message` may be decoded whole; if not, the bytes to decode instead (its model
+    /// name, version and id).
+    fn admit(&self, message: &[u8]) -> Option<Vec<u8>> {
+        // A message that does not parse is left to prost, which reports it.
+        let scanned = scan(message).ok()?;
+        let mut verdict = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
+        // The wire bytes now belong to this message's reservation (or are given back).
+        let _ = self.wire.set(0);
+        *verdict = None;
+        let model = match self
+            .state
+            .repository
+            .get(&scanned.model_name, version(&scanned.model_version))
+        {
+            Ok(model) => model,
+            // The handler looks the model up again and reports why.
+            Err(_) => return Some(scanned.header),
+        };
+        for input in &scanned.inputs {
+            if input.dims > MAX_DIMS {
+                *verdict = Some(Verdict::Refused(Error::invalid(format!(
+                    "input '{}': its shape has {} dimensions, more than the {MAX_DIMS} accepted",
+                    input.name, input.dims
+                ))));
+                return Some(scanned.header);
+            }
+            let checked = input
+                .datatype
+                .parse::<DataType>()
+                .map_err(|e| Error::invalid(format!("input '{}': {e}", input.name)))
+                .and_then(|datatype| {
+                    let (shape, _) = check_shape(&input.name, &input.shape)?;
+                    pipeline::check_before_decoding(&model, &input.name, datatype, &shape)
+                });
+            if let Err(e) = checked {
+                *verdict = Some(Verdict::Refused(e));
+                return Some(scanned.header);
+            }
+        }
+        let needed = message.len().saturating_add(scanned.decoded_bytes);
+        match self.state.budget.reserve(needed) {
+            Ok(reservation) => {
+                *verdict = Some(Verdict::Admitted(reservation));
+                None
+            }
+            Err(e) => {
+                *verdict = Some(Verdict::Refused(e));
+                Some(scanned.header)
+            }
+        }
+    }
+}
+
+/// The codec's verdict on the message the handler just received, if the codec judged it.
+pub(super) fn take_verdict() -> Option<Verdict> {
+    CALL.try_with(|a| a.verdict.lock().unwrap_or_else(|e| e.into_inner()).take())
+        .ok()
+        .flatten()
+}
+
+/// The admission of the current call (for a stream handler to carry into its reading task).
+pub(super) fn current() -> Option<Arc<Admission>> {
+    CALL.try_with(Arc::clone).ok()
+}
+
+/// prost's codec, with [`Admission`] in front of the decoder for `ModelInferRequest`.
+#[derive(Debug)]
+pub struct AdmissionCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for AdmissionCodec<T, U> {
+    fn default() -> Self {
+        AdmissionCodec(PhantomData)
+    }
+}
+
+impl<T, U> Codec for AdmissionCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = AdmissionDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        AdmissionDecoder(ProstDecoder::new(BufferSettings::default()))
+    }
+}
+
+/// The decoder of [`AdmissionCodec`].
+#[derive(Debug)]
+pub struct AdmissionDecoder<U>(ProstDecoder<U>);
+
+impl<U: Message + Default + 'static> Decoder for AdmissionDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        if TypeId::of::<U>() == TypeId::of::<pb::ModelInferRequest>()
+            && buf.chunk().len() == buf.remaining()
+            && let Ok(Some(header)) = CALL.try_with(|a| a.admit(buf.chunk()))
+        {
+            buf.advance(buf.remaining());
+            return U::decode(header.as_slice())
+                .map(Some)
+                .map_err(|e| Status::internal(e.to_string()));
+        }
+        self.0.decode(buf)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
+    }
+}
+
+/// Sets an [`Admission`] around each `ModelInfer` / `ModelStreamInfer` call, and counts the
+/// call's request body against the in-flight budget as it arrives.
+#[derive(Debug, Clone)]
+pub(super) struct AdmissionLayer {
+    pub(super) state: AppState,
+}
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = Admit<S>;
+
+    fn layer(&self, inner: S) -> Admit<S> {
+        Admit {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The service [`AdmissionLayer`] makes.
+#[derive(Debug, Clone)]
+pub(super) struct Admit<S> {
+    inner: S,
+    state: AppState,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Admit<S>
+where
+    S: tower::Service<http::Request<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let path = request.uri().path();
+        if !(path.ends_with("/ModelInfer") || path.ends_with("/ModelStreamInfer")) {
+            return Box::pin(self.inner.call(request));
+        }
+        let admission = Arc::new(Admission {
+            state: self.state.clone(),
+            wire: self.state.budget.reservation(),
+            verdict: Mutex::new(None),
+        });
+        let wire = admission.wire.clone();
+        let request = request.map(|body| {
+            tonic::body::Body::new(CountedBody::new(body, wire, 0, |e| Box::new(status(e))))
+        });
+        Box::pin(admission.scope(self.inner.call(request)))
+    }
+}
+
+/// What [`scan`] found in a `ModelInferRequest`.
+#[derive(Debug, Default)]
+pub(super) struct Scanned {
+    model_name: String,
+    model_version: String,
+    /// The message's fields 1-3 (model name, version, id) as they were, to decode alone.
+    header: Vec<u8>,
+    inputs: Vec<ScannedInput>,
+    /// An upper estimate of the heap memory the decoded message takes, beyond the message's
+    /// own bytes (which `bytes` fields share).
+    decoded_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct ScannedInput {
+    name: String,
+    datatype: String,
+    /// The first [`MAX_DIMS`] dimensions.
+    shape: Vec<i64>,
+    /// How many dimensions the shape has.
+    dims: usize,
+}
+
+/// The most dimensions an input's shape may have.
+const MAX_DIMS: usize = 64;
+
+/// A malformed message (left to prost to report).
+#[derive(Debug)]
+pub(super) struct Malformed;
+
+/// One field of a protobuf message.
+enum Value<'a> {
+    Varint(u64),
+    Fixed,
+    Len(&'a [u8]),
+}
+
+/// A field's number, its value, and its bytes as they were (tag included).
+type Field<'a> = (u64, Value<'a>, &'a [u8]);
+
+/// Reads protobuf fields one at a time, without allocating.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn varint(&mut self) -> Result<u64, Malformed> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = self.0.split_first().ok_or(Malformed)?;
+            self.0 = rest;
+            value |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(Malformed)
+    }
+
+    /// The next field: its number, value, and its bytes as they were (tag included).
+    fn next(&mut self) -> Option<Result<Field<'a>, Malformed>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let start = self.0;
+        Some((|| {
+            let key = self.varint()?;
+            let value = match key & 7 {
+                0 => Value::Varint(self.varint()?),
+                1 => self.skip(8).map(|_| Value::Fixed)?,
+                5 => self.skip(4).map(|_| Value::Fixed)?,
+                2 => {
+                    let len = usize::try_from(self.varint()?).map_err(|_| Malformed)?;
+                    Value::Len(self.skip(len)?)
+                }
+                _ => return Err(Malformed),
+            };
+            let used = start.len() - self.0.len();
+            Ok((key >> 3, value, &start[..used]))
+        })())
+    }
+
+    fn skip(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        if self.0.len() < n {
+            return Err(Malformed);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+}
+
+/// Room a `Vec` may have for `n` elements of `size` bytes (capacity grows by doubling from at
+/// least 8 elements).
+fn vec_bytes(n: usize, size: usize) -> usize {
+    match n {
+        0 => 0,
+        n => n.saturating_mul(2).max(8).saturating_mul(size),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A map entry (`map<string, InferParameter>`): the key and a string value are copied; the
+/// hash table holds the pair and a control byte, with room to grow (at least 4 slots and 16
+/// control bytes for its first entry).
+fn map_entry_bytes(entry: &[u8]) -> usize {
+    (4 * (size_of::<(String, pb::InferParameter)>() + 1) + 16).saturating_add(entry.len())
+}
+
+/// The number of values in a packed run of varints.
+fn packed_varints(run: &[u8]) -> usize {
+    run.iter().filter(|&&b| b < 0x80).count()
+}
+
+/// Estimates an `InferTensorContents`' decoded size.
+fn contents_bytes(message: &[u8]) -> Result<usize, Malformed> {
+    let mut counts = [0usize; 9];
+    let mut fields = Fields(message);
+    while let Some(field) = fields.next() {
+        let (number, value, _) = field?;
+        let n = match (number, value) {
+            (1..=5, Value::Len(run)) => packed_varints(run),
+            (6, Value::Len(run)) => run.len() / 4,
+            (7, Value::Len(run)) => run.len() / 8,
+            (1..=8, _) => 1,
+            _ => 0,
+        };
+        if let Some(c) = counts.get_mut(number as usize) {
+            *c = c.saturating_add(n);
+        }
+    }
+    let sizes = [0, 1, 4, 8, 4, 8, 4, 8, size_of::<Bytes>()];
+    Ok(counts
+        .iter()
+        .zip(sizes)
+        .fold(0, |n, (&c, size)| n.saturating_add(vec_bytes(c, size))))
+}
+
+/// Estimates a tensor message's decoded size (an input, or a requested output), reading an
+/// input's name, datatype and shape.
+fn tensor_bytes(message: &[u8], input: &mut ScannedInput) -> Result<usize, Malformed> {
+    let mut bytes = 0usize;
+    let mut fields = Fields(message);
+    let mut shape = 0usize;
+    while let Some(field) = fields.next() {
+        let (number, value, _) = field?;
+        bytes = bytes.saturating_add(match (number, value) {
+            (1, Value::Len(s)) => {
+                input.name = text(s);
+                s.len()
+            }
+            (2, Value::Len(s)) => {
+                input.datatype = text(s);
+                s.len()
+            }
+            (3, Value::Len(run)) => {
+                let mut run = Fields(run);
+                while !run.0.is_empty() {
+                    let dim = run.varint()?;
+                    shape += 1;
+                    if input.shape.len() < MAX_DIMS {
+                        input.shape.push(dim as i64);
+                    }
+                }
+                0
+            }
+            (3, Value::Varint(dim)) => {
+                shape += 1;
+                if input.shape.len() < MAX_DIMS {
+                    input.shape.push(dim as i64);
+                }
+                0
+            }
+            (4, Value::Len(entry)) => map_entry_bytes(entry),
+            (5, Value::Len(contents)) => contents_bytes(contents)?,
+            _ => 0,
+        });
+    }
+    input.dims = shape;
+    Ok(bytes.saturating_add(vec_bytes(shape, 8)))
+}
+
+/// Scans a `ModelInferRequest` in its wire format.
+pub(super) fn scan(message: &[u8]) -> Result<Scanned, Malformed> {
+    let mut scanned = Scanned::default();
+    let mut bytes = 0usize;
+    let (mut inputs, mut outputs, mut raws) = (0usize, 0usize, 0usize);
+    let mut fields = Fields(message);
+    while let Some(field) = fields.next() {
+        let (number, value, whole) = field?;
+        bytes = bytes.saturating_add(match (number, value) {
+            (1..=3, Value::Len(s)) => {
+                scanned.header.extend_from_slice(whole);
+                match number {
+                    1 => scanned.model_name = text(s),
+                    2 => scanned.model_version = text(s),
+                    _ => {}
+                }
+                s.len()
+            }
+            (4, Value::Len(entry)) => map_entry_bytes(entry),
+            (5, Value::Len(tensor)) => {
+                inputs += 1;
+                let mut input = ScannedInput::default();
+                let n = tensor_bytes(tensor, &mut input)?;
+                scanned.inputs.push(input);
+                n
+            }
+            (6, Value::Len(tensor)) => {
+                outputs += 1;
+                tensor_bytes(tensor, &mut ScannedInput::default())?
+            }
+            (7, Value::Len(_)) => {
+                raws += 1;
+                0
+            }
+            _ => 0,
+        });
+    }
+    scanned.decoded_bytes = bytes
+        .saturating_add(vec_bytes(
+            inputs,
+            size_of::<pb::model_infer_request::InferInputTensor>(),
+        ))
+        .saturating_add(vec_bytes(
+            outputs,
+            size_of::<pb::model_infer_request::InferRequestedOutputTensor>(),
+        ))
+        .saturating_add(vec_bytes(raws, size_of::<Bytes>()));
+    Ok(scanned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+    use proptest::prelude::*;
+
+    /// The heap memory a decoded request holds, by its vectors' capacities and its strings.
+    fn heap(r: &pb::ModelInferRequest) -> usize {
+        let params = |p: &std::collections::HashMap<String, pb::InferParameter>| {
+            p.capacity() * (size_of::<(String, pb::InferParameter)>() + 1)
+                + p.iter()
+                    .map(|(k, v)| {
+                        k.capacity()
+                            + match &v.parameter_choice {
+                                Some(pb::infer_parameter::ParameterChoice::StringParam(s)) => {
+                                    s.capacity()
+                                }
+                                _ => 0,
+                            }
+                    })
+                    .sum::<usize>()
+        };
+        let contents = |c: &pb::InferTensorContents| {
+            c.bool_contents.capacity()
+                + c.int_contents.capacity() * 4
+                + c.int64_contents.capacity() * 8
+                + c.uint_contents.capacity() * 4
+                + c.uint64_contents.capacity() * 8
+                + c.fp32_contents.capacity() * 4
+                + c.fp64_contents.capacity() * 8
+                + c.bytes_contents.capacity() * size_of::<Bytes>()
+        };
+        r.model_name.capacity()
+            + r.model_version.capacity()
+            + r.id.capacity()
+            + params(&r.parameters)
+            + r.inputs.capacity() * size_of::<InferInputTensor>()
+            + r.inputs
+                .iter()
+                .map(|i| {
+                    i.name.capacity()
+                        + i.datatype.capacity()
+                        + i.shape.capacity() * 8
+                        + params(&i.parameters)
+                        + i.contents.as_ref().map_or(0, contents)
+                })
+                .sum::<usize>()
+            + r.outputs.capacity() * size_of::<InferRequestedOutputTensor>()
+            + r.outputs
+                .iter()
+                .map(|o| o.name.capacity() + params(&o.parameters))
+                .sum::<usize>()
+            + r.raw_input_contents.capacity() * size_of::<Bytes>()
+    }
+
+    fn string_param(s: &str) -> pb::InferParameter {
+        pb::InferParameter {
+            parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(s.into())),
+        }
+    }
+
+    fn request() -> impl Strategy<Value = pb::ModelInferRequest> {
+        let contents = (
+            prop::collection::vec(any::<bool>(), 0..40),
+            prop::collection::vec(any::<i32>(), 0..40),
+            prop::collection::vec(any::<i64>(), 0..40),
+            prop::collection::vec(any::<f32>(), 0..40),
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..4), 0..200),
+        )
+            .prop_map(|(b, i, l, f, s)| pb::InferTensorContents {
+                bool_contents: b,
+                int_contents: i,
+                int64_contents: l,
+                fp32_contents: f,
+                bytes_contents: s.into_iter().map(Bytes::from).collect(),
+                ..Default::default()
+            });
+        let input = (
+            "[a-z]{0,8}",
+            prop::collection::vec(-2i64..100, 0..6),
+            prop::option::of(contents),
+            prop::collection::hash_map("[a-z]{0,4}", "[a-z]{0,4}", 0..4),
+        )
+            .prop_map(|(name, shape, contents, params)| InferInputTensor {
+                name,
+                datatype: "FP32".into(),
+                shape,
+                contents,
+                parameters: params
+                    .into_iter()
+                    .map(|(k, v)| (k, string_param(&v)))
+                    .collect(),
+            });
+        (
+            "[a-z]{0,8}",
+            prop::collection::vec(input, 0..60),
+            prop::collection::vec("[a-z]{0,3}", 0..30),
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..8), 0..30),
+        )
+            .prop_map(|(model, inputs, outputs, raws)| pb::ModelInferRequest {
+                model_name: model,
+                model_version: "1".into(),
+                id: "req".into(),
+                inputs,
+                outputs: outputs
+                    .into_iter()
+                    .map(|name| InferRequestedOutputTensor {
+                        name,
+                        ..Default::default()
+                    })
+                    .collect(),
+                raw_input_contents: raws.into_iter().map(Bytes::from).collect(),
+                ..Default::default()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// The scan never estimates less than what prost allocates, and reads the header and
+        /// inputs as prost does.
+        #[test]
+        fn the_estimate_covers_what_prost_allocates(r in request()) {
+            let wire = r.encode_to_vec();
+            let scanned = scan(&wire).unwrap();
+            let decoded = pb::ModelInferRequest::decode(Bytes::from(wire.clone())).unwrap();
+            prop_assert!(scanned.decoded_bytes >= heap(&decoded),
+                "estimate {} < heap {}", scanned.decoded_bytes, heap(&decoded));
+            prop_assert_eq!(&scanned.model_name, &decoded.model_name);
+            prop_assert_eq!(scanned.inputs.len(), decoded.inputs.len());
+            for (s, d) in scanned.inputs.iter().zip(&decoded.inputs) {
+                prop_assert_eq!(&s.name, &d.name);
+                prop_assert_eq!(&s.shape, &d.shape);
+            }
+            let header = pb::ModelInferRequest::decode(scanned.header.as_slice()).unwrap();
+            prop_assert_eq!(header.model_name, decoded.model_name);
+            prop_assert_eq!(header.id, decoded.id);
+            prop_assert!(header.inputs.is_empty());
+        }
+
+        /// Arbitrary bytes never panic the scanner.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = scan(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_bomb_of_empty_elements_is_estimated_at_its_decoded_size() {
+        let r = pb::ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![InferInputTensor {
+                name: "x".into(),
+                datatype: "BYTES".into(),
+                shape: vec![100_000],
+                contents: Some(pb::InferTensorContents {
+                    bytes_contents: vec![Bytes::new(); 100_000],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let wire = r.encode_to_vec();
+        let scanned = scan(&wire).unwrap();
+        assert!(wire.len() < 250_000);
+        assert!(scanned.decoded_bytes >= 100_000 * size_of::<Bytes>());
+        let empty_inputs = pb::ModelInferRequest {
+            inputs: vec![InferInputTensor::default(); 10_000],
+            ..Default::default()
+        };
+        let scanned = scan(&empty_inputs.encode_to_vec()).unwrap();
+        assert!(scanned.decoded_bytes >= 10_000 * size_of::<InferInputTensor>());
+    }
+
+    #[test]
+    fn long_shapes_are_refused_and_truncated_messages_are_malformed() {
+        let r = pb::ModelInferRequest {
+            inputs: vec![InferInputTensor {
+                shape: vec![1; 1000],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let scanned = scan(&r.encode_to_vec()).unwrap();
+        assert_eq!(scanned.inputs[0].shape.len(), MAX_DIMS);
+        assert_eq!(scanned.inputs[0].dims, 1000);
+        let wire = r.encode_to_vec();
+        assert!(scan(&wire[..wire.len() - 1]).is_err());
+    }
+}
