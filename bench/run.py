@@ -18,7 +18,9 @@ Needs `wrk` (Debian package). Sections:
    in-process by Python onnxruntime with the same session options; throughput at concurrency 32
    with and without dynamic batching. The candle runtime on the same weights (strings in):
    embeddings/s for batch sizes 1, 8, 32 and load time.
-3. Memory and startup: peak RSS and time-to-ready with MiniLM loaded, oxinfer and MLServer.
+3. Embedding APIs: the candle MiniLM through OIP, OpenAI's /v1/embeddings (float and base64) and
+   TEI's /embed, batch 1 and 32, sequential: embeddings/s and p50 per request.
+4. Memory and startup: peak RSS and time-to-ready with MiniLM loaded, oxinfer and MLServer.
 
 Every server runs on this machine with the load generator beside it (2 cores here): the numbers
 are for comparison within one run, not absolute capacity.
@@ -361,6 +363,40 @@ def minilm(tmp, seconds, results, onnx, model_dir):
     results["minilm"] = out
 
 
+def embeddings(seconds, results, model_dir):
+    """The same candle MiniLM through OIP, OpenAI's and TEI's routes: sequential requests of 1 and
+    32 strings (128 tokens each); the difference between the routes is their codecs."""
+    _, sentence = minilm_tokens(model_dir / "tokenizer.json")
+    server = oxinfer(f'[[models]]\nname = "minilm"\nruntime = "candle"\npath = "{model_dir}"\n', name="embeddings")
+    base = f"http://127.0.0.1:{PORTS['oxinfer'][0]}"
+    routes = {
+        "OIP REST JSON": lambda b: ("/v2/models/minilm/infer", {"inputs": [{"name": "text", "shape": [b], "datatype": "BYTES", "data": [sentence] * b}]}),
+        "OpenAI /v1/embeddings, float": lambda b: ("/v1/embeddings", {"model": "minilm", "input": [sentence] * b, "encoding_format": "float"}),
+        "OpenAI /v1/embeddings, base64": lambda b: ("/v1/embeddings", {"model": "minilm", "input": [sentence] * b, "encoding_format": "base64"}),
+        "TEI /embed": lambda b: ("/embed", {"inputs": [sentence] * b}),
+    }
+    out = {}
+    try:
+        for batch in (1, 32):
+            for name, make in routes.items():
+                path, body = make(batch)
+                body = json.dumps(body).encode()
+                req = lambda: urllib.request.urlopen(urllib.request.Request(base + path, body, {"Content-Type": "application/json"})).read()
+                req()
+                latencies, started = [], time.monotonic()
+                while time.monotonic() - started < seconds or len(latencies) < 3:
+                    t = time.monotonic()
+                    req()
+                    latencies.append(time.monotonic() - t)
+                elapsed = time.monotonic() - started
+                r = {"embeddings_per_s": batch * len(latencies) / elapsed, "p50_ms": 1000 * sorted(latencies)[len(latencies) // 2]}
+                out[f"{name} b={batch}"] = r
+                log(f"embeddings {name} batch {batch}", r)
+    finally:
+        server.stop()
+    results["embeddings"] = out
+
+
 def memory(results, onnx):
     out = {}
     for attempt in range(2):  # the first start warms the page cache for both
@@ -521,7 +557,21 @@ def report(results, seconds, out_path):
     mem = results["memory"]
     lines += [
         "",
-        "## 3. Memory and startup (MiniLM loaded)",
+        "## 3. Embedding APIs (MiniLM, candle)",
+        "",
+        "The same model and 128-token strings through OIP, OpenAI's `/v1/embeddings` and TEI's `/embed`:",
+        "sequential requests (one client, urllib), batch 1 and 32. The model's work is identical; the",
+        "difference between rows is each API's decoding and encoding.",
+        "",
+        "| route | batch | embeddings/s | p50 per request |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, r in results["embeddings"].items():
+        name, batch = key.rsplit(" b=", 1)
+        lines.append(f"| {name} | {batch} | {r['embeddings_per_s']:,.1f} | {r['p50_ms']:,.1f} ms |")
+    lines += [
+        "",
+        "## 4. Memory and startup (MiniLM loaded)",
         "",
         "Time from process start to `GET /v2/health/ready` = 200, and peak RSS (VmHWM, server and",
         "children) after five batch-8 requests; second of two starts (warm page cache).",
@@ -543,7 +593,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5, help="duration of each load run")
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--only", choices=["tiny", "minilm", "memory"], help="run one section (no report)")
+    ap.add_argument("--only", choices=["tiny", "minilm", "embeddings", "memory"], help="run one section (no report)")
     args = ap.parse_args()
     for tool in [RELEASE / "oxinfer", RELEASE / "bench-floor", RELEASE / "grpc-load"]:
         if not tool.exists():
@@ -564,6 +614,8 @@ def main():
             tiny(tmp, args.seconds, results)
         if args.only in (None, "minilm"):
             minilm(tmp, args.seconds, results, onnx, model_dir)
+        if args.only in (None, "embeddings"):
+            embeddings(args.seconds, results, model_dir)
         if args.only in (None, "memory"):
             memory(results, onnx)
     if args.only:

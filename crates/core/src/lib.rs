@@ -21,8 +21,8 @@ pub mod testing;
 
 pub use datatype::DataType;
 pub use error::{Error, ErrorCode, Result};
-pub use manifest::{Limits, Manifest, ModelEntry, Provenance, Scheduling};
-pub use runtime::{LoadRequest, Model, ModelSignature, Runtime};
+pub use manifest::{Embeddings, Limits, Manifest, ModelEntry, Provenance, Scheduling};
+pub use runtime::{Embedder, LoadRequest, Model, ModelSignature, Runtime, Token};
 pub use tensor::{Element, Tensor, TensorData};
 
 pub use bytes;

@@ -220,6 +220,62 @@ pub struct ModelEntry {
     /// What one request may ask of the model (`[models.limits]`).
     #[serde(default)]
     pub limits: Limits,
+    /// Serve the model over the OpenAI and TEI embedding APIs (`[models.embeddings]`): needed
+    /// only for models whose runtime does not say it is an embedding model itself (candle's
+    /// text models do), or to change how they are served.
+    pub embeddings: Option<Embeddings>,
+}
+
+/// `[models.embeddings]`: how a text-embedding model is served over `/v1/embeddings` (OpenAI)
+/// and `/embed` (TEI). Every key is optional for a model whose runtime describes it (candle's
+/// text models); `input` and `output` are needed for others.
+///
+/// ```toml
+/// [models.embeddings]
+/// input = "text"                # the BYTES input, one string per row
+/// output = "embedding"          # the FP32 output, one vector per row
+/// normalized = true             # whether the vectors are already L2-normalised
+/// matryoshka = false            # trained so that a prefix of a vector is an embedding too:
+///                               # OpenAI's `dimensions` truncates and renormalises
+/// max_client_batch_size = 1024  # inputs in one request; more is 413
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Embeddings {
+    /// The `BYTES` input taking one string per row.
+    pub input: Option<String>,
+    /// The `FP32` output with one vector per row.
+    pub output: Option<String>,
+    /// Whether the vectors are already L2-normalised (default: what the runtime says, else
+    /// false).
+    pub normalized: Option<bool>,
+    /// Whether a prefix of a vector is an embedding too (Matryoshka training), so OpenAI's
+    /// `dimensions` may truncate and renormalise (default false: `dimensions` must be the full
+    /// size).
+    #[serde(default)]
+    pub matryoshka: bool,
+    /// The most inputs one request may carry (default [`DEFAULT_MAX_CLIENT_BATCH_SIZE`]).
+    #[serde(default = "default_max_client_batch_size")]
+    pub max_client_batch_size: usize,
+}
+
+/// The default number of inputs one embeddings request may carry.
+pub const DEFAULT_MAX_CLIENT_BATCH_SIZE: usize = 1024;
+
+fn default_max_client_batch_size() -> usize {
+    DEFAULT_MAX_CLIENT_BATCH_SIZE
+}
+
+impl Default for Embeddings {
+    fn default() -> Self {
+        Embeddings {
+            input: None,
+            output: None,
+            normalized: None,
+            matryoshka: false,
+            max_client_batch_size: DEFAULT_MAX_CLIENT_BATCH_SIZE,
+        }
+    }
 }
 
 /// `[models.limits]`: bounds on what one request may make the server do, checked before the
@@ -504,6 +560,15 @@ impl Manifest {
             }
             if entry.path.is_relative() {
                 entry.path = base.join(&entry.path);
+            }
+            if entry
+                .embeddings
+                .as_ref()
+                .is_some_and(|e| e.max_client_batch_size == 0)
+            {
+                return Err(fail(format!(
+                    "{entry}: [models.embeddings] max_client_batch_size must be at least 1"
+                )));
             }
             if let Some(pin) = &entry.sha256 {
                 let hex = pin.strip_prefix("sha256:").unwrap_or(pin);

@@ -148,6 +148,56 @@ pub trait Model: Send + Sync {
     fn details(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
+
+    /// For a text-embedding model (one string in, one vector out per row): which input and
+    /// output those are and how it treats text, so the server can serve it over the OpenAI and
+    /// TEI embedding APIs. `None` (the default) for other models; a manifest's
+    /// `[models.embeddings]` declares it for models whose runtime does not.
+    fn embedder(&self) -> Option<Embedder> {
+        None
+    }
+
+    /// Tokenizes texts as the model does before it runs them (special tokens included), for
+    /// token counts and TEI's `/tokenize`. `None` (the default) when the model has no
+    /// tokenizer the server can call.
+    fn tokenize(&self, texts: &[&str]) -> Option<Result<Vec<Vec<Token>>>> {
+        let _ = texts;
+        None
+    }
+}
+
+/// What makes a model a text-embedding model ([`Model::embedder`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Embedder {
+    /// The `BYTES` input taking one string per row (shape `[-1]`).
+    pub input: String,
+    /// The `FP32` output with one vector per row (shape `[-1, dimensions]`).
+    pub output: String,
+    /// The length of each vector.
+    pub dimensions: usize,
+    /// The longest input, in tokens (special tokens included), when the model has a limit.
+    pub max_input_tokens: Option<usize>,
+    /// Whether the model's vectors are already L2-normalised.
+    pub normalized: bool,
+    /// Whether the model cuts inputs longer than `max_input_tokens` (else it refuses them).
+    pub truncates: bool,
+    /// How token vectors are pooled into one (`mean`, `cls`, ...), for TEI's `/info`.
+    pub pooling: Option<String>,
+    /// The most (padded) tokens one forward pass takes, when the model has a limit.
+    pub max_batch_tokens: Option<usize>,
+}
+
+/// One token of a tokenized text ([`Model::tokenize`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The token id.
+    pub id: u32,
+    /// The token as text.
+    pub text: String,
+    /// Whether the tokenizer added it (`[CLS]`, `[SEP]`, ...) rather than read it from the text.
+    pub special: bool,
+    /// Where it came from in the text, as byte offsets (`None` for special tokens).
+    pub span: Option<(usize, usize)>,
 }
 
 #[cfg(test)]

@@ -179,6 +179,8 @@ pub(crate) struct Call<'a> {
     /// The request's reservation against the in-flight budget; the pipeline adds the outputs
     /// to it and keeps it with the log record until that is written.
     pub(crate) held: Option<Reservation>,
+    /// The end user the client named (OpenAI's `user`), for the log record.
+    pub(crate) user: Option<&'a str>,
 }
 
 /// The longest request id accepted (`id` in the request, `X-Request-ID`).
@@ -296,6 +298,7 @@ pub(crate) async fn handle(
             protocol: call.protocol.as_str(),
             client: call.client,
             identity: None,
+            user: call.user.map(str::to_string),
             _held: call.held.clone(),
             error: result.as_ref().err().map(ToString::to_string),
             latency_us: elapsed.as_micros() as u64,

@@ -638,6 +638,50 @@ impl Model for EmbeddingModel {
         ]
     }
 
+    fn embedder(&self) -> Option<oxinfer_core::Embedder> {
+        self.tokenizer.as_ref()?;
+        Some(oxinfer_core::Embedder {
+            input: self.signature.inputs[0].name.clone(),
+            output: self.signature.outputs[0].name.clone(),
+            dimensions: self.signature.outputs[0].shape[1] as usize,
+            max_input_tokens: Some(self.max_len),
+            normalized: self.normalize,
+            truncates: self.truncate,
+            pooling: Some(format!("{:?}", self.pooling).to_lowercase()),
+            max_batch_tokens: Some(self.max_batch_tokens),
+        })
+    }
+
+    fn tokenize(&self, texts: &[&str]) -> Option<Result<Vec<Vec<oxinfer_core::Token>>>> {
+        let tokenizer = self.tokenizer.as_ref()?;
+        Some(
+            texts
+                .iter()
+                .map(|text| {
+                    let e = tokenizer
+                        .encode(*text, true)
+                        .map_err(|e| Error::invalid(format!("cannot tokenize: {e}")))?;
+                    Ok(e.get_ids()
+                        .iter()
+                        .zip(e.get_tokens())
+                        .zip(e.get_special_tokens_mask())
+                        .zip(e.get_offsets())
+                        .zip(e.get_attention_mask())
+                        .filter(|(_, mask)| **mask == 1)
+                        .map(
+                            |((((&id, token), &special), &span), _)| oxinfer_core::Token {
+                                id,
+                                text: token.clone(),
+                                special: special == 1,
+                                span: (special == 0).then_some(span),
+                            },
+                        )
+                        .collect())
+                })
+                .collect(),
+        )
+    }
+
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let rows = match &self.tokenizer {
             Some(tokenizer) => self.tokenize(tokenizer, &inputs[0])?,

@@ -25,7 +25,9 @@ use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::admin;
-use crate::budget::{self, CountedBody, HeldBody, Reservation};
+use crate::api::embeddings;
+use crate::api::http::{hold_budget, json_response};
+use crate::budget::{self, Reservation};
 use crate::models::ServedModel;
 use crate::models::model_config::ModelConfig;
 use crate::pipeline;
@@ -41,15 +43,6 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         ApiError(e)
     }
-}
-
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut response = (status, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 fn to_json<T: Serialize>(status: StatusCode, value: &T) -> Response {
@@ -122,6 +115,7 @@ pub fn app(state: AppState) -> Router {
         router = model_route(router, tail, route);
     }
     router
+        .merge(embeddings::routes(&state))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
@@ -275,31 +269,6 @@ async fn refuse_declared_oversize(
     }
 }
 
-/// Reserves an inference request's bytes against the in-flight budget: its declared length
-/// before any of the body is read (when it is not compressed), then each decompressed chunk as
-/// it arrives; the handler adds what decoding, the model and encoding hold; the response body
-/// keeps the reservation until it is sent. Over the budget: 503.
-async fn hold_budget(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let reservation = state.budget.reservation();
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .filter(|_| !request.headers().contains_key(header::CONTENT_ENCODING))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    if let Err(e) = reservation.grow(declared) {
-        return ApiError(e).into_response();
-    }
-    let (mut parts, body) = request.into_parts();
-    parts.extensions.insert(reservation.clone());
-    let body = CountedBody::new(body, reservation.clone(), declared, |e| Box::new(e));
-    let request = Request::from_parts(parts, axum::body::Body::new(body));
-    next.run(request)
-        .await
-        .map(|body| axum::body::Body::new(HeldBody::new(body, reservation)))
-}
-
 fn too_large(limit: usize) -> ApiError {
     ApiError(Error::TooLarge(format!(
         "request body is larger than the limit of {limit} bytes (server setting max_request_bytes)"
@@ -436,6 +405,7 @@ async fn infer(
         target,
         encodable: Some(&|r: &oxinfer_core::protocol::InferResponse| binary.check_encodable(r)),
         held: Some(held.clone()),
+        user: None,
     };
     let (id, result) = pipeline::handle(&state, call, decoded).await;
     let encoded = match result {

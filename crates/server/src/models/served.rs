@@ -3,9 +3,11 @@
 //! one "model loaded" log line for every runtime.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
-use oxinfer_core::{Error, LoadRequest, Manifest, Model, ModelEntry, ModelSignature, Result};
+use oxinfer_core::{
+    DataType, Error, LoadRequest, Manifest, Model, ModelEntry, ModelSignature, Result,
+};
 
 use crate::models::digest;
 use crate::models::registry::RuntimeRegistry;
@@ -30,6 +32,108 @@ pub struct ServedModel {
     pub(crate) sha256: String,
     /// Its statistics and metrics.
     pub(crate) telemetry: Arc<ModelTelemetry>,
+    /// How it is served over the embedding APIs, for a text-embedding model.
+    pub(crate) embedding: Option<EmbeddingSpec>,
+    /// When it finished loading.
+    pub(crate) loaded_at: SystemTime,
+}
+
+/// How a text-embedding model is served over `/v1/embeddings` and `/embed`: what the runtime
+/// says of it ([`Model::embedder`]) with the manifest's `[models.embeddings]` over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EmbeddingSpec {
+    /// The BYTES input, one string per row.
+    pub(crate) input: String,
+    /// The FP32 output, one vector per row.
+    pub(crate) output: String,
+    /// The vectors' length.
+    pub(crate) dimensions: usize,
+    /// The longest input in tokens, when the model has a limit.
+    pub(crate) max_input_tokens: Option<usize>,
+    /// Whether the vectors are already L2-normalised.
+    pub(crate) normalized: bool,
+    /// Whether the model cuts inputs longer than `max_input_tokens`.
+    pub(crate) truncates: bool,
+    /// Whether a prefix of a vector is an embedding too (OpenAI's `dimensions`).
+    pub(crate) matryoshka: bool,
+    /// The most inputs one request may carry.
+    pub(crate) max_client_batch_size: usize,
+    /// Pooling, for TEI's `/info`.
+    pub(crate) pooling: Option<String>,
+    /// The most padded tokens per forward pass, for TEI's `/info`.
+    pub(crate) max_batch_tokens: Option<usize>,
+}
+
+impl EmbeddingSpec {
+    /// The spec of a loaded model, or why its `[models.embeddings]` does not fit it.
+    fn of(entry: &ModelEntry, model: &dyn Model) -> Result<Option<EmbeddingSpec>> {
+        let declared = entry.embeddings.clone();
+        let described = model.embedder();
+        if declared.is_none() && described.is_none() {
+            return Ok(None);
+        }
+        let table = declared.clone().unwrap_or_default();
+        let signature = model.signature();
+        let fail = |msg: String| Err(Error::Load(format!("[models.embeddings]: {msg}")));
+        let input = match (&table.input, &described) {
+            (Some(name), _) => name.clone(),
+            (None, Some(d)) => d.input.clone(),
+            (None, None) => return fail("`input` (the BYTES text input) is needed".into()),
+        };
+        let output = match (&table.output, &described) {
+            (Some(name), _) => name.clone(),
+            (None, Some(d)) => d.output.clone(),
+            (None, None) => return fail("`output` (the FP32 embedding output) is needed".into()),
+        };
+        match signature.input(&input) {
+            Some((_, meta)) if meta.datatype == DataType::Bytes && meta.shape == [-1] => {}
+            Some((_, meta)) => {
+                return fail(format!(
+                    "input '{input}' is {} {:?}; a text input is BYTES [-1] (one string per row)",
+                    meta.datatype, meta.shape
+                ));
+            }
+            None => return fail(format!("the model has no input '{input}'")),
+        }
+        if signature.inputs.len() != 1 {
+            return fail(format!(
+                "the model has {} inputs; an embedding model takes only its text",
+                signature.inputs.len()
+            ));
+        }
+        let dimensions = match signature.output(&output) {
+            Some((_, meta))
+                if meta.datatype == DataType::Fp32
+                    && meta.shape.len() == 2
+                    && meta.shape[0] == -1
+                    && meta.shape[1] > 0 =>
+            {
+                meta.shape[1] as usize
+            }
+            Some((_, meta)) => {
+                return fail(format!(
+                    "output '{output}' is {} {:?}; an embedding output is FP32 [-1, d]",
+                    meta.datatype, meta.shape
+                ));
+            }
+            None => return fail(format!("the model has no output '{output}'")),
+        };
+        Ok(Some(EmbeddingSpec {
+            input,
+            output,
+            dimensions,
+            max_input_tokens: described.as_ref().and_then(|d| d.max_input_tokens),
+            normalized: table
+                .normalized
+                .or(described.as_ref().map(|d| d.normalized))
+                .unwrap_or(false),
+            truncates: described.as_ref().is_some_and(|d| d.truncates),
+            matryoshka: table.matryoshka,
+            max_client_batch_size: table.max_client_batch_size,
+            max_batch_tokens: described.as_ref().and_then(|d| d.max_batch_tokens),
+            pooling: described.and_then(|d| d.pooling),
+        }))
+    }
 }
 
 impl ServedModel {
@@ -90,6 +194,7 @@ impl ServedModel {
                 Arc::from(runtime.load(&request)?)
             });
         }
+        let embedding = EmbeddingSpec::of(entry, model.as_ref())?;
         let telemetry = Arc::new(ModelTelemetry::new(&entry.name, &entry.version));
         let scheduler =
             Scheduler::start(&entry.name, instances, config.clone(), telemetry.clone())?;
@@ -118,6 +223,8 @@ impl ServedModel {
             scheduler,
             sha256,
             telemetry,
+            embedding,
+            loaded_at: SystemTime::now(),
         })
     }
 

@@ -3,7 +3,7 @@
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `oxinfer_requests_total` | counter | model, version, protocol, outcome | inference requests by outcome (`success` / `failure`) |
+//! | `oxinfer_requests_total` | counter | model, version, protocol, outcome | inference requests by outcome (`success` / `failure`); `protocol` is the API: `http` (OIP REST), `grpc`, `openai`, `tei` |
 //! | `oxinfer_request_duration_seconds` | histogram | model, version, protocol | time from arrival to response |
 //! | `oxinfer_queue_duration_seconds` | histogram | model, version | waiting for a worker thread |
 //! | `oxinfer_compute_duration_seconds` | histogram | model, version | the runtime's execution |

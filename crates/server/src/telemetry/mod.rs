@@ -24,6 +24,10 @@ pub(crate) enum Protocol {
     Http,
     /// gRPC.
     Grpc,
+    /// The OpenAI-compatible embeddings API (`/v1/embeddings`).
+    OpenAi,
+    /// The TEI-compatible embeddings API (`/embed`).
+    Tei,
 }
 
 impl Protocol {
@@ -32,10 +36,17 @@ impl Protocol {
         match self {
             Protocol::Http => "http",
             Protocol::Grpc => "grpc",
+            Protocol::OpenAi => "openai",
+            Protocol::Tei => "tei",
         }
     }
 
-    pub(crate) const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
+    pub(crate) const ALL: [Protocol; 4] = [
+        Protocol::Http,
+        Protocol::Grpc,
+        Protocol::OpenAi,
+        Protocol::Tei,
+    ];
 }
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
@@ -54,9 +65,9 @@ const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 2
 pub(crate) struct ModelTelemetry {
     stats: ModelStats,
     /// `[protocol][success, failure]`, resolved once so the request path does no label lookup.
-    requests: [[IntCounter; 2]; 2],
+    requests: [[IntCounter; 2]; Protocol::ALL.len()],
     requests_family: IntCounterVec,
-    request_duration: [Histogram; 2],
+    request_duration: [Histogram; Protocol::ALL.len()],
     request_duration_family: HistogramVec,
     queue_duration: Histogram,
     compute_duration: Histogram,

@@ -106,6 +106,7 @@ impl GrpcService {
             // Raw contents carry any bytes.
             encodable: None,
             held,
+            user: None,
         };
         let (id, result) = pipeline::handle(&self.state, call, decoded).await;
         (id, result.map(codec::encode))

@@ -60,6 +60,8 @@ pub(crate) struct Event {
     pub(crate) client: Option<SocketAddr>,
     /// The authenticated caller, once authentication exists.
     pub(crate) identity: Option<String>,
+    /// The end user the client named (OpenAI's `user`), as the client sent it.
+    pub(crate) user: Option<String>,
     /// The error message, for a failed request.
     pub(crate) error: Option<String>,
     /// Time from arrival to response, in microseconds.
@@ -267,6 +269,9 @@ struct Record<'a> {
     protocol: &'a str,
     client: Option<String>,
     identity: Option<&'a str>,
+    /// The end user the client named (OpenAI's `user`), cut like client strings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<std::borrow::Cow<'a, str>>,
     status: &'a str,
     error: Option<std::borrow::Cow<'a, str>>,
     latency_us: u64,
@@ -362,6 +367,7 @@ fn serialize(event: &Event, prev_hash: &str, detail: Detail) -> Vec<u8> {
         protocol: event.protocol,
         client: event.client.map(|c| c.to_string()),
         identity: event.identity.as_deref(),
+        user: event.user.as_deref().map(shortened),
         status: if event.error.is_some() { "error" } else { "ok" },
         error: event.error.as_deref().map(shortened),
         latency_us: event.latency_us,
@@ -652,6 +658,7 @@ mod tests {
             protocol: "http",
             client: Some("127.0.0.1:9".parse().unwrap()),
             identity: None,
+            user: None,
             _held: None,
             error: None,
             latency_us: 12,
