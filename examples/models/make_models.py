@@ -23,6 +23,10 @@ Models:
     identity.onnx  FP32 x [-1,16] -> y = Identity(x): the cheapest model, for overhead measurements.
     add.onnx       FP32 INPUT0, INPUT1 [-1,16] -> OUTPUT0 = INPUT0 + INPUT1: the benchmark suite's
                    tiny model (bench/), served by oxinfer and by MLServer alike.
+    words.onnx     A toy text-embedding model for ONNX Runtime (ai.onnx.ml LabelEncoder): BYTES
+                   text [-1] -> FP32 embedding [-1,4] = id(text) * [1,2,3,4] + [1,0,0,0], where
+                   id is 1 for "cat", 2 for "dog", 3 for "car", 0 otherwise. It opts in to the
+                   embedding APIs through [models.embeddings] (it has no tokenizer).
 """
 
 import argparse
@@ -202,6 +206,43 @@ def add():
     )
 
 
+def words():
+    nodes = [
+        helper.make_node(
+            "LabelEncoder",
+            ["text"],
+            ["id"],
+            domain="ai.onnx.ml",
+            keys_strings=["cat", "dog", "car"],
+            values_floats=[1.0, 2.0, 3.0],
+            default_float=0.0,
+        ),
+        helper.make_node("Unsqueeze", ["id", "axis1"], ["column"]),
+        helper.make_node("Mul", ["column", "direction"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "offset"], ["embedding"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([[1, 2, 3, 4]], dtype=np.float32), "direction"),
+        numpy_helper.from_array(np.array([[1, 0, 0, 0]], dtype=np.float32), "offset"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "words",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 4])],
+        initializer=inits,
+    )
+    m = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", 2)],
+        producer_name="oxinfer-make-models",
+    )
+    m.ir_version = IR_VERSION
+    onnx.checker.check_model(m)
+    return m
+
+
 MODELS = {
     "simple.onnx": simple,
     "mlp.onnx": lambda: mlp(seed=1),
@@ -211,6 +252,7 @@ MODELS = {
     "pairs.onnx": pairs,
     "identity.onnx": identity,
     "add.onnx": add,
+    "words.onnx": words,
 }
 
 

@@ -334,3 +334,36 @@ def test_an_embeddings_table_must_fit_the_model(tmp_path):
         manifest.write_text(f'[[models]]\nname = "simple"\nruntime = "tract"\npath = "{simple}"\n[models.embeddings]\n{table}\n')
         r = run_oxinfer("check", "--manifest", str(manifest))
         assert r.returncode != 0 and needle in r.stderr, (table, r.stderr)
+
+
+def test_any_runtime_opts_in_with_an_embeddings_table(tmp_path):
+    """An ONNX model taking text (examples/models/words.onnx, on ONNX Runtime) served over both
+    APIs by naming its input and output in [models.embeddings]. It has no tokenizer: usage
+    counts words and /tokenize says why it cannot answer."""
+    words = pathlib.Path(__file__).parents[2] / "examples" / "models" / "words.onnx"
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(
+        f'[[models]]\nname = "words"\nruntime = "onnxruntime"\npath = "{words}"\n'
+        '[models.embeddings]\ninput = "text"\noutput = "embedding"\n'
+    )
+    server = Server(manifest)
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        r = client.embeddings.create(model="words", input=["cat", "the dog", "zebra"], encoding_format="float")
+        want = np.array([[2, 2, 3, 4], [1, 0, 0, 0], [1, 0, 0, 0]], dtype=np.float32)
+        np.testing.assert_array_equal(np.array([d.embedding for d in r.data], dtype=np.float32), want)
+        assert r.usage.prompt_tokens == 4  # words: no tokenizer
+        assert [m.id for m in client.models.list()] == ["words"]
+        # TEI normalises (the model does not), and with one embedding model none needs naming.
+        status, _, tei = post(server, "/embed", {"inputs": ["dog"]})
+        assert status == 200, tei
+        dog = np.array([3, 4, 6, 8], dtype=np.float64)
+        np.testing.assert_allclose(tei[0], dog / np.linalg.norm(dog), rtol=1e-6)
+        status, _, raw = post(server, "/embed", {"inputs": ["dog"], "normalize": False})
+        assert raw == [[3.0, 4.0, 6.0, 8.0]]
+        status, _, e = post(server, "/tokenize", {"inputs": "dog"})
+        assert status == 422 and "has no tokenizer" in e["error"], e
+        status, info = get(server, "/info")
+        assert info["model_id"] == "words" and info["max_input_length"] is None
+    finally:
+        server.stop()
