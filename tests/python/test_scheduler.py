@@ -90,6 +90,57 @@ def test_tritonclient_timeout_expires_in_the_queue(srv):
     assert "timeout expired" in str(e.value)
 
 
+def test_a_queued_request_is_answered_at_its_deadline(tmp_path):
+    """One instance busy with ~450 ms of queued work: a request with a 20 ms timeout gets its
+    504 / DEADLINE_EXCEEDED within a few milliseconds of the deadline, is never executed, and
+    leaves the queue at once; the model's default_timeout_us behaves the same."""
+    library = _binary().with_name("libedge_cases.so")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(
+        f'[[models]]\nname = "slow"\nruntime = "plugin"\npath = "{library}"\n'
+        "[models.scheduler]\ninstances = 1\n"
+        f'[[models]]\nname = "slow-default"\nruntime = "plugin"\npath = "{library}"\n'
+        "[models.scheduler]\ninstances = 1\ndefault_timeout_us = 30000\n"
+    )
+    server = Server(manifest)
+    body = {"inputs": [
+        {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["slow"]},
+        {"name": "values", "datatype": "FP64", "shape": [1], "data": [1.0]},
+    ]}
+
+    def executions(model):
+        stats = requests.get(f"{server.url}/v2/models/{model}/stats", timeout=10).json()
+        return stats["model_stats"][0]["execution_count"]
+
+    try:
+        for model, extra, deadline in (("slow", {"parameters": {"timeout": 20000}}, 0.020), ("slow-default", {}, 0.030)):
+            with concurrent.futures.ThreadPoolExecutor(10) as pool:
+                patient = {**body, "parameters": {"timeout": 10_000_000}}
+                busy = [pool.submit(requests.post, f"{server.url}/v2/models/{model}/infer", json=patient, timeout=30) for _ in range(9)]
+                time.sleep(0.05)
+                started = time.monotonic()
+                r = requests.post(f"{server.url}/v2/models/{model}/infer", json={**body, **extra}, timeout=30)
+                elapsed = time.monotonic() - started
+                assert r.status_code == 504, r.text
+                assert "timeout expired" in r.json()["error"]
+                assert elapsed < deadline + 0.08, f"answered after {elapsed * 1000:.0f} ms, for a {deadline * 1000:.0f} ms deadline"
+                assert all(b.result().status_code == 200 for b in busy)
+            assert executions(model) == 9, "the expired request never ran"
+        grpc = grpcclient.InferenceServerClient(server.grpc_address)
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            busy = [pool.submit(grpc.infer, "slow", grpc_inputs()) for _ in range(9)]
+            time.sleep(0.05)
+            started = time.monotonic()
+            with pytest.raises(grpcclient.InferenceServerException) as e:
+                grpc.infer("slow", grpc_inputs(), timeout=20000)
+            elapsed = time.monotonic() - started
+            [b.result() for b in busy]
+        assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED", e.value
+        assert elapsed < 0.1, f"answered after {elapsed * 1000:.0f} ms"
+    finally:
+        server.stop()
+
+
 def test_config_reports_the_scheduler(srv):
     config = requests.get(f"{srv.url}/v2/models/slow/config", timeout=10).json()
     assert config["instance_group"][0]["count"] == 1

@@ -428,14 +428,8 @@ async fn infer(
     let Validated { inputs, outputs } = validated;
     // The worker threads execute it; if this future is dropped (the client went away), the
     // queued job is dropped unexecuted.
-    let reply = model.scheduler.submit(inputs, timeout)?;
-    let produced = reply.await.map_err(|_| {
-        tracing::error!(model = %model.name, version = %model.version, "a model worker stopped");
-        Error::Internal(format!(
-            "model '{}' failed while executing the request",
-            model.name
-        ))
-    })??;
+    let ticket = model.scheduler.submit(inputs, timeout)?;
+    let produced = ticket.outcome().await?;
     let assembling = Instant::now();
     let produced_bytes: usize = outputs.iter().map(|&ix| payload_bytes(&produced[ix])).sum();
     if let Some(held) = held {

@@ -8,8 +8,11 @@
 //! - **Backpressure**: the queue holds at most `max_queue_size` jobs; [`Scheduler::submit`]
 //!   refuses more at once with [`Error::Overloaded`] (HTTP 503, gRPC `UNAVAILABLE`).
 //! - **Deadlines**: a job carries the request's deadline (its `timeout` parameter, else the
-//!   model's `default_timeout_us`). A job whose deadline has passed when a worker reaches it is
-//!   answered with [`Error::DeadlineExceeded`] and never executed. Once running, it runs to the
+//!   model's `default_timeout_us`). The request is answered with [`Error::DeadlineExceeded`]
+//!   at its deadline if it is still queued then ([`Ticket::outcome`] takes it out of the queue,
+//!   so it is never executed and its slot is free at once); a worker that reaches an expired
+//!   job first answers it the same way. A job a worker has taken, to run or to gather into a
+//!   batch (at most `max_queue_delay_us`), is answered by the worker: a running one runs to the
 //!   end (as in Triton).
 //! - **Cancellation**: when a client goes away, the front end drops the future that awaits the
 //!   reply, which closes the channel; a worker that reaches such a job drops it unexecuted.
@@ -23,6 +26,7 @@
 //!   (zero-copy for fixed-size data).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,6 +38,8 @@ use crate::telemetry::ModelTelemetry;
 /// One request waiting for a worker.
 #[derive(Debug)]
 struct Job {
+    /// Unique within its scheduler: how [`Ticket::outcome`] finds it in the queue.
+    id: u64,
     inputs: Vec<Tensor>,
     rows: usize,
     /// The trailing dimensions of each input, when the job may be batched with others.
@@ -55,6 +61,39 @@ struct Shared {
     ready: Condvar,
     config: Scheduling,
     telemetry: Arc<ModelTelemetry>,
+    /// The next job id.
+    next_id: AtomicU64,
+    /// The model, for the log.
+    label: String,
+}
+
+/// A queued request's claim on its reply ([`Scheduler::submit`]).
+pub(crate) struct Ticket {
+    receiver: oneshot::Receiver<Result<Vec<Tensor>>>,
+    deadline: Option<Instant>,
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Ticket {
+    /// The job's outputs, or why there are none. At the job's deadline, a job still in the
+    /// queue is taken out and answered with [`Error::DeadlineExceeded`] then, not when a worker
+    /// frees up. Dropping the future cancels a job that has not started.
+    pub(crate) async fn outcome(mut self) -> Result<Vec<Tensor>> {
+        if let Some(deadline) = self.deadline {
+            match tokio::time::timeout_at(deadline.into(), &mut self.receiver).await {
+                Ok(reply) => return self.shared.reply(reply),
+                Err(_) => {
+                    if let Some(job) = self.shared.withdraw(self.id) {
+                        return Err(self.shared.expire(&job, Instant::now()));
+                    }
+                    // A worker has it: running, or gathering it into a batch; it answers.
+                }
+            }
+        }
+        let reply = (&mut self.receiver).await;
+        self.shared.reply(reply)
+    }
 }
 
 /// A model's queue and worker threads. Dropping it lets the workers finish the jobs already
@@ -88,6 +127,8 @@ impl Scheduler {
             ready: Condvar::new(),
             config,
             telemetry,
+            next_id: AtomicU64::new(0),
+            label: label.to_string(),
         });
         for (i, model) in instances.into_iter().enumerate() {
             let for_worker = shared.clone();
@@ -104,15 +145,11 @@ impl Scheduler {
         Ok(Scheduler { shared })
     }
 
-    /// Queues a validated request. `deadline` is when it must have started; `None` uses the
-    /// model's default timeout. Returns the channel the reply arrives on; dropping it cancels
+    /// Queues a validated request. `timeout` is how long it may wait to start; `None` uses the
+    /// model's default timeout. Returns the ticket its outcome arrives on; dropping it cancels
     /// the job if it has not started. Refuses the job at once when the queue is full or a
     /// request has more rows than `max_batch_size`.
-    pub(crate) fn submit(
-        &self,
-        inputs: Vec<Tensor>,
-        timeout: Option<Duration>,
-    ) -> Result<oneshot::Receiver<Result<Vec<Tensor>>>> {
+    pub(crate) fn submit(&self, inputs: Vec<Tensor>, timeout: Option<Duration>) -> Result<Ticket> {
         let shared = &self.shared;
         let config = &shared.config;
         let rows = inputs.first().map_or(1, Tensor::rows);
@@ -138,12 +175,15 @@ impl Scheduler {
                 .then(|| Duration::from_micros(config.default_timeout_us))
         });
         let (reply, receiver) = oneshot::channel();
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let deadline = timeout.map(|t| now + t);
         let job = Job {
+            id,
             inputs,
             rows,
             key,
             enqueued: now,
-            deadline: timeout.map(|t| now + t),
+            deadline,
             reply,
         };
         {
@@ -173,7 +213,12 @@ impl Scheduler {
         } else {
             shared.ready.notify_one();
         }
-        Ok(receiver)
+        Ok(Ticket {
+            receiver,
+            deadline,
+            id,
+            shared: shared.clone(),
+        })
     }
 }
 
@@ -243,16 +288,44 @@ impl Shared {
         if let Some(deadline) = job.deadline
             && now >= deadline
         {
-            self.telemetry.expired.inc();
-            let waited = now - job.enqueued;
-            self.telemetry.queued(waited);
-            let _ = job.reply.send(Err(Error::DeadlineExceeded(format!(
-                "the request's timeout expired after {} us in the queue; it was not executed",
-                waited.as_micros()
-            ))));
+            let e = self.expire(&job, now);
+            let _ = job.reply.send(Err(e));
             return None;
         }
         Some(job)
+    }
+
+    /// Counts a job whose deadline passed in the queue; the error that answers it.
+    fn expire(&self, job: &Job, now: Instant) -> Error {
+        self.telemetry.expired.inc();
+        let waited = now - job.enqueued;
+        self.telemetry.queued(waited);
+        Error::DeadlineExceeded(format!(
+            "the request's timeout expired after {} us in the queue; it was not executed",
+            waited.as_micros()
+        ))
+    }
+
+    /// Takes a job out of the queue if no worker has taken it yet.
+    fn withdraw(&self, id: u64) -> Option<Job> {
+        let mut queue = lock(&self.queue);
+        let position = queue.jobs.iter().position(|j| j.id == id)?;
+        let job = queue.jobs.remove(position);
+        self.telemetry.queue_depth(queue.jobs.len());
+        job
+    }
+
+    /// A reply as the request's outcome (a closed channel means a worker thread died).
+    fn reply(
+        &self,
+        reply: std::result::Result<Result<Vec<Tensor>>, oneshot::error::RecvError>,
+    ) -> Result<Vec<Tensor>> {
+        reply.unwrap_or_else(|_| {
+            tracing::error!(model = %self.label, "a model worker stopped");
+            Err(Error::Internal(
+                "the model's worker stopped while executing the request".into(),
+            ))
+        })
     }
 
     /// Adds compatible queued jobs to `batch` until it is full, reaches a preferred size, or

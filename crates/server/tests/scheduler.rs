@@ -286,24 +286,29 @@ async fn an_expired_deadline_is_an_error_and_not_executed() {
         tokio::spawn(async move { infer(&state, &body(1, 4, 0.0, None)).await.0 })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // Its own timeout (50 ms), and the model's default (100 ms): both expire behind `busy`.
-    let own = {
-        let state = state.clone();
-        tokio::spawn(async move { infer(&state, &body(1, 4, 1.0, Some(50_000))).await })
+    // Its own timeout (50 ms), and the model's default (100 ms): both expire behind `busy`,
+    // and are answered at their deadlines, not when `busy` frees the worker (300 ms).
+    let timed = |state: AppState, timeout: Option<u64>, value: f32| {
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let (status, reply) = infer(&state, &body(1, 4, value, timeout)).await;
+            (status, reply, started.elapsed())
+        })
     };
-    let default = {
-        let state = state.clone();
-        tokio::spawn(async move { infer(&state, &body(1, 4, 2.0, None)).await })
-    };
+    let own = timed(state.clone(), Some(50_000), 1.0);
+    let default = timed(state.clone(), None, 2.0);
     // A generous timeout is met.
     let generous = {
         let state = state.clone();
         tokio::spawn(async move { infer(&state, &body(1, 4, 3.0, Some(5_000_000))).await })
     };
-    assert_eq!(busy.await.unwrap(), StatusCode::OK);
-    for task in [own, default] {
-        let (status, reply) = task.await.unwrap();
+    for (task, deadline_ms) in [(own, 50), (default, 100)] {
+        let (status, reply, elapsed) = task.await.unwrap();
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{reply}");
+        assert!(
+            elapsed < Duration::from_millis(deadline_ms + 60),
+            "answered {elapsed:?} after it was sent, for a {deadline_ms} ms deadline"
+        );
         assert!(
             reply["error"]
                 .as_str()
@@ -312,6 +317,7 @@ async fn an_expired_deadline_is_an_error_and_not_executed() {
             "{reply}"
         );
     }
+    assert_eq!(busy.await.unwrap(), StatusCode::OK);
     assert_eq!(generous.await.unwrap().0, StatusCode::OK);
     assert_eq!(log.lock().unwrap().len(), 2, "expired requests never run");
     let (status, reply) = infer(
