@@ -5,6 +5,7 @@
 //! http = "127.0.0.1:8080"
 //! grpc = "127.0.0.1:8081"
 //! max_request_bytes = 67108864
+//! drain_seconds = 5            # on SIGTERM: readiness false, still serving, for 5 s
 //!
 //! [[models]]
 //! name = "mlp"
@@ -83,6 +84,11 @@ pub struct ServerSettings {
     /// closed, in seconds (default 10).
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_seconds: u64,
+    /// On SIGTERM / SIGINT, how long to keep serving with readiness false before closing the
+    /// listeners, in seconds (default 0): the time a load balancer (a Kubernetes endpoint
+    /// removal) takes to stop sending new requests. A second signal ends the window.
+    #[serde(default)]
+    pub drain_seconds: u64,
 }
 
 fn default_shutdown_timeout() -> u64 {
@@ -98,6 +104,7 @@ impl Default for ServerSettings {
             max_inflight_bytes: None,
             cors_origins: Vec::new(),
             shutdown_timeout_seconds: default_shutdown_timeout(),
+            drain_seconds: 0,
         }
     }
 }

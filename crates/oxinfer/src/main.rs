@@ -59,6 +59,10 @@ enum Command {
         /// Largest request body in bytes; overrides `[server] max_request_bytes`.
         #[arg(long)]
         max_request_bytes: Option<usize>,
+        /// Seconds to keep serving with readiness false after SIGTERM / SIGINT before closing
+        /// the listeners; overrides `[server] drain_seconds` (default 0).
+        #[arg(long)]
+        drain_seconds: Option<u64>,
     },
     /// Validate the manifest and load every model, print each model's inputs and outputs, and
     /// exit 0 when all is well, 1 otherwise.
@@ -253,7 +257,8 @@ fn run(command: Command) -> Result<()> {
             http,
             grpc,
             max_request_bytes,
-        } => serve(&manifest, http, grpc, max_request_bytes),
+            drain_seconds,
+        } => serve(&manifest, http, grpc, max_request_bytes, drain_seconds),
     }
 }
 
@@ -300,8 +305,10 @@ fn serve(
     http: Option<String>,
     grpc: Option<String>,
     max_request_bytes: Option<usize>,
+    drain_seconds: Option<u64>,
 ) -> Result<()> {
     let manifest = Manifest::load(path)?;
+    let drain = Duration::from_secs(drain_seconds.unwrap_or(manifest.server.drain_seconds));
     let http = http
         .or(manifest.server.http.clone())
         .unwrap_or_else(|| DEFAULT_HTTP.to_string());
@@ -354,10 +361,24 @@ fn serve(
         if let Some(listener) = &grpc_listener {
             tracing::info!("gRPC listening on {}", listener.local_addr()?);
         }
-        // One signal stops both listeners.
+        // One signal stops both listeners, after the drain window: readiness false at once,
+        // requests still served until the window ends (or a second signal ends it).
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let draining = state.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
+            draining.set_not_ready();
+            if !drain.is_zero() {
+                tracing::info!(
+                    "draining for {}s (drain_seconds): readiness is false, requests are still \
+                     served; a second signal stops now",
+                    drain.as_secs()
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(drain) => {}
+                    () = shutdown_signal() => tracing::info!("second signal: ending the drain window"),
+                }
+            }
             let _ = stop.send(true);
         });
         let wait = move || {

@@ -2,7 +2,6 @@
 //! inference log and the server-wide metrics.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::budget::MemoryBudget;
@@ -14,8 +13,9 @@ use crate::telemetry::inference_log::InferenceLog;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub(crate) repository: Arc<ModelRepository>,
-    /// Cleared when the server starts shutting down, so readiness probes fail first.
-    pub(crate) ready: Arc<AtomicBool>,
+    /// Cleared when the server starts shutting down (or draining), so readiness probes fail
+    /// first; the gRPC health service follows it.
+    pub(crate) ready: Arc<tokio::sync::watch::Sender<bool>>,
     /// The largest request body accepted, in bytes.
     pub(crate) max_request_bytes: usize,
     /// The bytes requests in flight may hold together (`[server] max_inflight_bytes`).
@@ -38,7 +38,7 @@ impl AppState {
     pub fn new(repository: ModelRepository, max_request_bytes: usize) -> Self {
         AppState {
             repository: Arc::new(repository),
-            ready: Arc::new(AtomicBool::new(true)),
+            ready: Arc::new(tokio::sync::watch::Sender::new(true)),
             max_request_bytes,
             budget: MemoryBudget::new(
                 oxinfer_core::manifest::DEFAULT_MAX_INFLIGHT_BYTES.max(max_request_bytes),
@@ -70,11 +70,17 @@ impl AppState {
 
     /// Whether the server accepts traffic (false once shutdown has begun).
     pub(crate) fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        *self.ready.borrow()
     }
 
-    /// Marks the server as shutting down: readiness probes fail from now on.
+    /// Marks the server as shutting down (or draining): readiness probes (REST, gRPC
+    /// `ServerReady`, `grpc.health.v1`) fail from now on, while requests are still served.
     pub fn set_not_ready(&self) {
-        self.ready.store(false, Ordering::Relaxed);
+        self.ready.send_replace(false);
+    }
+
+    /// Changes of readiness.
+    pub(crate) fn readiness(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 }

@@ -317,6 +317,20 @@ pub async fn serve_grpc(
         .max_encoding_message_size(usize::MAX)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
         .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    // The health service turns NOT_SERVING as soon as the server stops being ready (a drain
+    // window starts), while the service goes on answering.
+    let mut readiness = service_state.readiness();
+    let follower = reporter.clone();
+    tokio::spawn(async move {
+        if readiness.wait_for(|ready| !*ready).await.is_ok() {
+            follower
+                .set_not_serving::<GrpcInferenceServiceServer<GrpcService>>()
+                .await;
+            follower
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    });
     tonic::transport::Server::builder()
         .layer(admission::AdmissionLayer {
             state: service_state,
