@@ -63,6 +63,12 @@ enum Command {
         /// the listeners; overrides `[server] drain_seconds` (default 0).
         #[arg(long)]
         drain_seconds: Option<u64>,
+        /// Poll the manifest and every model file it names, and apply changes as SIGHUP does.
+        #[arg(long)]
+        watch: bool,
+        /// How often `--watch` polls, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        watch_interval_ms: u64,
     },
     /// Validate the manifest and load every model, print each model's inputs and outputs, and
     /// exit 0 when all is well, 1 otherwise.
@@ -258,7 +264,18 @@ fn run(command: Command) -> Result<()> {
             grpc,
             max_request_bytes,
             drain_seconds,
-        } => serve(&manifest, http, grpc, max_request_bytes, drain_seconds),
+            watch,
+            watch_interval_ms,
+        } => serve(
+            &manifest,
+            Listen {
+                http,
+                grpc,
+                max_request_bytes,
+                drain_seconds,
+                watch: watch.then(|| Duration::from_millis(watch_interval_ms.max(100))),
+            },
+        ),
     }
 }
 
@@ -300,13 +317,24 @@ fn bind(addr: SocketAddr, what: &str, option: &str) -> Result<std::net::TcpListe
     Ok(listener)
 }
 
-fn serve(
-    path: &Path,
+/// The command-line settings of `serve`, over the manifest's.
+struct Listen {
     http: Option<String>,
     grpc: Option<String>,
     max_request_bytes: Option<usize>,
     drain_seconds: Option<u64>,
-) -> Result<()> {
+    /// Poll for changes this often (`--watch`).
+    watch: Option<Duration>,
+}
+
+fn serve(path: &Path, listen: Listen) -> Result<()> {
+    let Listen {
+        http,
+        grpc,
+        max_request_bytes,
+        drain_seconds,
+        watch,
+    } = listen;
     let manifest = Manifest::load(path)?;
     let drain = Duration::from_secs(drain_seconds.unwrap_or(manifest.server.drain_seconds));
     let http = http
@@ -360,6 +388,36 @@ fn serve(
         tracing::info!("HTTP listening on {}", http_listener.local_addr()?);
         if let Some(listener) = &grpc_listener {
             tracing::info!("gRPC listening on {}", listener.local_addr()?);
+        }
+        // SIGHUP (and --watch) re-read the manifest and apply the difference.
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel::<ReloadAsk>(4);
+        tokio::spawn(reloads(
+            path.to_path_buf(),
+            state.repository().clone(),
+            reload_rx,
+        ));
+        #[cfg(unix)]
+        {
+            let tx = reload_tx.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::hangup()) {
+                    Ok(mut hangup) => {
+                        while hangup.recv().await.is_some() {
+                            let _ = tx.send(("SIGHUP", None)).await;
+                        }
+                    }
+                    Err(e) => tracing::error!("cannot listen for SIGHUP: {e}"),
+                }
+            });
+        }
+        if let Some(interval) = watch {
+            tokio::spawn(watch_files(
+                path.to_path_buf(),
+                state.repository().clone(),
+                interval,
+                reload_tx,
+            ));
         }
         // One signal stops both listeners, after the drain window: readiness false at once,
         // requests still served until the window ends (or a second signal ends it).
@@ -430,6 +488,137 @@ fn serve(
     // Connection tasks the deadline cut short are dropped here, without waiting for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Why a reload is asked for, and (for `--watch`) where to send the fingerprint of the files
+/// it read.
+type ReloadAsk = (
+    &'static str,
+    Option<tokio::sync::oneshot::Sender<Fingerprint>>,
+);
+
+/// Applies the manifest again each time it is asked to (SIGHUP, `--watch`), one at a time.
+async fn reloads(
+    path: PathBuf,
+    repository: Arc<ModelRepository>,
+    mut asks: tokio::sync::mpsc::Receiver<ReloadAsk>,
+) {
+    while let Some((why, reply)) = asks.recv().await {
+        let path = path.clone();
+        let repository = repository.clone();
+        if let Ok(read) = tokio::task::spawn_blocking(move || reload(&path, &repository, why)).await
+            && let Some(reply) = reply
+        {
+            let _ = reply.send(read);
+        }
+    }
+}
+
+/// Re-reads the manifest and applies it; a manifest that fails to parse or check changes
+/// nothing. Returns the fingerprint of the files as they were when read (taken before the
+/// models are loaded, so that a file that changes meanwhile is seen as changed).
+fn reload(path: &Path, repository: &ModelRepository, why: &str) -> Fingerprint {
+    tracing::info!("{why}: reloading {}", path.display());
+    let manifest = match Manifest::load(path) {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            repository.count_refused_reload();
+            tracing::error!("manifest reload refused, nothing changed: {e}");
+            return fingerprint(path, &repository.manifest());
+        }
+    };
+    let read = fingerprint(path, &manifest);
+    let report = repository.apply(manifest);
+    for setting in &report.needs_restart {
+        tracing::warn!(
+            "manifest reload: {setting} changed; it needs a restart and is left as it was"
+        );
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(" ")
+        }
+    };
+    let summary = format!(
+        "added: {}, changed: {}, removed: {}, unchanged: {}",
+        list(&report.added),
+        list(&report.changed),
+        list(&report.removed),
+        report.unchanged
+    );
+    if report.complete() {
+        tracing::info!("manifest reloaded: {summary}");
+    } else {
+        tracing::error!(
+            "manifest reloaded with failures ({} kept their previous state): {summary}",
+            report.failed.len()
+        );
+    }
+    read
+}
+
+/// What `--watch` compares: the manifest's and every model file's size and modification time.
+type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+
+/// The [`Fingerprint`] of a manifest file and the model files it names.
+fn fingerprint(path: &Path, manifest: &Manifest) -> Fingerprint {
+    let mut seen = Vec::new();
+    let mut stack: Vec<PathBuf> = std::iter::once(path.to_path_buf())
+        .chain(manifest.models.iter().map(|e| e.path.clone()))
+        .collect();
+    while let Some(p) = stack.pop() {
+        if seen.len() >= 100_000 {
+            break;
+        }
+        match std::fs::metadata(&p) {
+            Ok(meta) if meta.is_dir() => {
+                if let Ok(entries) = std::fs::read_dir(&p) {
+                    stack.extend(entries.flatten().map(|e| e.path()));
+                }
+            }
+            Ok(meta) => seen.push((p, meta.len(), meta.modified().ok())),
+            Err(_) => seen.push((p, 0, None)),
+        }
+    }
+    seen.sort();
+    seen
+}
+
+/// Polls the manifest and its model files; asks for a reload when any changed.
+async fn watch_files(
+    path: PathBuf,
+    repository: Arc<ModelRepository>,
+    interval: Duration,
+    asks: tokio::sync::mpsc::Sender<ReloadAsk>,
+) {
+    let take = |path: PathBuf, repository: Arc<ModelRepository>| {
+        tokio::task::spawn_blocking(move || fingerprint(&path, &repository.manifest()))
+    };
+    let Ok(mut last) = take(path.clone(), repository.clone()).await else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let Ok(now) = take(path.clone(), repository.clone()).await else {
+            return;
+        };
+        if now != last {
+            // The files as the reload read them: one that changes later (a file still being
+            // written) is seen as changed again.
+            let (reply, read) = tokio::sync::oneshot::channel();
+            if asks
+                .send(("a watched file changed", Some(reply)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let Ok(read) = read.await else { return };
+            last = read;
+        }
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

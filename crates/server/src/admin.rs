@@ -90,6 +90,7 @@ pub(crate) fn metrics(state: &AppState) -> String {
         &series,
         &state.metrics,
         &state.budget,
+        state.repository.reload_counts(),
         state.log.as_ref().map(|log| log.counters()),
     )
 }

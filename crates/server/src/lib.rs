@@ -32,7 +32,7 @@ mod telemetry;
 pub use api::grpc::pb;
 pub use api::grpc::serve_grpc;
 pub use api::rest::app;
-pub use models::{ModelRepository, RuntimeRegistry, ServedModel};
+pub use models::{ModelRepository, ReloadReport, RuntimeRegistry, ServedModel};
 pub use state::AppState;
 pub use telemetry::inference_log;
 

@@ -68,6 +68,11 @@ impl AppState {
         self
     }
 
+    /// The served models.
+    pub fn repository(&self) -> &Arc<ModelRepository> {
+        &self.repository
+    }
+
     /// Whether the server accepts traffic (false once shutdown has begun).
     pub(crate) fn is_ready(&self) -> bool {
         *self.ready.borrow()

@@ -10,5 +10,5 @@ pub(crate) mod repository;
 pub(crate) mod served;
 
 pub use registry::RuntimeRegistry;
-pub use repository::ModelRepository;
+pub use repository::{ModelRepository, ReloadReport};
 pub use served::ServedModel;

@@ -8,13 +8,20 @@
 //! - **load** re-reads the model's files, as listed in the manifest, with a fresh runtime load,
 //!   and puts the new instance in service (a model already loaded is replaced once the new one
 //!   is ready). Only models named in the manifest can be loaded; nothing else is read.
+//!
+//! And the whole manifest can be applied again ([`ModelRepository::apply`]: SIGHUP, `--watch`):
+//! added versions are loaded, changed ones (entry, runtime settings, or file digest) loaded
+//! beside the old instance and swapped in, removed ones taken out, unchanged ones untouched;
+//! a version that fails to load leaves what served before in place.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use oxinfer_core::protocol::{ModelMetadata, Parameter, Parameters};
 use oxinfer_core::{Error, Manifest, Result};
 
+use crate::models::digest;
 use crate::models::registry::RuntimeRegistry;
 use crate::models::served::ServedModel;
 
@@ -44,11 +51,38 @@ type Models = BTreeMap<String, BTreeMap<u64, Slot>>;
 #[derive(Debug)]
 pub struct ModelRepository {
     registry: RuntimeRegistry,
-    manifest: Manifest,
+    /// The manifest in force (replaced by [`ModelRepository::apply`]).
+    manifest: RwLock<Arc<Manifest>>,
     models: RwLock<Models>,
-    /// Serialises unload and reload, so that an unload cannot be undone by a reload that was
-    /// still running.
+    /// Serialises unload, reload and apply, so that one cannot undo another that was still
+    /// running.
     admin: std::sync::Mutex<()>,
+    /// Manifest reloads that applied every change, and those that did not.
+    reloads: [AtomicU64; 2],
+}
+
+/// What applying a manifest changed ([`ModelRepository::apply`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Versions loaded that were not served before (`name:version`).
+    pub added: Vec<String>,
+    /// Versions loaded again and swapped in (their entry, runtime settings or files changed).
+    pub changed: Vec<String>,
+    /// Versions taken out of service.
+    pub removed: Vec<String>,
+    /// Versions left as they were.
+    pub unchanged: usize,
+    /// Versions that failed to load, with the reason; what served before still does.
+    pub failed: Vec<String>,
+    /// Settings that changed but only take effect on a restart.
+    pub needs_restart: Vec<String>,
+}
+
+impl ReloadReport {
+    /// Whether every change was applied.
+    pub fn complete(&self) -> bool {
+        self.failed.is_empty()
+    }
 }
 
 impl ModelRepository {
@@ -75,10 +109,159 @@ impl ModelRepository {
         }
         Ok(ModelRepository {
             registry,
-            manifest,
+            manifest: RwLock::new(Arc::new(manifest)),
             models: RwLock::new(models),
             admin: std::sync::Mutex::new(()),
+            reloads: Default::default(),
         })
+    }
+
+    /// The manifest in force.
+    pub fn manifest(&self) -> Arc<Manifest> {
+        self.manifest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Manifest reloads so far: (complete, with failures or refused).
+    pub(crate) fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads[0].load(Ordering::Relaxed),
+            self.reloads[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts a manifest that could not be applied at all (it failed to parse or check).
+    pub fn count_refused_reload(&self) {
+        self.reloads[1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Applies a new manifest without a restart (blocking: loads models; call it off the I/O
+    /// threads). Versions added are loaded and served once ready; versions whose entry, runtime
+    /// settings or files (digest) changed are loaded beside the serving instance and swapped in
+    /// when ready (requests already running finish on the old one); versions removed stop
+    /// being served once the new state is committed; unchanged ones are untouched (statistics
+    /// kept). A version that fails to load changes nothing for that model: the old instance
+    /// keeps serving (and a later reload tries again). Server-wide settings that cannot change
+    /// at run time are reported in [`ReloadReport::needs_restart`] and left as they are.
+    pub fn apply(&self, new: Manifest) -> ReloadReport {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.manifest();
+        let mut report = ReloadReport::default();
+        if old.server != new.server {
+            report.needs_restart.push("[server]".into());
+        }
+        if old.inference_log != new.inference_log {
+            report.needs_restart.push("[inference_log]".into());
+        }
+        if old.telemetry != new.telemetry {
+            report.needs_restart.push("[telemetry]".into());
+        }
+        let serving: BTreeMap<(String, u64), Option<Arc<ServedModel>>> = self
+            .read()
+            .iter()
+            .flat_map(|(name, versions)| {
+                versions.iter().map(move |(v, slot)| {
+                    let model = match slot {
+                        Slot::Ready(m) => Some(m.clone()),
+                        Slot::Unavailable(_) => None,
+                    };
+                    ((name.clone(), *v), model)
+                })
+            })
+            .collect();
+        let mut loaded: Vec<((String, u64), Arc<ServedModel>)> = Vec::new();
+        // The manifest that will be in force: the new one, except that an entry that failed to
+        // load is the old one (or absent), so that the next reload tries it again.
+        let mut effective = new.clone();
+        effective.models.clear();
+        for entry in &new.models {
+            let key = (entry.name.clone(), entry.version_number());
+            let label = format!("{}:{}", entry.name, entry.version);
+            let before = old
+                .models
+                .iter()
+                .find(|e| e.name == entry.name && e.version_number() == key.1);
+            let settings_same =
+                old.runtimes.get(&entry.runtime) == new.runtimes.get(&entry.runtime);
+            let unchanged = match (before, serving.get(&key)) {
+                (Some(b), Some(Some(model))) => {
+                    b == entry
+                        && settings_same
+                        && digest::model_sha256(&entry.path).is_ok_and(|d| d == model.sha256)
+                }
+                // Unloaded through the repository API, and still listed as it was.
+                (Some(b), Some(None)) => b == entry && settings_same,
+                _ => false,
+            };
+            if unchanged {
+                report.unchanged += 1;
+                effective.models.push(entry.clone());
+                continue;
+            }
+            match ServedModel::load(&self.registry, &new, entry) {
+                Ok(model) => {
+                    if serving.contains_key(&key) {
+                        report.changed.push(label);
+                    } else {
+                        report.added.push(label);
+                    }
+                    loaded.push((key, Arc::new(model)));
+                    effective.models.push(entry.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        manifest = %new.source.display(),
+                        model = %entry.name,
+                        version = %entry.version,
+                        "manifest reload: {entry} failed to load, what served before still does: {e}"
+                    );
+                    report.failed.push(format!("{entry}: {e}"));
+                    if let Some(b) = before {
+                        effective.models.push(b.clone());
+                    }
+                }
+            }
+        }
+        let listed = |name: &str, v: u64| {
+            new.models
+                .iter()
+                .any(|e| e.name == name && e.version_number() == v)
+        };
+        let removed: Vec<(String, u64)> = serving
+            .keys()
+            .filter(|(name, v)| !listed(name, *v))
+            .cloned()
+            .collect();
+        // Commit every change at once; what is replaced is freed after the lock (or, when
+        // requests still hold it, once they finish).
+        let replaced: Vec<Slot> = {
+            let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+            let mut replaced = Vec::new();
+            for ((name, v), model) in loaded {
+                replaced.extend(
+                    models
+                        .entry(name)
+                        .or_default()
+                        .insert(v, Slot::Ready(model)),
+                );
+            }
+            for (name, v) in &removed {
+                if let Some(versions) = models.get_mut(name) {
+                    replaced.extend(versions.remove(v));
+                    if versions.is_empty() {
+                        models.remove(name);
+                    }
+                }
+                report.removed.push(format!("{name}:{v}"));
+            }
+            *self.manifest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(effective);
+            replaced
+        };
+        drop(replaced);
+        self.reloads[usize::from(!report.complete())].fetch_add(1, Ordering::Relaxed);
+        report
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Models> {
@@ -212,12 +395,12 @@ impl ModelRepository {
     /// A message for clients: the manifest's directory and the models' directories cut from
     /// the paths in it, so that it names files without showing the server's file system.
     fn without_paths(&self, text: &str) -> String {
-        let mut dirs: Vec<String> = self
-            .manifest
+        let manifest = self.manifest();
+        let mut dirs: Vec<String> = manifest
             .models
             .iter()
             .filter_map(|e| e.path.parent())
-            .chain(self.manifest.source.parent())
+            .chain(manifest.source.parent())
             .map(|d| format!("{}/", d.display()))
             .filter(|d| d.len() > 1)
             .collect();
@@ -228,12 +411,13 @@ impl ModelRepository {
     }
 
     fn check_known(&self, name: &str) -> Result<()> {
-        if self.manifest.models.iter().any(|e| e.name == name) {
+        let manifest = self.manifest();
+        if manifest.models.iter().any(|e| e.name == name) {
             Ok(())
         } else {
             Err(Error::NotFound(format!(
                 "model '{name}' is not in the manifest ({})",
-                file_name(&self.manifest.source)
+                file_name(&manifest.source)
             )))
         }
     }
@@ -265,8 +449,9 @@ impl ModelRepository {
         self.check_known(name)?;
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let mut first_error = None;
-        for entry in self.manifest.models.iter().filter(|e| e.name == name) {
-            let loaded = ServedModel::load(&self.registry, &self.manifest, entry);
+        let manifest = self.manifest();
+        for entry in manifest.models.iter().filter(|e| e.name == name) {
+            let loaded = ServedModel::load(&self.registry, &manifest, entry);
             let replaced = {
                 let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
                 let versions = models.entry(name.to_string()).or_default();

@@ -19,6 +19,7 @@
 //! | `oxinfer_inference_log_records_written_total` | counter | | inference-log records written |
 //! | `oxinfer_inference_log_records_dropped_total` | counter | | inference-log records dropped (queue full with `on_full = "drop"`, or writes failing for too long) |
 //! | `oxinfer_inference_log_write_errors_total` | counter | | failed writes to the log file (disk full, I/O error); the records are retried |
+//! | `oxinfer_manifest_reloads_total` | counter | outcome | manifest reloads (SIGHUP, `--watch`): `success` (every change applied) or `failure` (the manifest was refused, or a model failed to load and kept its previous state) |
 //! | `oxinfer_inflight_bytes` | gauge | | bytes held by requests in flight, against `max_inflight_bytes` |
 //! | `oxinfer_inflight_bytes_limit` | gauge | | `[server] max_inflight_bytes` |
 //! | `oxinfer_inflight_refused_total` | counter | | requests refused because the in-flight budget was spent (503 / `RESOURCE_EXHAUSTED`) |
@@ -102,6 +103,7 @@ pub(crate) fn render(
     models: &[ModelSeries<'_>],
     server: &ServerMetrics,
     budget: &MemoryBudget,
+    reloads: (u64, u64),
     log: Option<&LogCounters>,
 ) -> String {
     let registry = Registry::new();
@@ -121,6 +123,21 @@ pub(crate) fn render(
             models.len() as i64,
         )),
     );
+    let reloads_total = prometheus::IntCounterVec::new(
+        Opts::new(
+            "oxinfer_manifest_reloads_total",
+            "Manifest reloads (SIGHUP, --watch) by outcome.",
+        ),
+        &["outcome"],
+    )
+    .expect("valid counter options");
+    reloads_total
+        .with_label_values(&["success"])
+        .inc_by(reloads.0);
+    reloads_total
+        .with_label_values(&["failure"])
+        .inc_by(reloads.1);
+    register(&registry, Box::new(reloads_total));
     register(
         &registry,
         Box::new(server_gauge(
