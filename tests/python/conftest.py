@@ -30,8 +30,11 @@ def run_oxinfer(*args, env=None):
 
 class Server:
     def __init__(self, manifest, *args, env=None):
+        """Starts `oxinfer serve` on free ports; `manifest` may be None when `args` name the models
+        another way (--model-repository, --model-dir)."""
+        source = ["--manifest", str(manifest)] if manifest is not None else []
         self.proc = subprocess.Popen(
-            [str(_binary()), "serve", "--manifest", str(manifest), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *args],
+            [str(_binary()), "serve", *source, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -12,6 +12,7 @@
 
 pub mod datatype;
 pub mod error;
+pub mod layout;
 pub mod manifest;
 pub mod protocol;
 pub mod runtime;

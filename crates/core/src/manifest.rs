@@ -227,6 +227,20 @@ pub struct ModelEntry {
     /// What one request may ask of the model (`[models.limits]`).
     #[serde(default)]
     pub limits: Limits,
+    /// When `path` is a directory of versions (`1/`, `2/`, ...): which of them to serve
+    /// (`{ latest = N }`, `{ all = true }`, `{ specific = [..] }`). The entry then stands for
+    /// one entry per version found; `version` must be left out.
+    pub version_policy: Option<crate::layout::VersionPolicy>,
+    /// Why this version is listed but not served: the version policy leaves it out. Set when
+    /// a directory of versions is expanded, never in a manifest.
+    #[serde(skip)]
+    pub excluded: Option<String>,
+    /// Whether `runtime` was detected from the files rather than named (repository layouts).
+    #[serde(skip)]
+    pub runtime_detected: bool,
+    /// The directory of versions this entry was expanded from.
+    #[serde(skip)]
+    pub versions_dir: Option<PathBuf>,
     /// Serve the model over the OpenAI and TEI embedding APIs (`[models.embeddings]`): needed
     /// only for models whose runtime does not say it is an embedding model itself (candle's
     /// text models do), or to change how they are served.
@@ -540,7 +554,6 @@ impl Manifest {
                 ));
             }
         }
-        let mut seen = HashSet::new();
         for entry in &mut manifest.models {
             if entry.name.is_empty()
                 || !entry
@@ -560,9 +573,12 @@ impl Manifest {
                 )));
             }
             entry.version = entry.version_number().to_string();
-            if !seen.insert((entry.name.clone(), entry.version.clone())) {
+            if entry.version_policy.is_some() && (entry.version != "1" || entry.sha256.is_some()) {
                 return Err(fail(format!(
-                    "{entry} is listed twice; each name/version pair must be unique"
+                    "model '{}': with version_policy, versions come from the directories of \
+                     {}; leave out `version` and `sha256`",
+                    entry.name,
+                    entry.path.display()
                 )));
             }
             if entry.path.is_relative() {
@@ -597,7 +613,44 @@ impl Manifest {
                 )));
             }
         }
+        let mut expanded = Vec::with_capacity(manifest.models.len());
+        for entry in std::mem::take(&mut manifest.models) {
+            if entry.version_policy.is_some() {
+                expanded.extend(
+                    crate::layout::expand_versions(&entry).map_err(|e| fail(e.to_string()))?,
+                );
+            } else {
+                expanded.push(entry);
+            }
+        }
+        manifest.models = expanded;
+        let mut seen = HashSet::new();
+        for entry in &manifest.models {
+            if !seen.insert((entry.name.clone(), entry.version.clone())) {
+                return Err(fail(format!(
+                    "{entry} is listed twice; each name/version pair must be unique"
+                )));
+            }
+        }
         Ok(manifest)
+    }
+
+    /// Adds entries from elsewhere (a model repository, the single-model form), refusing a
+    /// name/version pair that is already there.
+    pub fn extend(&mut self, entries: Vec<ModelEntry>) -> Result<()> {
+        for entry in entries {
+            if self
+                .models
+                .iter()
+                .any(|e| e.name == entry.name && e.version == entry.version)
+            {
+                return Err(Error::Manifest(format!(
+                    "{entry} is given twice (in the manifest and the model directories)"
+                )));
+            }
+            self.models.push(entry);
+        }
+        Ok(())
     }
 
     /// The request body limit in bytes.

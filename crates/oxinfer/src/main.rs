@@ -44,11 +44,10 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load the manifest's models and serve them.
+    /// Load the models (a manifest, a model repository, or one model directory) and serve them.
     Serve {
-        /// The manifest (TOML) listing the models to serve.
-        #[arg(long, short)]
-        manifest: PathBuf,
+        #[command(flatten)]
+        sources: Sources,
         /// HTTP listen address; overrides `[server] http`. Port 0 picks a free port.
         #[arg(long)]
         http: Option<String>,
@@ -73,9 +72,8 @@ enum Command {
     /// Validate the manifest and load every model, print each model's inputs and outputs, and
     /// exit 0 when all is well, 1 otherwise.
     Check {
-        /// The manifest (TOML) to check.
-        #[arg(long, short)]
-        manifest: PathBuf,
+        #[command(flatten)]
+        sources: Sources,
     },
     /// Work with inference logs.
     #[command(subcommand)]
@@ -179,6 +177,110 @@ fn init_logging(
     Ok(provider)
 }
 
+/// Where the models come from: a manifest, a Triton-style model repository, the single-model
+/// form (KServe mounts a model at `/mnt/models`), or a manifest with either beside it.
+#[derive(Debug, Clone, clap::Args)]
+struct Sources {
+    /// The manifest (TOML) listing the models to serve and the server settings.
+    #[arg(long, short, required_unless_present_any = ["model_repository", "model_dir"])]
+    manifest: Option<PathBuf>,
+    /// A model repository: DIR/<model>/<version>/<file>, with an optional DIR/<model>/model.toml.
+    #[arg(long, value_name = "DIR")]
+    model_repository: Option<PathBuf>,
+    /// One model (a file, a model directory, or a directory of versions), served under
+    /// --model-name.
+    #[arg(long, value_name = "PATH", requires = "model_name")]
+    model_dir: Option<PathBuf>,
+    /// The name to serve --model-dir under.
+    #[arg(long, requires = "model_dir")]
+    model_name: Option<String>,
+}
+
+impl Sources {
+    /// The manifest with the models of the repository and model directory added.
+    fn load(&self) -> Result<Manifest> {
+        let mut manifest = match &self.manifest {
+            Some(path) => Manifest::load(path)?,
+            None => {
+                let dir = self
+                    .model_repository
+                    .as_ref()
+                    .or(self.model_dir.as_ref())
+                    .map(|p| p.join("(command line)"))
+                    .unwrap_or_default();
+                Manifest::parse("", &dir)?
+            }
+        };
+        if let Some(dir) = &self.model_repository {
+            manifest.extend(oxinfer_core::layout::repository_entries(
+                dir,
+                &detect_runtime,
+            )?)?;
+        }
+        if let (Some(path), Some(name)) = (&self.model_dir, &self.model_name) {
+            let config = if path.is_dir() {
+                path.join("model.toml")
+            } else {
+                path.with_file_name("model.toml")
+            };
+            let table = if config.is_file() {
+                let text = std::fs::read_to_string(&config)
+                    .with_context(|| format!("cannot read {}", config.display()))?;
+                toml::from_str(&text).with_context(|| format!("{}", config.display()))?
+            } else {
+                toml::Table::new()
+            };
+            manifest.extend(oxinfer_core::layout::model_entries(
+                name,
+                path,
+                table,
+                &config,
+                &detect_runtime,
+            )?)?;
+        }
+        Ok(manifest)
+    }
+
+    /// What `--watch` polls besides the model files: the manifest and the directories.
+    fn watched(&self) -> Vec<PathBuf> {
+        [&self.manifest, &self.model_repository, &self.model_dir]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// For messages.
+    fn describe(&self) -> String {
+        self.watched()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+}
+
+/// The runtime for a model given without one: a candle directory (`model.safetensors` and
+/// `tokenizer.json`), an `.onnx` file (ONNX Runtime when its library is found, else tract), or
+/// a shared library (a plugin).
+fn detect_runtime(path: &Path) -> Option<&'static str> {
+    if path.is_dir() {
+        return (path.join("model.safetensors").is_file() && path.join("tokenizer.json").is_file())
+            .then_some("candle");
+    }
+    match path.extension()?.to_str()? {
+        "onnx" => {
+            #[cfg(feature = "onnxruntime")]
+            if oxinfer_onnxruntime::find_library(None).is_ok() {
+                return Some("onnxruntime");
+            }
+            Some("tract")
+        }
+        "so" | "dylib" | "dll" => Some("plugin"),
+        _ => None,
+    }
+}
+
 fn load(manifest: &Manifest) -> Result<ModelRepository> {
     let started = Instant::now();
     let repository = ModelRepository::load(registry(), manifest.clone())?;
@@ -195,7 +297,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // `serve` reads the manifest first: its [telemetry] section shapes the logging set-up.
     let telemetry = match &cli.command {
-        Command::Serve { manifest, .. } => match Manifest::load(manifest) {
+        Command::Serve { sources, .. } => match sources.load() {
             Ok(m) => m.telemetry,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -257,9 +359,9 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Check { manifest } => check(&manifest),
+        Command::Check { sources } => check(&sources),
         Command::Serve {
-            manifest,
+            sources,
             http,
             grpc,
             max_request_bytes,
@@ -267,7 +369,7 @@ fn run(command: Command) -> Result<()> {
             watch,
             watch_interval_ms,
         } => serve(
-            &manifest,
+            &sources,
             Listen {
                 http,
                 grpc,
@@ -279,8 +381,8 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-fn check(path: &Path) -> Result<()> {
-    let repository = load(&Manifest::load(path)?)?;
+fn check(sources: &Sources) -> Result<()> {
+    let repository = load(&sources.load()?)?;
     for model in repository.ready_models() {
         println!(
             "{} (version {}, {}):",
@@ -298,7 +400,7 @@ fn check(path: &Path) -> Result<()> {
             }
         }
     }
-    println!("{}: OK, {} model(s)", path.display(), repository.len());
+    println!("{}: OK, {} model(s)", sources.describe(), repository.len());
     Ok(())
 }
 
@@ -327,7 +429,7 @@ struct Listen {
     watch: Option<Duration>,
 }
 
-fn serve(path: &Path, listen: Listen) -> Result<()> {
+fn serve(sources: &Sources, listen: Listen) -> Result<()> {
     let Listen {
         http,
         grpc,
@@ -335,7 +437,7 @@ fn serve(path: &Path, listen: Listen) -> Result<()> {
         drain_seconds,
         watch,
     } = listen;
-    let manifest = Manifest::load(path)?;
+    let manifest = sources.load()?;
     let drain = Duration::from_secs(drain_seconds.unwrap_or(manifest.server.drain_seconds));
     let http = http
         .or(manifest.server.http.clone())
@@ -392,7 +494,7 @@ fn serve(path: &Path, listen: Listen) -> Result<()> {
         // SIGHUP (and --watch) re-read the manifest and apply the difference.
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel::<ReloadAsk>(4);
         tokio::spawn(reloads(
-            path.to_path_buf(),
+            sources.clone(),
             state.repository().clone(),
             reload_rx,
         ));
@@ -413,7 +515,7 @@ fn serve(path: &Path, listen: Listen) -> Result<()> {
         }
         if let Some(interval) = watch {
             tokio::spawn(watch_files(
-                path.to_path_buf(),
+                sources.clone(),
                 state.repository().clone(),
                 interval,
                 reload_tx,
@@ -499,14 +601,15 @@ type ReloadAsk = (
 
 /// Applies the manifest again each time it is asked to (SIGHUP, `--watch`), one at a time.
 async fn reloads(
-    path: PathBuf,
+    sources: Sources,
     repository: Arc<ModelRepository>,
     mut asks: tokio::sync::mpsc::Receiver<ReloadAsk>,
 ) {
     while let Some((why, reply)) = asks.recv().await {
-        let path = path.clone();
+        let sources = sources.clone();
         let repository = repository.clone();
-        if let Ok(read) = tokio::task::spawn_blocking(move || reload(&path, &repository, why)).await
+        if let Ok(read) =
+            tokio::task::spawn_blocking(move || reload(&sources, &repository, why)).await
             && let Some(reply) = reply
         {
             let _ = reply.send(read);
@@ -517,17 +620,17 @@ async fn reloads(
 /// Re-reads the manifest and applies it; a manifest that fails to parse or check changes
 /// nothing. Returns the fingerprint of the files as they were when read (taken before the
 /// models are loaded, so that a file that changes meanwhile is seen as changed).
-fn reload(path: &Path, repository: &ModelRepository, why: &str) -> Fingerprint {
-    tracing::info!("{why}: reloading {}", path.display());
-    let manifest = match Manifest::load(path) {
+fn reload(sources: &Sources, repository: &ModelRepository, why: &str) -> Fingerprint {
+    tracing::info!("{why}: reloading {}", sources.describe());
+    let manifest = match sources.load() {
         Ok(manifest) => manifest,
         Err(e) => {
             repository.count_refused_reload();
-            tracing::error!("manifest reload refused, nothing changed: {e}");
-            return fingerprint(path, &repository.manifest());
+            tracing::error!("manifest reload refused, nothing changed: {e:#}");
+            return fingerprint(sources, &repository.manifest());
         }
     };
-    let read = fingerprint(path, &manifest);
+    let read = fingerprint(sources, &manifest);
     let report = repository.apply(manifest);
     for setting in &report.needs_restart {
         tracing::warn!(
@@ -562,12 +665,22 @@ fn reload(path: &Path, repository: &ModelRepository, why: &str) -> Fingerprint {
 /// What `--watch` compares: the manifest's and every model file's size and modification time.
 type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
 
-/// The [`Fingerprint`] of a manifest file and the model files it names.
-fn fingerprint(path: &Path, manifest: &Manifest) -> Fingerprint {
+/// The [`Fingerprint`] of the manifest, the model directories and the model files named.
+fn fingerprint(sources: &Sources, manifest: &Manifest) -> Fingerprint {
     let mut seen = Vec::new();
-    let mut stack: Vec<PathBuf> = std::iter::once(path.to_path_buf())
+    let mut stack: Vec<PathBuf> = sources
+        .watched()
+        .into_iter()
         .chain(manifest.models.iter().map(|e| e.path.clone()))
+        .chain(
+            manifest
+                .models
+                .iter()
+                .filter_map(|e| e.versions_dir.clone()),
+        )
         .collect();
+    stack.sort();
+    stack.dedup();
     while let Some(p) = stack.pop() {
         if seen.len() >= 100_000 {
             break;
@@ -588,20 +701,20 @@ fn fingerprint(path: &Path, manifest: &Manifest) -> Fingerprint {
 
 /// Polls the manifest and its model files; asks for a reload when any changed.
 async fn watch_files(
-    path: PathBuf,
+    sources: Sources,
     repository: Arc<ModelRepository>,
     interval: Duration,
     asks: tokio::sync::mpsc::Sender<ReloadAsk>,
 ) {
-    let take = |path: PathBuf, repository: Arc<ModelRepository>| {
-        tokio::task::spawn_blocking(move || fingerprint(&path, &repository.manifest()))
+    let take = |sources: Sources, repository: Arc<ModelRepository>| {
+        tokio::task::spawn_blocking(move || fingerprint(&sources, &repository.manifest()))
     };
-    let Ok(mut last) = take(path.clone(), repository.clone()).await else {
+    let Ok(mut last) = take(sources.clone(), repository.clone()).await else {
         return;
     };
     loop {
         tokio::time::sleep(interval).await;
-        let Ok(now) = take(path.clone(), repository.clone()).await else {
+        let Ok(now) = take(sources.clone(), repository.clone()).await else {
             return;
         };
         if now != last {

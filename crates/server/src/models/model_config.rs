@@ -137,6 +137,20 @@ impl ModelConfig {
             .into_iter()
             .map(|(k, v)| (k, StringValue { string_value: v }))
             .collect();
+        parameters.insert(
+            "runtime".to_string(),
+            StringValue {
+                string_value: format!(
+                    "{}{}",
+                    model.entry.runtime,
+                    if model.entry.runtime_detected {
+                        " (detected from the files)"
+                    } else {
+                        ""
+                    }
+                ),
+            },
+        );
         for (k, v) in [
             ("scheduler.max_queue_size", scheduling.max_queue_size as u64),
             (

@@ -99,6 +99,13 @@ impl ModelRepository {
         }
         let mut models = Models::new();
         for entry in &manifest.models {
+            if let Some(reason) = &entry.excluded {
+                models
+                    .entry(entry.name.clone())
+                    .or_default()
+                    .insert(entry.version_number(), Slot::Unavailable(reason.clone()));
+                continue;
+            }
             let served = ServedModel::load(&registry, &manifest, entry).map_err(|e| {
                 Error::Manifest(format!("{}: {entry}: {e}", manifest.source.display()))
             })?;
@@ -172,6 +179,8 @@ impl ModelRepository {
             })
             .collect();
         let mut loaded: Vec<((String, u64), Arc<ServedModel>)> = Vec::new();
+        // Versions listed but left out by a version policy: retired if they were serving.
+        let mut retired: Vec<((String, u64), String)> = Vec::new();
         // The manifest that will be in force: the new one, except that an entry that failed to
         // load is the old one (or absent), so that the next reload tries it again.
         let mut effective = new.clone();
@@ -197,6 +206,16 @@ impl ModelRepository {
             };
             if unchanged {
                 report.unchanged += 1;
+                effective.models.push(entry.clone());
+                continue;
+            }
+            if let Some(reason) = &entry.excluded {
+                if matches!(serving.get(&key), Some(Some(_))) {
+                    report.removed.push(label);
+                } else {
+                    report.unchanged += 1;
+                }
+                retired.push((key, reason.clone()));
                 effective.models.push(entry.clone());
                 continue;
             }
@@ -245,6 +264,14 @@ impl ModelRepository {
                         .entry(name)
                         .or_default()
                         .insert(v, Slot::Ready(model)),
+                );
+            }
+            for ((name, v), reason) in retired {
+                replaced.extend(
+                    models
+                        .entry(name)
+                        .or_default()
+                        .insert(v, Slot::Unavailable(reason)),
                 );
             }
             for (name, v) in &removed {
@@ -450,7 +477,11 @@ impl ModelRepository {
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let mut first_error = None;
         let manifest = self.manifest();
-        for entry in manifest.models.iter().filter(|e| e.name == name) {
+        for entry in manifest
+            .models
+            .iter()
+            .filter(|e| e.name == name && e.excluded.is_none())
+        {
             let loaded = ServedModel::load(&self.registry, &manifest, entry);
             let replaced = {
                 let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());

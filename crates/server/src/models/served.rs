@@ -209,6 +209,7 @@ impl ServedModel {
             model = entry.name.as_str(),
             version = entry.version.as_str(),
             runtime = runtime.name(),
+            runtime_detected = entry.runtime_detected,
             instances = config.instances,
             details = %details,
             elapsed_ms = started.elapsed().as_millis() as u64,
