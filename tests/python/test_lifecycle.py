@@ -226,3 +226,31 @@ def test_watch_applies_changes_to_the_manifest_and_to_model_files(tmp_path):
     finally:
         server.stop()
     assert server.proc.returncode == 0
+
+
+def test_warmup_runs_before_ready_and_a_failing_one_fails_the_load(tmp_path):
+    from conftest import run_oxinfer
+
+    request = tmp_path / "warmup.json"
+    request.write_text(json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [0.5] * 8}]}))
+    path = tmp_path / "m.toml"
+    path.write_text(
+        model_entry("mlp", MODELS / "mlp.onnx", extra="[models.scheduler]\ninstances = 2")
+        + '[models.warmup]\nzeros = true\nrequests = ["warmup.json"]\ncount = 2\n'
+        + '[[models.warmup.inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [1, 4]\ndata = [0.5, 1.0, -0.25, 2.0]\n'
+    )
+    server = Server(path)
+    try:
+        warmed = [line for line in server.log if "model warmed up" in line]
+        # 3 requests x 2 times on one shared instance (tract plans run concurrently).
+        assert warmed and "runs=6" in warmed[0], server.log
+        stats = requests.get(f"{server.url}/v2/models/mlp/stats", timeout=10).json()["model_stats"][0]
+        assert stats["inference_count"] == 0, "warmup is not counted as traffic"
+    finally:
+        server.stop()
+    request.write_text(json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [0.5] * 3}]}))
+    r = run_oxinfer("check", "--manifest", str(path))
+    assert r.returncode != 0 and "warmup failed" in r.stderr and "the model takes FP32 [-1, 4]" in r.stderr, r.stderr
+    path.write_text(model_entry("simple", MODELS / "dtypes.onnx") + "[models.warmup]\nzeros = true\n")
+    r = run_oxinfer("check", "--manifest", str(path))
+    assert r.returncode != 0 and "zeros = true cannot build BYTES input" in r.stderr, r.stderr

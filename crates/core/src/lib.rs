@@ -22,7 +22,7 @@ pub mod testing;
 
 pub use datatype::DataType;
 pub use error::{Error, ErrorCode, Result};
-pub use manifest::{Embeddings, Limits, Manifest, ModelEntry, Provenance, Scheduling};
+pub use manifest::{Embeddings, Limits, Manifest, ModelEntry, Provenance, Scheduling, Warmup};
 pub use runtime::{Embedder, LoadRequest, Model, ModelSignature, Runtime, Token};
 pub use tensor::{Element, Tensor, TensorData};
 

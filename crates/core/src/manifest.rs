@@ -227,6 +227,8 @@ pub struct ModelEntry {
     /// What one request may ask of the model (`[models.limits]`).
     #[serde(default)]
     pub limits: Limits,
+    /// Requests run before the model reports ready (`[models.warmup]`).
+    pub warmup: Option<Warmup>,
     /// When `path` is a directory of versions (`1/`, `2/`, ...): which of them to serve
     /// (`{ latest = N }`, `{ all = true }`, `{ specific = [..] }`). The entry then stands for
     /// one entry per version found; `version` must be left out.
@@ -297,6 +299,38 @@ impl Default for Embeddings {
             max_client_batch_size: DEFAULT_MAX_CLIENT_BATCH_SIZE,
         }
     }
+}
+
+/// `[models.warmup]`: requests each instance of the model runs before the model reports ready
+/// (first-request latency paid at load: compiled plans, allocated arenas, paged-in weights). A
+/// warmup request that fails fails the load, with its error.
+///
+/// ```toml
+/// [models.warmup]
+/// zeros = true                  # one request of zeros (dynamic dimensions taken as 1)
+/// requests = ["warmup.json"]    # OIP JSON request bodies, relative to the manifest
+/// count = 3                     # times each request runs (default 1)
+/// [[models.warmup.inputs]]      # one inline request, tensors as in OIP JSON
+/// name = "x"
+/// datatype = "FP32"
+/// shape = [1, 4]
+/// data = [0.5, 1.0, -0.25, 2.0]
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// Run one request of zeros (not for `BYTES` inputs).
+    #[serde(default)]
+    pub zeros: bool,
+    /// Files holding OIP JSON request bodies.
+    #[serde(default)]
+    pub requests: Vec<PathBuf>,
+    /// The tensors of one inline request, as in OIP JSON.
+    #[serde(default)]
+    pub inputs: Vec<toml::Value>,
+    /// How many times each request runs.
+    #[serde(default = "one")]
+    pub count: usize,
 }
 
 /// `[models.limits]`: bounds on what one request may make the server do, checked before the
@@ -583,6 +617,13 @@ impl Manifest {
             }
             if entry.path.is_relative() {
                 entry.path = base.join(&entry.path);
+            }
+            if let Some(warmup) = &mut entry.warmup {
+                for file in &mut warmup.requests {
+                    if file.is_relative() {
+                        *file = base.join(&*file);
+                    }
+                }
             }
             if entry
                 .embeddings

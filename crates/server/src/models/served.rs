@@ -38,6 +38,131 @@ pub struct ServedModel {
     pub(crate) loaded_at: SystemTime,
 }
 
+/// The most bytes a warmup request file may have.
+const MAX_WARMUP_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Runs the warmup requests on every distinct instance; returns the executions.
+fn warm_up(
+    warmup: &oxinfer_core::Warmup,
+    signature: &ModelSignature,
+    instances: &[Arc<dyn Model>],
+) -> Result<usize> {
+    use oxinfer_core::protocol::json;
+    let mut requests = Vec::new();
+    if warmup.zeros {
+        let inputs = signature
+            .inputs
+            .iter()
+            .map(|meta| {
+                let shape: Vec<usize> = meta.shape.iter().map(|&d| d.max(1) as usize).collect();
+                let size = meta.datatype.size().ok_or_else(|| {
+                    Error::invalid(format!(
+                        "zeros = true cannot build {} input '{}'; give a request",
+                        meta.datatype, meta.name
+                    ))
+                })?;
+                let bytes = shape.iter().product::<usize>() * size;
+                oxinfer_core::Tensor::new(
+                    meta.name.clone(),
+                    meta.datatype,
+                    shape,
+                    oxinfer_core::TensorData::Raw(bytes::Bytes::from(vec![0u8; bytes])),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        requests.push(("zeros".to_string(), inputs));
+    }
+    let decode = |label: String, body: Vec<u8>| -> Result<(String, Vec<oxinfer_core::Tensor>)> {
+        let request = json::decode_infer_request(&bytes::Bytes::from(body), None)
+            .map_err(|e| Error::invalid(format!("{label}: {e}")))?;
+        Ok((label, request.inputs))
+    };
+    for file in &warmup.requests {
+        let label = file.display().to_string();
+        let size = std::fs::metadata(file)
+            .map_err(|e| Error::invalid(format!("{label}: {e}")))?
+            .len();
+        if size > MAX_WARMUP_FILE_BYTES {
+            return Err(Error::invalid(format!(
+                "{label}: {size} bytes, over the {MAX_WARMUP_FILE_BYTES} a warmup request may have"
+            )));
+        }
+        let body = std::fs::read(file).map_err(|e| Error::invalid(format!("{label}: {e}")))?;
+        requests.push(decode(label, body)?);
+    }
+    if !warmup.inputs.is_empty() {
+        let body = serde_json::to_vec(&serde_json::json!({ "inputs": warmup.inputs }))
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        requests.push(decode("the inline request".into(), body)?);
+    }
+    let mut distinct: Vec<&Arc<dyn Model>> = Vec::new();
+    for instance in instances {
+        if !distinct.iter().any(|d| Arc::ptr_eq(d, instance)) {
+            distinct.push(instance);
+        }
+    }
+    let mut runs = 0;
+    for (label, tensors) in requests {
+        let inputs = in_signature_order(signature, tensors)
+            .map_err(|e| Error::invalid(format!("{label}: {e}")))?;
+        for instance in &distinct {
+            for _ in 0..warmup.count {
+                let outputs = instance
+                    .execute(inputs.clone())
+                    .map_err(|e| Error::invalid(format!("{label}: {e}")))?;
+                if outputs.len() != signature.outputs.len() {
+                    return Err(Error::invalid(format!(
+                        "{label}: the model returned {} outputs but declares {}",
+                        outputs.len(),
+                        signature.outputs.len()
+                    )));
+                }
+                runs += 1;
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// A warmup request's tensors checked against the signature and put in its order.
+fn in_signature_order(
+    signature: &ModelSignature,
+    mut tensors: Vec<oxinfer_core::Tensor>,
+) -> Result<Vec<oxinfer_core::Tensor>> {
+    let mut ordered = Vec::with_capacity(signature.inputs.len());
+    for meta in &signature.inputs {
+        let at = tensors
+            .iter()
+            .position(|t| t.name() == meta.name)
+            .ok_or_else(|| Error::invalid(format!("no input '{}'", meta.name)))?;
+        let t = tensors.swap_remove(at);
+        let fits = t.datatype() == meta.datatype
+            && t.shape().len() == meta.shape.len()
+            && t.shape()
+                .iter()
+                .zip(&meta.shape)
+                .all(|(&a, &d)| d < 0 || d as usize == a);
+        if !fits {
+            return Err(Error::invalid(format!(
+                "input '{}' is {} {:?}; the model takes {} {:?}",
+                meta.name,
+                t.datatype(),
+                t.shape(),
+                meta.datatype,
+                meta.shape
+            )));
+        }
+        ordered.push(t);
+    }
+    if let Some(extra) = tensors.first() {
+        return Err(Error::invalid(format!(
+            "the model has no input '{}'",
+            extra.name()
+        )));
+    }
+    Ok(ordered)
+}
+
 /// How a text-embedding model is served over `/v1/embeddings` and `/embed`: what the runtime
 /// says of it ([`Model::embedder`]) with the manifest's `[models.embeddings]` over it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +318,18 @@ impl ServedModel {
             } else {
                 Arc::from(runtime.load(&request)?)
             });
+        }
+        if let Some(warmup) = &entry.warmup {
+            let warming = Instant::now();
+            let runs = warm_up(warmup, model.signature(), &instances)
+                .map_err(|e| Error::Load(format!("warmup failed: {e}")))?;
+            tracing::info!(
+                model = entry.name.as_str(),
+                version = entry.version.as_str(),
+                runs,
+                elapsed_ms = warming.elapsed().as_millis() as u64,
+                "model warmed up"
+            );
         }
         let embedding = EmbeddingSpec::of(entry, model.as_ref())?;
         let telemetry = Arc::new(ModelTelemetry::new(&entry.name, &entry.version));
