@@ -136,9 +136,19 @@ def test_sighup_applies_the_manifest_difference_under_load(tmp_path):
     statuses, stop = [], threading.Event()
 
     def rest():
-        session = requests.Session()
+        import numpy as np
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(server.address)
+        inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"), httpclient.InferInput("INPUT1", [1, 16], "INT32")]
+        inputs[0].set_data_from_numpy(np.arange(16, dtype=np.int32).reshape(1, 16))
+        inputs[1].set_data_from_numpy(np.ones((1, 16), dtype=np.int32))
         while not stop.is_set():
-            statuses.append(session.post(f"{server.url}/v2/models/simple/infer", json=SIMPLE, timeout=10).status_code)
+            try:
+                client.infer("simple", inputs)
+                statuses.append(200)
+            except httpclient.InferenceServerException as e:
+                statuses.append(e.status())
 
     def grpc_load():
         client = grpcclient.InferenceServerClient(server.grpc_address)
@@ -180,16 +190,18 @@ def test_sighup_applies_the_manifest_difference_under_load(tmp_path):
         server.proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: metric(server, 'oxinfer_manifest_reloads_total{outcome="failure"}') == failures + 1)
         assert any("manifest reload refused" in line and "m.toml" in line for line in server.log)
-        # A model that fails to load: that model keeps what it served; the rest applies.
+        # A model that fails to load: that model keeps what it served; the rest applies. A
+        # [server] change is reported as needing a restart.
         broken = tmp_path / "broken.onnx"
         broken.write_bytes(b"not an onnx model")
-        write(model_entry("simple", simple), model_entry("mlp", broken, version=2))
+        write("[server]\ndrain_seconds = 3\n", model_entry("simple", simple), model_entry("mlp", broken, version=2))
         server.proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: metric(server, 'oxinfer_manifest_reloads_total{outcome="failure"}') == failures + 2)
         assert requests.post(f"{server.url}/v2/models/mlp/infer", json=x, timeout=10).status_code == 200
         assert wait_for(lambda: requests.get(f"{server.url}/v2/models/simple/config", timeout=10).json()["instance_group"][0]["count"] == 1)
         successes = metric(server, 'oxinfer_manifest_reloads_total{outcome="success"}')
         assert successes == 2
+        assert any("[server] changed; it needs a restart" in line for line in server.log)
     finally:
         stop.set()
         for w in workers:

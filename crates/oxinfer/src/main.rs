@@ -487,6 +487,12 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
         let grpc_listener = grpc_listener
             .map(tokio::net::TcpListener::from_std)
             .transpose()?;
+        // Every signal is listened for before the addresses are announced: a signal sent as
+        // soon as the server is up must not find the default action (termination) in place.
+        let mut signals = Signals::listen()?;
+        #[cfg(unix)]
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
         tracing::info!("HTTP listening on {}", http_listener.local_addr()?);
         if let Some(listener) = &grpc_listener {
             tracing::info!("gRPC listening on {}", listener.local_addr()?);
@@ -502,14 +508,8 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
         {
             let tx = reload_tx.clone();
             tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                match signal(SignalKind::hangup()) {
-                    Ok(mut hangup) => {
-                        while hangup.recv().await.is_some() {
-                            let _ = tx.send(("SIGHUP", None)).await;
-                        }
-                    }
-                    Err(e) => tracing::error!("cannot listen for SIGHUP: {e}"),
+                while hangup.recv().await.is_some() {
+                    let _ = tx.send(("SIGHUP", None)).await;
                 }
             });
         }
@@ -526,7 +526,7 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let draining = state.clone();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signals.next().await;
             draining.set_not_ready();
             if !drain.is_zero() {
                 tracing::info!(
@@ -536,7 +536,7 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
                 );
                 tokio::select! {
                     () = tokio::time::sleep(drain) => {}
-                    () = shutdown_signal() => tracing::info!("second signal: ending the drain window"),
+                    () = signals.next() => tracing::info!("second signal: ending the drain window"),
                 }
             }
             let _ = stop.send(true);
@@ -734,30 +734,38 @@ async fn watch_files(
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from creation on.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("received SIGINT"),
-        _ = term => tracing::info!("received SIGTERM"),
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Completes on the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => tracing::info!("received SIGINT"),
+            _ = self.term.recv() => tracing::info!("received SIGTERM"),
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("received Ctrl-C");
+        }
     }
 }
