@@ -184,7 +184,7 @@ struct Sources {
     /// The manifest (TOML) listing the models to serve and the server settings.
     #[arg(long, short, required_unless_present_any = ["model_repository", "model_dir"])]
     manifest: Option<PathBuf>,
-    /// A model repository: DIR/<model>/<version>/<file>, with an optional DIR/<model>/model.toml.
+    /// A model repository: DIR/MODEL/VERSION/FILE, with an optional DIR/MODEL/model.toml.
     #[arg(long, value_name = "DIR")]
     model_repository: Option<PathBuf>,
     /// One model (a file, a model directory, or a directory of versions), served under
