@@ -367,3 +367,28 @@ def test_any_runtime_opts_in_with_an_embeddings_table(tmp_path):
         assert info["model_id"] == "words" and info["max_input_length"] is None
     finally:
         server.stop()
+
+
+def test_a_tokenizer_json_beside_the_model_gives_real_token_counts(tmp_path, minilm_dir, tokenizer):
+    """A model whose runtime does not tokenize gets token counts and /tokenize from the
+    tokenizer.json beside it (or named by `tokenizer` in [models.embeddings])."""
+    import shutil
+
+    words = tmp_path / "words.onnx"
+    shutil.copy(pathlib.Path(__file__).parents[2] / "examples" / "models" / "words.onnx", words)
+    shutil.copy(minilm_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(
+        f'[[models]]\nname = "words"\nruntime = "onnxruntime"\npath = "{words}"\n'
+        '[models.embeddings]\ninput = "text"\noutput = "embedding"\n'
+    )
+    server = Server(manifest)
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        texts = ["the cat", "a dog is running"]
+        r = client.embeddings.create(model="words", input=texts)
+        assert r.usage.prompt_tokens == sum(len(tokenizer.encode(t).ids) for t in texts)
+        status, _, tokens = post(server, "/tokenize", {"inputs": "a dog is running"})
+        assert status == 200 and [t["id"] for t in tokens[0]] == tokenizer.encode("a dog is running").ids
+    finally:
+        server.stop()

@@ -261,6 +261,7 @@ pub struct ModelEntry {
 /// matryoshka = false            # trained so that a prefix of a vector is an embedding too:
 ///                               # OpenAI's `dimensions` truncates and renormalises
 /// max_client_batch_size = 1024  # inputs in one request; more is 413
+/// tokenizer = "tokenizer.json"  # for token counts when the runtime does not tokenize
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -280,6 +281,10 @@ pub struct Embeddings {
     /// The most inputs one request may carry (default [`DEFAULT_MAX_CLIENT_BATCH_SIZE`]).
     #[serde(default = "default_max_client_batch_size")]
     pub max_client_batch_size: usize,
+    /// A Hugging Face `tokenizer.json` for token counts and `/tokenize`, for a model whose
+    /// runtime does not tokenize (default: `tokenizer.json` beside the model file or in its
+    /// directory, when there is one). Relative to the manifest.
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// The default number of inputs one embeddings request may carry.
@@ -297,6 +302,7 @@ impl Default for Embeddings {
             normalized: None,
             matryoshka: false,
             max_client_batch_size: DEFAULT_MAX_CLIENT_BATCH_SIZE,
+            tokenizer: None,
         }
     }
 }
@@ -617,6 +623,11 @@ impl Manifest {
             }
             if entry.path.is_relative() {
                 entry.path = base.join(&entry.path);
+            }
+            if let Some(tokenizer) = entry.embeddings.as_mut().and_then(|e| e.tokenizer.as_mut())
+                && tokenizer.is_relative()
+            {
+                *tokenizer = base.join(&*tokenizer);
             }
             if let Some(warmup) = &mut entry.warmup {
                 for file in &mut warmup.requests {

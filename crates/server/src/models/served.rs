@@ -38,6 +38,51 @@ pub struct ServedModel {
     pub(crate) loaded_at: SystemTime,
 }
 
+/// A `tokenizer.json` as it is read: special tokens added, no padding, no truncation.
+#[cfg(feature = "tokenizers")]
+fn load_tokenizer(path: &std::path::Path) -> Result<Arc<tokenizers::Tokenizer>> {
+    let mut tokenizer = tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| Error::Load(format!("cannot load {}: {e}", path.display())))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| Error::Load(format!("{}: {e}", path.display())))?;
+    Ok(Arc::new(tokenizer))
+}
+
+impl EmbeddingSpec {
+    /// Tokenizes texts with the tokenizer the server loaded for the model, if any.
+    pub(crate) fn tokenize(&self, texts: &[&str]) -> Option<Result<Vec<Vec<oxinfer_core::Token>>>> {
+        #[cfg(feature = "tokenizers")]
+        if let Some(tokenizer) = &self.tokenizer {
+            return Some(
+                texts
+                    .iter()
+                    .map(|text| {
+                        let e = tokenizer
+                            .encode(*text, true)
+                            .map_err(|e| Error::invalid(format!("cannot tokenize: {e}")))?;
+                        Ok(e.get_ids()
+                            .iter()
+                            .zip(e.get_tokens())
+                            .zip(e.get_special_tokens_mask())
+                            .zip(e.get_offsets())
+                            .map(|(((&id, token), &special), &span)| oxinfer_core::Token {
+                                id,
+                                text: token.clone(),
+                                special: special == 1,
+                                span: (special == 0).then_some(span),
+                            })
+                            .collect())
+                    })
+                    .collect(),
+            );
+        }
+        let _ = texts;
+        None
+    }
+}
+
 /// The most bytes a warmup request file may have.
 const MAX_WARMUP_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -165,7 +210,7 @@ fn in_signature_order(
 
 /// How a text-embedding model is served over `/v1/embeddings` and `/embed`: what the runtime
 /// says of it ([`Model::embedder`]) with the manifest's `[models.embeddings]` over it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub(crate) struct EmbeddingSpec {
     /// The BYTES input, one string per row.
     pub(crate) input: String,
@@ -187,6 +232,19 @@ pub(crate) struct EmbeddingSpec {
     pub(crate) pooling: Option<String>,
     /// The most padded tokens per forward pass, for TEI's `/info`.
     pub(crate) max_batch_tokens: Option<usize>,
+    /// A tokenizer the server loaded for a model whose runtime does not tokenize.
+    #[cfg(feature = "tokenizers")]
+    tokenizer: Option<Arc<tokenizers::Tokenizer>>,
+}
+
+impl std::fmt::Debug for EmbeddingSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingSpec")
+            .field("input", &self.input)
+            .field("output", &self.output)
+            .field("dimensions", &self.dimensions)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EmbeddingSpec {
@@ -243,7 +301,33 @@ impl EmbeddingSpec {
             }
             None => return fail(format!("the model has no output '{output}'")),
         };
+        #[cfg(feature = "tokenizers")]
+        let tokenizer = match &table.tokenizer {
+            Some(path) => Some(load_tokenizer(path)?),
+            None if described.is_none() => {
+                let beside = if entry.path.is_dir() {
+                    entry.path.join("tokenizer.json")
+                } else {
+                    entry.path.with_file_name("tokenizer.json")
+                };
+                beside
+                    .is_file()
+                    .then(|| load_tokenizer(&beside))
+                    .transpose()?
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "tokenizers"))]
+        if let Some(path) = &table.tokenizer {
+            return fail(format!(
+                "tokenizer = {}: this binary was built without tokenizers (the candle feature \
+                 brings them)",
+                path.display()
+            ));
+        }
         Ok(Some(EmbeddingSpec {
+            #[cfg(feature = "tokenizers")]
+            tokenizer,
             input,
             output,
             dimensions,

@@ -391,7 +391,7 @@ fn prepare(
             .sum(),
     )?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let Some(tokenized) = model.model.tokenize(&refs) else {
+    let Some(tokenized) = model.model.tokenize(&refs).or_else(|| spec.tokenize(&refs)) else {
         return Ok(texts.iter().map(|t| t.split_whitespace().count()).collect());
     };
     let tokenized = tokenized.map_err(|e| Failure::new(Kind::Invalid, e.to_string()))?;

@@ -253,6 +253,7 @@ pub(super) async fn tokenize(
         let tokens = model
             .model
             .tokenize(&refs)
+            .or_else(|| spec.tokenize(&refs))
             .ok_or_else(|| {
                 Failure::new(
                     Kind::Invalid,
