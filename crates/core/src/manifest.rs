@@ -84,6 +84,22 @@ pub struct ServerSettings {
     /// closed, in seconds (default 10).
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_seconds: u64,
+    /// Set `TCP_NODELAY` on every accepted connection, both ports (default true): small
+    /// responses leave at once instead of waiting for Nagle's algorithm.
+    #[serde(default = "yes")]
+    pub tcp_nodelay: bool,
+    /// The gRPC port's HTTP/2 initial stream window, in bytes (default 16 MiB): how much of a
+    /// message may be in flight before the receiver acknowledges it.
+    #[serde(default = "default_stream_window")]
+    pub http2_stream_window_bytes: u32,
+    /// The gRPC port's HTTP/2 initial connection window, in bytes (default 32 MiB).
+    #[serde(default = "default_connection_window")]
+    pub http2_connection_window_bytes: u32,
+    /// When gRPC responses are gzip-compressed: `request` (default: when the request came
+    /// compressed and the client accepts gzip), `always` (whenever the client accepts gzip,
+    /// as grpcio clients advertise by default), `never`.
+    #[serde(default)]
+    pub grpc_compression: GrpcCompression,
     /// On SIGTERM / SIGINT, how long to keep serving with readiness false before closing the
     /// listeners, in seconds (default 0): the time a load balancer (a Kubernetes endpoint
     /// removal) takes to stop sending new requests. A second signal ends the window.
@@ -95,6 +111,31 @@ fn default_shutdown_timeout() -> u64 {
     10
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn default_stream_window() -> u32 {
+    16 * 1024 * 1024
+}
+
+fn default_connection_window() -> u32 {
+    32 * 1024 * 1024
+}
+
+/// `[server] grpc_compression`: when gRPC responses are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrpcCompression {
+    /// When the request itself came compressed (and the client accepts gzip).
+    #[default]
+    Request,
+    /// Whenever the client accepts gzip.
+    Always,
+    /// Never.
+    Never,
+}
+
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
@@ -104,6 +145,10 @@ impl Default for ServerSettings {
             max_inflight_bytes: None,
             cors_origins: Vec::new(),
             shutdown_timeout_seconds: default_shutdown_timeout(),
+            tcp_nodelay: true,
+            http2_stream_window_bytes: default_stream_window(),
+            http2_connection_window_bytes: default_connection_window(),
+            grpc_compression: GrpcCompression::Request,
             drain_seconds: 0,
         }
     }

@@ -474,6 +474,7 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
         .context("cannot start the async runtime")?;
     let mut state = AppState::new(repository, max_request_bytes)
         .with_inflight_budget(max_inflight_bytes)
+        .with_transport(oxinfer_server::Transport::of(&manifest.server))
         .with_cors_origins(manifest.server.cors_origins.clone());
     let log = match manifest.inference_log.clone() {
         Some(settings) => Some(inference_log::InferenceLog::start(settings)?),

@@ -33,7 +33,7 @@ pub use api::grpc::pb;
 pub use api::grpc::serve_grpc;
 pub use api::rest::app;
 pub use models::{ModelRepository, ReloadReport, RuntimeRegistry, ServedModel};
-pub use state::AppState;
+pub use state::{AppState, Transport};
 pub use telemetry::inference_log;
 
 use std::future::Future;
@@ -45,7 +45,14 @@ pub async fn serve_http(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let for_shutdown = state.clone();
+    let nodelay = state.transport.tcp_nodelay;
+    let listener = listener.tap_io(move |tcp| {
+        if nodelay && let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    });
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),

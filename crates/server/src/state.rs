@@ -22,11 +22,44 @@ pub struct AppState {
     pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) log: Option<InferenceLog>,
     pub(crate) metrics: Arc<ServerMetrics>,
+    /// Transport settings: TCP_NODELAY, HTTP/2 windows, gRPC compression (`[server]`).
+    pub(crate) transport: Transport,
     /// Origins allowed to call the REST API from a browser (`[server] cors_origins`).
     pub(crate) cors_origins: Arc<[String]>,
     /// Repository loads in flight, by model name: a second load of the same model waits for
     /// the first one's result instead of starting its own.
     pub(crate) loads: Arc<Mutex<HashMap<String, LoadResult>>>,
+}
+
+/// How connections are served (`[server]` transport settings; the defaults are the manifest's).
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    /// `TCP_NODELAY` on accepted connections (both ports).
+    pub tcp_nodelay: bool,
+    /// The gRPC port's HTTP/2 initial stream window, in bytes.
+    pub http2_stream_window: u32,
+    /// The gRPC port's HTTP/2 initial connection window, in bytes.
+    pub http2_connection_window: u32,
+    /// When gRPC responses are compressed.
+    pub grpc_compression: oxinfer_core::manifest::GrpcCompression,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport::of(&oxinfer_core::manifest::ServerSettings::default())
+    }
+}
+
+impl Transport {
+    /// The transport settings of a manifest's `[server]` table.
+    pub fn of(server: &oxinfer_core::manifest::ServerSettings) -> Self {
+        Transport {
+            tcp_nodelay: server.tcp_nodelay,
+            http2_stream_window: server.http2_stream_window_bytes,
+            http2_connection_window: server.http2_connection_window_bytes,
+            grpc_compression: server.grpc_compression,
+        }
+    }
 }
 
 /// The outcome of a repository load, once known, shared by every caller that asked for it.
@@ -47,7 +80,14 @@ impl AppState {
             metrics: Arc::default(),
             cors_origins: Arc::new([]),
             loads: Arc::default(),
+            transport: Transport::default(),
         }
+    }
+
+    /// The same state, with these transport settings.
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
     }
 
     /// The same state, letting pages from these origins call the REST API (`*`: any).

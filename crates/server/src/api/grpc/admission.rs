@@ -192,7 +192,8 @@ impl<U: Message + Default + 'static> Decoder for AdmissionDecoder<U> {
 }
 
 /// Sets an [`Admission`] around each `ModelInfer` / `ModelStreamInfer` call, and counts the
-/// call's request body against the in-flight budget as it arrives.
+/// call's request body against the in-flight budget as it arrives. Also applies
+/// `[server] grpc_compression` to every call ([`compression_rule`]).
 #[derive(Debug, Clone)]
 pub(super) struct AdmissionLayer {
     pub(super) state: AppState,
@@ -231,7 +232,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        compression_rule(self.state.transport.grpc_compression, request.headers_mut());
         let path = request.uri().path();
         if !(path.ends_with("/ModelInfer") || path.ends_with("/ModelStreamInfer")) {
             return Box::pin(self.inner.call(request));
@@ -246,6 +248,28 @@ where
             tonic::body::Body::new(CountedBody::new(body, wire, 0, |e| Box::new(status(e))))
         });
         Box::pin(admission.scope(self.inner.call(request)))
+    }
+}
+
+/// tonic compresses a response whenever the client's `grpc-accept-encoding` lists gzip, and
+/// grpcio clients (tritonclient) list it by default: on big tensors compression costs far more
+/// than it saves on a fast network. So, unless `grpc_compression = "always"`, the header is
+/// taken away from requests that did not come compressed themselves (`request`, the default) or
+/// from every request (`never`), and the response goes out uncompressed.
+pub(super) fn compression_rule(
+    rule: oxinfer_core::manifest::GrpcCompression,
+    headers: &mut http::HeaderMap,
+) {
+    use oxinfer_core::manifest::GrpcCompression;
+    let keep = match rule {
+        GrpcCompression::Always => true,
+        GrpcCompression::Never => false,
+        GrpcCompression::Request => headers
+            .get("grpc-encoding")
+            .is_some_and(|v| v.as_bytes() != b"identity"),
+    };
+    if !keep {
+        headers.remove("grpc-accept-encoding");
     }
 }
 
@@ -655,6 +679,28 @@ mod tests {
         };
         let scanned = scan(&empty_inputs.encode_to_vec()).unwrap();
         assert!(scanned.decoded_bytes >= 10_000 * size_of::<InferInputTensor>());
+    }
+
+    #[test]
+    fn responses_are_compressed_only_as_the_rule_says() {
+        use oxinfer_core::manifest::GrpcCompression;
+        let accepts = |rule, encoding: Option<&'static str>| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "grpc-accept-encoding",
+                http::HeaderValue::from_static("identity,deflate,gzip"),
+            );
+            if let Some(e) = encoding {
+                headers.insert("grpc-encoding", http::HeaderValue::from_static(e));
+            }
+            compression_rule(rule, &mut headers);
+            headers.contains_key("grpc-accept-encoding")
+        };
+        assert!(!accepts(GrpcCompression::Request, None));
+        assert!(!accepts(GrpcCompression::Request, Some("identity")));
+        assert!(accepts(GrpcCompression::Request, Some("gzip")));
+        assert!(accepts(GrpcCompression::Always, None));
+        assert!(!accepts(GrpcCompression::Never, Some("gzip")));
     }
 
     #[test]

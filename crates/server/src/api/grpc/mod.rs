@@ -311,6 +311,7 @@ pub async fn serve_grpc(
         .set_serving::<GrpcInferenceServiceServer<GrpcService>>()
         .await;
     let limit = state.max_request_bytes;
+    let transport = state.transport;
     let service_state = state.clone();
     let service = GrpcInferenceServiceServer::new(GrpcService { state })
         .max_decoding_message_size(limit)
@@ -331,20 +332,29 @@ pub async fn serve_grpc(
                 .await;
         }
     });
+    // tonic's own tcp_nodelay does not reach connections from a stream it is handed.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |stream| {
+        stream.inspect(|tcp| {
+            if transport.tcp_nodelay
+                && let Err(e) = tcp.set_nodelay(true)
+            {
+                tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+            }
+        })
+    });
     tonic::transport::Server::builder()
+        .initial_stream_window_size(transport.http2_stream_window)
+        .initial_connection_window_size(transport.http2_connection_window)
         .layer(admission::AdmissionLayer {
             state: service_state,
         })
         .add_service(health)
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                shutdown.await;
-                reporter
-                    .set_not_serving::<GrpcInferenceServiceServer<GrpcService>>()
-                    .await;
-            },
-        )
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            reporter
+                .set_not_serving::<GrpcInferenceServiceServer<GrpcService>>()
+                .await;
+        })
         .await
 }

@@ -1,0 +1,124 @@
+"""The gRPC port's transport settings through the real binary: the HTTP/2 windows it announces
+are the documented ones, and responses are compressed only as `[server] grpc_compression` says
+(counted on the wire by a relay between tritonclient and the server)."""
+
+import socket
+import struct
+import threading
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from conftest import MODELS, Server
+
+
+def serve(tmp_path, extra=""):
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(f'{extra}\n[[models]]\nname = "identity"\nruntime = "tract"\npath = "{MODELS / "identity.onnx"}"\n')
+    return Server(manifest)
+
+
+def test_the_announced_http2_windows_are_the_documented_ones(tmp_path):
+    server = serve(tmp_path)
+    try:
+        host, port = server.grpc_address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + b"\x04\x00" + struct.pack(">I", 0))
+            settings, window = None, None
+            data = b""
+            while settings is None or window is None:
+                chunk = s.recv(65536)
+                assert chunk, "the server closed the connection"
+                data += chunk
+                while len(data) >= 9:
+                    length = int.from_bytes(data[:3], "big")
+                    if len(data) < 9 + length:
+                        break
+                    kind, flags, stream = data[3], data[4], struct.unpack(">I", data[5:9])[0]
+                    payload, data = data[9 : 9 + length], data[9 + length :]
+                    if kind == 0x4 and not flags & 0x1:
+                        settings = dict(struct.unpack(">HI", payload[i : i + 6]) for i in range(0, len(payload), 6))
+                    elif kind == 0x8 and stream == 0:
+                        window = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
+        assert settings.get(0x4) == 16 * 1024 * 1024, settings  # SETTINGS_INITIAL_WINDOW_SIZE
+        assert window == 32 * 1024 * 1024 - 65535  # the connection window, raised from 64 KiB
+    finally:
+        server.stop()
+
+
+class Relay:
+    """A TCP relay in front of the server that counts the bytes the server sends back."""
+
+    def __init__(self, target):
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.from_server = 0
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self.pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self.pump, args=(upstream, client, True), daemon=True).start()
+
+    def pump(self, source, sink, count):
+        try:
+            while chunk := source.recv(65536):
+                if count:
+                    self.from_server += len(chunk)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self):
+        self.listener.close()
+
+
+def received(server, **infer_args):
+    """Bytes the server sent for one 602 KB all-zeros identity request from tritonclient."""
+    relay = Relay(server.grpc_address)
+    try:
+        client = grpcclient.InferenceServerClient(relay.address)
+        x = np.zeros((9408, 16), dtype=np.float32)  # 602,112 bytes, as a [1,3,224,224] image
+        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        out = client.infer("identity", [inp], **infer_args).as_numpy("y")
+        np.testing.assert_array_equal(out, x)
+        client.close()
+        return relay.from_server
+    finally:
+        relay.close()
+
+
+def test_responses_are_compressed_only_when_the_rule_says(tmp_path):
+    server = serve(tmp_path)
+    try:
+        # tritonclient advertises gzip by default; the request is not compressed: neither is
+        # the response.
+        assert received(server) > 600_000
+        # A compressed request gets a compressed response (zeros shrink to almost nothing).
+        assert received(server, compression_algorithm="gzip") < 60_000
+    finally:
+        server.stop()
+    always = tmp_path / "always"
+    always.mkdir()
+    server = serve(always, '[server]\ngrpc_compression = "always"')
+    try:
+        assert received(server) < 60_000
+    finally:
+        server.stop()
+    never = tmp_path / "never"
+    never.mkdir()
+    server = serve(never, '[server]\ngrpc_compression = "never"')
+    try:
+        assert received(server, compression_algorithm="gzip") > 600_000
+    finally:
+        server.stop()
