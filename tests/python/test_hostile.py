@@ -428,7 +428,7 @@ def test_a_request_over_the_inflight_budget_is_refused_before_decoding(budgeted)
     assert grown < 40_000, f"the process grew by {grown} kB"
     assert metric(budgeted, "oxinfer_inflight_refused_total") == refused + 1
     assert metric(budgeted, "oxinfer_inflight_bytes_limit") == 33554432
-    # A request within the budget: 2 MB in, 2 MB out, over REST JSON and binary.
+    # A request within the budget: 2 MB in, 2 MB out.
     x = np.arange(16 * 32768, dtype=np.float32).reshape(32768, 16)
     status, _, raw = request(budgeted, "/v2/models/identity/infer", {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]})
     assert status == 200, raw[:300]
@@ -469,6 +469,8 @@ def test_concurrent_requests_share_the_budget_and_give_it_back(budgeted):
     for kind, what in results:
         assert kind == "ok" or "max_inflight_bytes" in what, what
     assert any(kind == "ok" for kind, _ in results), results
+    assert any(kind == "error" for kind, _ in results), "eight at once do not fit in 32 MiB"
+
     deadline = time.time() + 10
     while metric(budgeted, "oxinfer_inflight_bytes") != 0 and time.time() < deadline:
         time.sleep(0.1)
@@ -511,3 +513,20 @@ def test_grpc_messages_are_admitted_before_prost_decodes_them(budgeted):
     while metric(budgeted, "oxinfer_inflight_bytes") != 0 and time.time() < deadline:
         time.sleep(0.1)
     assert metric(budgeted, "oxinfer_inflight_bytes") == 0
+
+
+def test_declared_lengths_are_not_reserved_before_the_bytes_arrive(budgeted):
+    """Five clients announce 8 MB bodies and send nothing: 40 MB declared against a 32 MiB
+    budget. Bytes are counted as they arrive, so they hold nothing and others are served."""
+    idle = []
+    for _ in range(5):
+        s = socket.create_connection((budgeted.address.rsplit(":", 1)[0], int(budgeted.address.rsplit(":", 1)[1])))
+        s.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8000000\r\n\r\n{")
+        idle.append(s)
+    try:
+        time.sleep(0.3)
+        still_serves(budgeted)
+        assert metric(budgeted, "oxinfer_inflight_bytes") < 1_000_000
+    finally:
+        for s in idle:
+            s.close()

@@ -629,6 +629,24 @@ impl Manifest {
                 manifest.max_request_bytes()
             )));
         }
+        for (key, window) in [
+            (
+                "http2_stream_window_bytes",
+                manifest.server.http2_stream_window_bytes,
+            ),
+            (
+                "http2_connection_window_bytes",
+                manifest.server.http2_connection_window_bytes,
+            ),
+        ] {
+            // HTTP/2 windows are 31-bit; the initial stream window may not be below the
+            // protocol's 65535.
+            if !(65_535..=0x7fff_ffff).contains(&window) {
+                return Err(fail(format!(
+                    "[server]: {key} = {window} must be between 65535 and 2147483647"
+                )));
+            }
+        }
         if let Some(log) = &mut manifest.inference_log {
             if log.path.is_relative() {
                 log.path = base.join(&log.path);
@@ -757,11 +775,12 @@ impl Manifest {
             .unwrap_or(DEFAULT_MAX_REQUEST_BYTES)
     }
 
-    /// The budget of bytes held by requests in flight.
+    /// The budget of bytes held by requests in flight: as set, else 1 GiB or the request body
+    /// limit if that is larger.
     pub fn max_inflight_bytes(&self) -> usize {
         self.server
             .max_inflight_bytes
-            .unwrap_or(DEFAULT_MAX_INFLIGHT_BYTES)
+            .unwrap_or(DEFAULT_MAX_INFLIGHT_BYTES.max(self.max_request_bytes()))
     }
 }
 
@@ -827,6 +846,16 @@ mod tests {
         assert!(
             e.contains("max_inflight_bytes (99) must be at least max_request_bytes (100)"),
             "{e}"
+        );
+        let e = parse("[server]\nhttp2_stream_window_bytes = 4294967295\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be between 65535 and 2147483647"), "{e}");
+        let m = parse("[server]\nmax_request_bytes = 2147483648\n").unwrap();
+        assert_eq!(
+            m.max_inflight_bytes(),
+            2147483648,
+            "at least one request of the limit"
         );
         let e = parse("[serverr]\n").unwrap_err().to_string();
         assert!(e.contains("unknown field `serverr`"), "{e}");

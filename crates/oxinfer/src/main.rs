@@ -459,7 +459,11 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
         .map(|addr| bind(addr, "gRPC", "--grpc or [server] grpc"))
         .transpose()?;
     let max_request_bytes = max_request_bytes.unwrap_or(manifest.max_request_bytes());
-    let max_inflight_bytes = manifest.max_inflight_bytes();
+    // Unset, the budget follows a --max-request-bytes above 1 GiB as it follows the manifest's.
+    let max_inflight_bytes = manifest
+        .server
+        .max_inflight_bytes
+        .unwrap_or(manifest.max_inflight_bytes().max(max_request_bytes));
     if max_inflight_bytes < max_request_bytes {
         anyhow::bail!(
             "max_inflight_bytes ({max_inflight_bytes}) must be at least max_request_bytes \

@@ -4,7 +4,8 @@
 //! until the last thing that keeps its data is gone: the body as it is read, the tensors decoded
 //! from it (what is not a view of the body), the outputs the model will produce (estimated from
 //! its signature before the request is queued, then the real size), the encoded response until
-//! it is sent, and the inference log record until it is written. Clones of a reservation share
+//! it is sent (REST; a gRPC response until it is handed to tonic), and the inference log record
+//! until it is written. Clones of a reservation share
 //! it; the bytes return to the budget when the last clone is dropped.
 //!
 //! Growing a reservation past the budget fails with [`Error::OverBudget`] (HTTP 503, gRPC
@@ -146,6 +147,12 @@ impl Reservation {
         }
     }
 
+    /// Gives back up to `bytes` of what it holds.
+    pub(crate) fn release(&self, bytes: usize) {
+        let held = self.bytes();
+        let _ = self.set(held.saturating_sub(bytes));
+    }
+
     /// The bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.0.bytes.load(Ordering::Relaxed)
@@ -153,29 +160,21 @@ impl Reservation {
 }
 
 /// A request body that reserves each chunk against a [`Reservation`] as it arrives (after
-/// decompression, when it sits inside the decompression layer), after the first `prepaid`
-/// bytes (a declared length reserved up front). A chunk over the budget ends the body with
-/// `refuse(error)`.
+/// decompression, when it sits inside the decompression layer). A chunk over the budget ends
+/// the body with `refuse(error)`.
 pub(crate) struct CountedBody<B> {
     inner: B,
     reservation: Reservation,
-    prepaid: usize,
     refuse: fn(Error) -> BoxError,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl<B> CountedBody<B> {
-    pub(crate) fn new(
-        inner: B,
-        reservation: Reservation,
-        prepaid: usize,
-        refuse: fn(Error) -> BoxError,
-    ) -> Self {
+    pub(crate) fn new(inner: B, reservation: Reservation, refuse: fn(Error) -> BoxError) -> Self {
         CountedBody {
             inner,
             reservation,
-            prepaid,
             refuse,
         }
     }
@@ -197,9 +196,7 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, Bytes::len);
-                let owed = len.saturating_sub(this.prepaid);
-                this.prepaid = this.prepaid.saturating_sub(len);
-                match this.reservation.grow(owed) {
+                match this.reservation.grow(len) {
                     Ok(()) => Poll::Ready(Some(Ok(frame))),
                     Err(e) => Poll::Ready(Some(Err((this.refuse)(e)))),
                 }

@@ -91,7 +91,7 @@ fn contains_non_finite_token(body: &[u8]) -> bool {
 /// data of every input that carries a `binary_data_size` parameter, in input order. Binary input
 /// data is sliced out of `body` without copying.
 pub fn decode_infer_request(body: &Bytes, json_len: Option<usize>) -> Result<InferRequest> {
-    decode_infer_request_checked(body, json_len, &|_, _, _| Ok(()))
+    decode_infer_request_checked(body, json_len, &|_, _, _, _| Ok(()))
 }
 
 /// The `id` of a REST inference request, read without decoding anything else (tensor data is
@@ -106,8 +106,10 @@ pub fn peek_request_id(body: &Bytes, json_len: Option<usize>) -> Option<String> 
     serde_json::from_slice::<IdOnly>(json).ok()?.id
 }
 
-/// Checks one input's name, datatype and shape before its data is decoded.
-pub type InputCheck<'a> = dyn Fn(&str, DataType, &[usize]) -> Result<()> + 'a;
+/// Checks one input's name, datatype and shape before its data is decoded; the last argument
+/// says whether the data will be copied out of the message (JSON values, typed gRPC contents)
+/// rather than viewed in place (binary extension data, gRPC raw contents).
+pub type InputCheck<'a> = dyn Fn(&str, DataType, &[usize], bool) -> Result<()> + 'a;
 
 /// [`decode_infer_request`], calling `check` with each input's name, datatype and shape before
 /// its data is decoded: a server checks them against the model first, so that data for an input
@@ -194,7 +196,12 @@ fn decode_input(
         )));
     }
     let (shape, count) = check_shape(&name, &input.shape)?;
-    check(&name, datatype, &shape)?;
+    check(
+        &name,
+        datatype,
+        &shape,
+        !params.contains_key("binary_data_size"),
+    )?;
     if let Some(size) = params.get("binary_data_size") {
         let size = size.as_u64().ok_or_else(|| {
             Error::invalid(format!(

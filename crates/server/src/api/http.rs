@@ -20,33 +20,21 @@ pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     response
 }
 
-/// Reserves an inference request's bytes against the in-flight budget: its declared length
-/// before any of the body is read (when it is not compressed), then each decompressed chunk as
-/// it arrives; the handler adds what decoding, the model and encoding hold; the response body
-/// keeps the reservation until it is sent. A body over the budget fails as it is read, and the
-/// handler answers 503 in its API's error shape.
+/// Reserves an inference request's bytes against the in-flight budget as its body arrives
+/// (after decompression), chunk by chunk: a declared length is not reserved up front, so a
+/// client that announces a large body and sends nothing holds nothing (a declared length over
+/// `max_request_bytes` is refused with 413 before this). The handler adds what decoding, the
+/// model and encoding hold; the response body keeps the reservation until it is sent. A body
+/// over the budget fails as it is read, and the handler answers 503 in its API's error shape.
 pub(crate) async fn hold_budget(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let reservation = state.budget.reservation();
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .filter(|_| !request.headers().contains_key(header::CONTENT_ENCODING))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    // Reserved up front when it fits; otherwise the first chunk over the budget fails.
-    let prepaid = if reservation.grow(declared).is_ok() {
-        declared
-    } else {
-        0
-    };
     let (mut parts, body) = request.into_parts();
     parts.extensions.insert(reservation.clone());
-    let body = CountedBody::new(body, reservation.clone(), prepaid, |e| Box::new(e));
+    let body = CountedBody::new(body, reservation.clone(), |e| Box::new(e));
     let request = Request::from_parts(parts, axum::body::Body::new(body));
     next.run(request)
         .await

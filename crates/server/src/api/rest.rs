@@ -477,9 +477,13 @@ fn decode_body(
             Error::invalid(format!("cannot read request body: {rejection}"))
         }
     })?;
-    json::decode_infer_request_checked(&body, json_len?, &|name, datatype, shape| {
+    json::decode_infer_request_checked(&body, json_len?, &|name, datatype, shape, copied| {
         pipeline::check_before_decoding(model, name, datatype, shape)?;
-        held.grow(budget::declared_bytes(datatype, shape))
+        // Binary extension data is a view of the body, which is already held.
+        if copied {
+            held.grow(budget::declared_bytes(datatype, shape))?;
+        }
+        Ok(())
     })
 }
 

@@ -59,6 +59,9 @@ pub struct ModelRepository {
     admin: std::sync::Mutex<()>,
     /// Manifest reloads that applied every change, and those that did not.
     reloads: [AtomicU64; 2],
+    /// Versions whose last reload failed: the next reload loads them again even when their
+    /// entry looks unchanged (a changed `[runtimes.*]` table, say, is already in force).
+    failed: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
 }
 
 /// What applying a manifest changed ([`ModelRepository::apply`]).
@@ -120,6 +123,7 @@ impl ModelRepository {
             models: RwLock::new(models),
             admin: std::sync::Mutex::new(()),
             reloads: Default::default(),
+            failed: Default::default(),
         })
     }
 
@@ -178,6 +182,8 @@ impl ModelRepository {
                 })
             })
             .collect();
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let retry = std::mem::take(&mut *failed);
         let mut loaded: Vec<((String, u64), Arc<ServedModel>)> = Vec::new();
         // Versions listed but left out by a version policy: retired if they were serving.
         let mut retired: Vec<((String, u64), String)> = Vec::new();
@@ -185,6 +191,10 @@ impl ModelRepository {
         // load is the old one (or absent), so that the next reload tries it again.
         let mut effective = new.clone();
         effective.models.clear();
+        // What needs a restart stays as it is in force, so that every reload says so again.
+        effective.server = old.server.clone();
+        effective.inference_log = old.inference_log.clone();
+        effective.telemetry = old.telemetry.clone();
         for entry in &new.models {
             let key = (entry.name.clone(), entry.version_number());
             let label = format!("{}:{}", entry.name, entry.version);
@@ -194,16 +204,17 @@ impl ModelRepository {
                 .find(|e| e.name == entry.name && e.version_number() == key.1);
             let settings_same =
                 old.runtimes.get(&entry.runtime) == new.runtimes.get(&entry.runtime);
-            let unchanged = match (before, serving.get(&key)) {
-                (Some(b), Some(Some(model))) => {
-                    b == entry
-                        && settings_same
-                        && digest::model_sha256(&entry.path).is_ok_and(|d| d == model.sha256)
-                }
-                // Unloaded through the repository API, and still listed as it was.
-                (Some(b), Some(None)) => b == entry && settings_same,
-                _ => false,
-            };
+            let unchanged = !retry.contains(&key)
+                && match (before, serving.get(&key)) {
+                    (Some(b), Some(Some(model))) => {
+                        b == entry
+                            && settings_same
+                            && digest::model_sha256(&entry.path).is_ok_and(|d| d == model.sha256)
+                    }
+                    // Unloaded through the repository API, and still listed as it was.
+                    (Some(b), Some(None)) => b == entry && settings_same,
+                    _ => false,
+                };
             if unchanged {
                 report.unchanged += 1;
                 effective.models.push(entry.clone());
@@ -237,6 +248,7 @@ impl ModelRepository {
                         "manifest reload: {entry} failed to load, what served before still does: {e}"
                     );
                     report.failed.push(format!("{entry}: {e}"));
+                    failed.insert(key.clone());
                     if let Some(b) = before {
                         effective.models.push(b.clone());
                     }

@@ -314,7 +314,7 @@ pub(super) async fn embed(
     state: &AppState,
     model: &Arc<ServedModel>,
     spec: &EmbeddingSpec,
-    mut texts: Vec<String>,
+    texts: Vec<String>,
     truncation: Truncation,
     origin: Origin<'_>,
 ) -> (String, Result<Embedded, Failure>) {
@@ -324,8 +324,21 @@ pub(super) async fn embed(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .map(str::to_string);
+    // Tokenizing many or long texts runs on a blocking thread, like big OIP bodies.
+    let text_bytes: usize = texts.iter().map(String::len).sum();
+    let (texts, prepared) = if text_bytes > OFFLOAD_TEXT_BYTES {
+        let (model, spec, held) = (model.clone(), spec.clone(), origin.held.clone());
+        tokio::task::spawn_blocking(move || prepare(&model, &spec, texts, truncation, &held))
+            .await
+            .unwrap_or_else(|e| {
+                let failure = Failure::new(Kind::Internal, format!("tokenizing panicked: {e}"));
+                (Vec::new(), Err(failure))
+            })
+    } else {
+        prepare(model, spec, texts, truncation, &origin.held)
+    };
     // A request refused here is still recorded, with its reason, like any failed request.
-    let (decoded, tokens) = match prepare(model, spec, &mut texts, truncation, &origin.held) {
+    let (decoded, tokens) = match prepared {
         Ok(tokens) => {
             let n = texts.len();
             let request =
@@ -363,9 +376,28 @@ pub(super) async fn embed(
     (id, outcome)
 }
 
+/// Texts longer than this in all are tokenized on a blocking thread.
+const OFFLOAD_TEXT_BYTES: usize = 64 * 1024;
+
+/// What tokenizing may hold per byte of text, at most: one token per byte, each with its id,
+/// offsets, masks and text in the tokenizer's encoding and in the server's copy.
+const TOKENIZING_BYTES_PER_TEXT_BYTE: usize = 160;
+
 /// Checks the batch against the model's limits, counts (and where asked, truncates) tokens,
-/// and reserves the texts' memory. Returns the tokens per text.
+/// and reserves the texts' memory. Returns the texts (truncated where asked) and the tokens
+/// per text.
 fn prepare(
+    model: &ServedModel,
+    spec: &EmbeddingSpec,
+    mut texts: Vec<String>,
+    truncation: Truncation,
+    held: &Reservation,
+) -> (Vec<String>, Result<Vec<usize>, Failure>) {
+    let counted = count_tokens(model, spec, &mut texts, truncation, held);
+    (texts, counted)
+}
+
+fn count_tokens(
     model: &ServedModel,
     spec: &EmbeddingSpec,
     texts: &mut [String],
@@ -384,22 +416,40 @@ fn prepare(
         )
         .param("input"));
     }
-    held.grow(
-        texts
-            .iter()
-            .map(|t| t.len() + std::mem::size_of::<bytes::Bytes>())
-            .sum(),
-    )?;
+    let text_bytes: usize = texts.iter().map(String::len).sum();
+    held.grow(text_bytes + texts.len() * std::mem::size_of::<bytes::Bytes>())?;
+    // The worst case of tokenizing is reserved while it runs, so that a body of one-letter
+    // words cannot make the tokenizer hold gigabytes.
+    let tokenizing = held.grow(text_bytes.saturating_mul(TOKENIZING_BYTES_PER_TEXT_BYTE));
+    tokenizing?;
+    let release = || held.release(text_bytes.saturating_mul(TOKENIZING_BYTES_PER_TEXT_BYTE));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let Some(tokenized) = model.model.tokenize(&refs).or_else(|| spec.tokenize(&refs)) else {
+        release();
         return Ok(texts.iter().map(|t| t.split_whitespace().count()).collect());
     };
-    let tokenized = tokenized.map_err(|e| Failure::new(Kind::Invalid, e.to_string()))?;
+    let tokenized = tokenized.map_err(|e| {
+        release();
+        Failure::new(Kind::Invalid, e.to_string())
+    })?;
+    let counted = limit_tokens(spec, texts, &tokenized, truncation);
+    drop(tokenized);
+    release();
+    counted
+}
+
+/// Token counts after the model's limit: over-long texts cut or refused per `truncation`.
+fn limit_tokens(
+    spec: &EmbeddingSpec,
+    texts: &mut [String],
+    tokenized: &[Vec<oxinfer_core::Token>],
+    truncation: Truncation,
+) -> Result<Vec<usize>, Failure> {
     let Some(max) = spec.max_input_tokens else {
         return Ok(tokenized.iter().map(Vec::len).collect());
     };
     let mut counts = Vec::with_capacity(texts.len());
-    for (i, (text, tokens)) in texts.iter_mut().zip(&tokenized).enumerate() {
+    for (i, (text, tokens)) in texts.iter_mut().zip(tokenized).enumerate() {
         if tokens.len() <= max {
             counts.push(tokens.len());
             continue;
@@ -442,7 +492,9 @@ fn truncated(text: &str, tokens: &[oxinfer_core::Token], max: usize, left: bool)
     } else {
         0..spans[keep.min(spans.len()) - 1].1
     };
-    text.get(range).unwrap_or(text).to_string()
+    // Offsets come from the tokenizer; one that is not a character boundary keeps nothing
+    // rather than everything.
+    text.get(range).unwrap_or_default().to_string()
 }
 
 /// The rows of an FP32 `[n, dimensions]` output.

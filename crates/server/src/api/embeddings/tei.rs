@@ -228,7 +228,7 @@ pub(super) async fn tokenize(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = read::<TokenizeRequest>(&state, body).and_then(|request| {
+    let checked = read::<TokenizeRequest>(&state, body).and_then(|request| {
         let (model, spec) = choose(&state, request.model.as_deref(), &headers)?;
         no_prompts(&model, request.prompt_name.as_deref())?;
         let texts = request.inputs.texts("inputs")?;
@@ -242,13 +242,27 @@ pub(super) async fn tokenize(
                 ),
             ));
         }
+        // One token per byte at worst, each with its id, offsets and text, twice (the
+        // tokenizer's encoding and the answer).
         held.grow(
             texts
                 .iter()
                 .map(String::len)
                 .sum::<usize>()
-                .saturating_mul(8),
+                .saturating_mul(160),
         )?;
+        Ok((
+            model,
+            spec,
+            texts,
+            request.add_special_tokens.unwrap_or(true),
+        ))
+    });
+    let (model, spec, texts, special) = match checked {
+        Ok(checked) => checked,
+        Err(failure) => return error_response(&failure, None),
+    };
+    let work = move || -> Result<Vec<u8>, Failure> {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let tokens = model
             .model
@@ -264,8 +278,7 @@ pub(super) async fn tokenize(
                 )
             })?
             .map_err(|e| Failure::new(Kind::Invalid, e.to_string()))?;
-        let special = request.add_special_tokens.unwrap_or(true);
-        Ok(tokens
+        let rows: Vec<Vec<SimpleToken>> = tokens
             .into_iter()
             .map(|row| {
                 row.into_iter()
@@ -277,15 +290,24 @@ pub(super) async fn tokenize(
                         start: t.span.map(|s| s.0),
                         stop: t.span.map(|s| s.1),
                     })
-                    .collect::<Vec<_>>()
+                    .collect()
             })
-            .collect::<Vec<_>>())
-    });
+            .collect();
+        serde_json::to_vec(&rows).map_err(|e| Failure::new(Kind::Internal, e.to_string()))
+    };
+    // Many or long texts are tokenized on a blocking thread.
+    let result = if held.bytes() > 64 * 1024 * 160 {
+        tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+            Err(Failure::new(
+                Kind::Internal,
+                format!("tokenizing panicked: {e}"),
+            ))
+        })
+    } else {
+        work()
+    };
     match result {
-        Ok(tokens) => json_response(
-            StatusCode::OK,
-            serde_json::to_vec(&tokens).unwrap_or_default(),
-        ),
+        Ok(body) => json_response(StatusCode::OK, body),
         Err(failure) => error_response(&failure, None),
     }
 }

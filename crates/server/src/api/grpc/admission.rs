@@ -74,12 +74,18 @@ impl Admission {
     /// Whether `message` may be decoded whole; if not, the bytes to decode instead (its model
     /// name, version and id).
     fn admit(&self, message: &[u8]) -> Option<Vec<u8>> {
-        // A message that does not parse is left to prost, which reports it.
-        let scanned = scan(message).ok()?;
         let mut verdict = self.verdict.lock().unwrap_or_else(|e| e.into_inner());
-        // The wire bytes now belong to this message's reservation (or are given back).
-        let _ = self.wire.set(0);
+        // This message's bytes now belong to its own reservation (or are given back); bytes of
+        // a next message on a stream stay counted.
+        self.wire.release(message.len());
         *verdict = None;
+        let Ok(scanned) = scan(message) else {
+            // Never left to prost: it would decode what the scan could not look at.
+            *verdict = Some(Verdict::Refused(Error::invalid(
+                "the message is not a well-formed ModelInferRequest",
+            )));
+            return Some(Vec::new());
+        };
         let model = match self
             .state
             .repository
@@ -245,7 +251,7 @@ where
         });
         let wire = admission.wire.clone();
         let request = request.map(|body| {
-            tonic::body::Body::new(CountedBody::new(body, wire, 0, |e| Box::new(status(e))))
+            tonic::body::Body::new(CountedBody::new(body, wire, |e| Box::new(status(e))))
         });
         Box::pin(admission.scope(self.inner.call(request)))
     }
@@ -346,11 +352,41 @@ impl<'a> Fields<'a> {
                     let len = usize::try_from(self.varint()?).map_err(|_| Malformed)?;
                     Value::Len(self.skip(len)?)
                 }
+                // A group (deprecated, but prost skips unknown ones): skipped as a whole.
+                3 => self.skip_group(key >> 3, 0).map(|()| Value::Fixed)?,
                 _ => return Err(Malformed),
             };
             let used = start.len() - self.0.len();
             Ok((key >> 3, value, &start[..used]))
         })())
+    }
+
+    /// Skips a group's fields up to its end tag, nested groups included (at most 32 deep).
+    fn skip_group(&mut self, number: u64, depth: usize) -> Result<(), Malformed> {
+        if depth > 32 {
+            return Err(Malformed);
+        }
+        loop {
+            let key = self.varint()?;
+            match key & 7 {
+                0 => {
+                    self.varint()?;
+                }
+                1 => {
+                    self.skip(8)?;
+                }
+                5 => {
+                    self.skip(4)?;
+                }
+                2 => {
+                    let len = usize::try_from(self.varint()?).map_err(|_| Malformed)?;
+                    self.skip(len)?;
+                }
+                3 => self.skip_group(key >> 3, depth + 1)?,
+                4 if key >> 3 == number => return Ok(()),
+                _ => return Err(Malformed),
+            }
+        }
     }
 
     fn skip(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
@@ -701,6 +737,45 @@ mod tests {
         assert!(accepts(GrpcCompression::Request, Some("gzip")));
         assert!(accepts(GrpcCompression::Always, None));
         assert!(!accepts(GrpcCompression::Never, Some("gzip")));
+    }
+
+    #[test]
+    fn groups_are_skipped_as_prost_skips_them() {
+        let r = pb::ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![InferInputTensor {
+                name: "x".into(),
+                contents: Some(pb::InferTensorContents {
+                    bytes_contents: vec![Bytes::new(); 1000],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut wire = r.encode_to_vec();
+        // Field 99 as a group holding a varint and a nested group: start 99, 1 = 5, start 98,
+        // end 98, end 99.
+        let tag = |field: u64, kind: u64| {
+            let mut out = Vec::new();
+            prost::encoding::encode_varint((field << 3) | kind, &mut out);
+            out
+        };
+        wire.extend(tag(99, 3));
+        wire.extend([0x08, 0x05]);
+        wire.extend(tag(98, 3));
+        wire.extend(tag(98, 4));
+        wire.extend(tag(99, 4));
+        assert!(
+            pb::ModelInferRequest::decode(wire.as_slice()).is_ok(),
+            "prost takes it"
+        );
+        let scanned = scan(&wire).unwrap();
+        assert!(scanned.decoded_bytes >= 1000 * size_of::<Bytes>());
+        assert_eq!(scanned.inputs[0].name, "x");
+        let mut unterminated = r.encode_to_vec();
+        unterminated.extend(tag(99, 3));
+        assert!(scan(&unterminated).is_err());
     }
 
     #[test]

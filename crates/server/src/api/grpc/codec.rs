@@ -149,7 +149,7 @@ pub(super) fn decode(
             .parse()
             .map_err(|e| Error::invalid(format!("input '{}': {e}", input.name)))?;
         let (shape, count) = check_shape(&input.name, &input.shape)?;
-        check(&input.name, datatype, &shape)?;
+        check(&input.name, datatype, &shape, raw_count == 0)?;
         let tensor = match raws.next() {
             Some(data) => raw::tensor_from_raw(input.name, datatype, shape, data)?,
             None => {
@@ -332,7 +332,7 @@ mod tests {
     use proptest::prelude::*;
     use prost::Message;
 
-    fn no_check(_: &str, _: DataType, _: &[usize]) -> Result<(), Error> {
+    fn no_check(_: &str, _: DataType, _: &[usize], _: bool) -> Result<(), Error> {
         Ok(())
     }
 
@@ -454,7 +454,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let e = decode(request, &|name, _, shape| {
+        let e = decode(request, &|name, _, shape, _| {
             Err(Error::invalid(format!("refused {name} {shape:?}")))
         })
         .unwrap_err();

@@ -81,9 +81,9 @@ impl GrpcService {
             None => (None, None),
         };
         let decoded = match (&target, refused) {
-            (Err(e), _) => Err(e.clone()),
-            (Ok(_), Some(e)) => Err(e),
-            (Ok(served), None) => codec::decode(request, &|name, datatype, shape| {
+            (_, Some(e)) => Err(e),
+            (Err(e), None) => Err(e.clone()),
+            (Ok(served), None) => codec::decode(request, &|name, datatype, shape, _| {
                 pipeline::check_before_decoding(served, name, datatype, shape)
             }),
         };
@@ -93,7 +93,14 @@ impl GrpcService {
             let copied = request.inputs.iter().fold(0usize, |n, t| {
                 n.saturating_add(crate::budget::held_outside(t, &[]))
             });
-            let _ = held.set(copied);
+            // The message is dropped after this; what is kept is the decoded tensors (memory
+            // that exists: added even past the budget).
+            let now = held.bytes();
+            if copied > now {
+                held.add(copied - now);
+            } else {
+                let _ = held.set(copied);
+            }
         }
         let call = pipeline::Call {
             model: &model,
