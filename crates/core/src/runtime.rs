@@ -187,6 +187,26 @@ pub struct Embedder {
     pub max_batch_tokens: Option<usize>,
 }
 
+/// The tokens of a Hugging Face tokenizer's encoding of one text, padding left out.
+#[cfg(feature = "tokenizers")]
+pub fn tokens_of(encoding: &tokenizers::Encoding) -> Vec<Token> {
+    encoding
+        .get_ids()
+        .iter()
+        .zip(encoding.get_tokens())
+        .zip(encoding.get_special_tokens_mask())
+        .zip(encoding.get_offsets())
+        .zip(encoding.get_attention_mask())
+        .filter(|(_, mask)| **mask == 1)
+        .map(|((((&id, token), &special), &span), _)| Token {
+            id,
+            text: token.clone(),
+            special: special == 1,
+            span: (special == 0).then_some(span),
+        })
+        .collect()
+}
+
 /// One token of a tokenized text ([`Model::tokenize`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {

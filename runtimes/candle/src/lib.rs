@@ -661,22 +661,7 @@ impl Model for EmbeddingModel {
                     let e = tokenizer
                         .encode(*text, true)
                         .map_err(|e| Error::invalid(format!("cannot tokenize: {e}")))?;
-                    Ok(e.get_ids()
-                        .iter()
-                        .zip(e.get_tokens())
-                        .zip(e.get_special_tokens_mask())
-                        .zip(e.get_offsets())
-                        .zip(e.get_attention_mask())
-                        .filter(|(_, mask)| **mask == 1)
-                        .map(
-                            |((((&id, token), &special), &span), _)| oxinfer_core::Token {
-                                id,
-                                text: token.clone(),
-                                special: special == 1,
-                                span: (special == 0).then_some(span),
-                            },
-                        )
-                        .collect())
+                    Ok(oxinfer_core::runtime::tokens_of(&e))
                 })
                 .collect(),
         )

@@ -62,18 +62,7 @@ impl EmbeddingSpec {
                         let e = tokenizer
                             .encode(*text, true)
                             .map_err(|e| Error::invalid(format!("cannot tokenize: {e}")))?;
-                        Ok(e.get_ids()
-                            .iter()
-                            .zip(e.get_tokens())
-                            .zip(e.get_special_tokens_mask())
-                            .zip(e.get_offsets())
-                            .map(|(((&id, token), &special), &span)| oxinfer_core::Token {
-                                id,
-                                text: token.clone(),
-                                special: special == 1,
-                                span: (special == 0).then_some(span),
-                            })
-                            .collect())
+                        Ok(oxinfer_core::runtime::tokens_of(&e))
                     })
                     .collect(),
             );

@@ -518,6 +518,17 @@ fn vectors(t: &Tensor, dimensions: usize) -> oxinfer_core::Result<Vec<Vec<f32>>>
         .collect())
 }
 
+/// `response` with the request's id in `X-Request-ID`, when there is one.
+pub(super) fn with_request_id(
+    mut response: axum::response::Response,
+    id: Option<&str>,
+) -> axum::response::Response {
+    if let Some(value) = id.and_then(|id| axum::http::HeaderValue::from_str(id).ok()) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
 /// Vectors with more values than this are encoded on a blocking thread (as OIP does with
 /// responses over 256 KiB), so that big batches do not hold up the I/O threads.
 const OFFLOAD_VALUES: usize = 65536;

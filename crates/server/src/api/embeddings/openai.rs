@@ -9,7 +9,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -92,14 +92,7 @@ fn error_response(failure: &Failure, id: Option<&str>) -> Response {
         },
     };
     let body = serde_json::to_vec(&ErrorBody { error: detail }).unwrap_or_default();
-    with_id(json_response(super::status(failure.kind, false), body), id)
-}
-
-fn with_id(mut response: Response, id: Option<&str>) -> Response {
-    if let Some(value) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
+    super::with_request_id(json_response(super::status(failure.kind, false), body), id)
 }
 
 /// `POST /v1/embeddings`.
@@ -213,7 +206,7 @@ pub(super) async fn embeddings(
     match super::off_the_io_threads(values, encode).await {
         Ok(body) => {
             held.add(body.len());
-            with_id(json_response(StatusCode::OK, body), Some(&id))
+            super::with_request_id(json_response(StatusCode::OK, body), Some(&id))
         }
         Err(e) => error_response(&Failure::new(Kind::Internal, e), Some(&id)),
     }

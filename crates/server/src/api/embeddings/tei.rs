@@ -12,7 +12,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
@@ -70,14 +70,11 @@ fn error_response(failure: &Failure, id: Option<&str>) -> Response {
             Kind::Invalid | Kind::TooMany | Kind::TooLong | Kind::NotFound => "validation",
         },
     };
-    let mut response = json_response(
+    let response = json_response(
         super::status(failure.kind, true),
         serde_json::to_vec(&body).unwrap_or_default(),
     );
-    if let Some(value) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
+    super::with_request_id(response, id)
 }
 
 /// The model a request names (field, else header), or the only embedding model served.
@@ -199,11 +196,7 @@ pub(super) async fn embed(
             match super::off_the_io_threads(values, encode).await {
                 Ok(body) => {
                     held.add(body.len());
-                    let mut response = json_response(StatusCode::OK, body);
-                    if let Ok(value) = HeaderValue::from_str(&id) {
-                        response.headers_mut().insert("x-request-id", value);
-                    }
-                    response
+                    super::with_request_id(json_response(StatusCode::OK, body), Some(&id))
                 }
                 Err(e) => error_response(&Failure::new(Kind::Internal, e), Some(&id)),
             }
