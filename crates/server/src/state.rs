@@ -9,9 +9,14 @@ use crate::models::ModelRepository;
 use crate::telemetry::ServerMetrics;
 use crate::telemetry::inference_log::InferenceLog;
 
-/// Shared state of the REST and gRPC front ends (cheap to clone).
+/// Shared state of the REST and gRPC front ends. A clone is one reference count: every
+/// middleware and handler of every request takes one, so it must be cheap.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// What [`AppState`] shares (its fields are read through `Deref`).
+#[derive(Debug, Clone)]
+pub struct Shared {
     pub(crate) repository: Arc<ModelRepository>,
     /// Cleared when the server starts shutting down (or draining), so readiness probes fail
     /// first; the gRPC health service follows it.
@@ -29,6 +34,14 @@ pub struct AppState {
     /// Repository loads in flight, by model name: a second load of the same model waits for
     /// the first one's result instead of starting its own.
     pub(crate) loads: Arc<Mutex<HashMap<String, LoadResult>>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// How connections are served (`[server]` transport settings; the defaults are the manifest's).
@@ -69,7 +82,7 @@ impl AppState {
     /// State for a repository, ready, with the given body limit (`max_request_bytes`) and the
     /// default budget for requests in flight (1 GiB, or the body limit if larger).
     pub fn new(repository: ModelRepository, max_request_bytes: usize) -> Self {
-        AppState {
+        AppState(Arc::new(Shared {
             repository: Arc::new(repository),
             ready: Arc::new(tokio::sync::watch::Sender::new(true)),
             max_request_bytes,
@@ -81,30 +94,35 @@ impl AppState {
             cors_origins: Arc::new([]),
             loads: Arc::default(),
             transport: Transport::default(),
-        }
+        }))
+    }
+
+    /// The shared fields, to set while the state is being built (before it is shared).
+    fn building(&mut self) -> &mut Shared {
+        Arc::make_mut(&mut self.0)
     }
 
     /// The same state, with these transport settings.
     pub fn with_transport(mut self, transport: Transport) -> Self {
-        self.transport = transport;
+        self.building().transport = transport;
         self
     }
 
     /// The same state, letting pages from these origins call the REST API (`*`: any).
     pub fn with_cors_origins(mut self, origins: Vec<String>) -> Self {
-        self.cors_origins = origins.into();
+        self.building().cors_origins = origins.into();
         self
     }
 
     /// The same state, with a budget of `bytes` for requests in flight (`max_inflight_bytes`).
     pub fn with_inflight_budget(mut self, bytes: usize) -> Self {
-        self.budget = MemoryBudget::new(bytes);
+        self.building().budget = MemoryBudget::new(bytes);
         self
     }
 
     /// The same state, writing an inference log.
     pub fn with_log(mut self, log: InferenceLog) -> Self {
-        self.log = Some(log);
+        self.building().log = Some(log);
         self
     }
 
