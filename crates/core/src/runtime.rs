@@ -187,22 +187,34 @@ pub struct Embedder {
     pub max_batch_tokens: Option<usize>,
 }
 
-/// The tokens of a Hugging Face tokenizer's encoding of one text, padding left out.
+/// Each text's tokens by a Hugging Face tokenizer (special tokens added, padding left out), for
+/// [`Model::tokenize`] and the server's own tokenizers.
 #[cfg(feature = "tokenizers")]
-pub fn tokens_of(encoding: &tokenizers::Encoding) -> Vec<Token> {
-    encoding
-        .get_ids()
+pub fn tokenize_texts(
+    tokenizer: &tokenizers::Tokenizer,
+    texts: &[&str],
+) -> crate::Result<Vec<Vec<Token>>> {
+    texts
         .iter()
-        .zip(encoding.get_tokens())
-        .zip(encoding.get_special_tokens_mask())
-        .zip(encoding.get_offsets())
-        .zip(encoding.get_attention_mask())
-        .filter(|(_, mask)| **mask == 1)
-        .map(|((((&id, token), &special), &span), _)| Token {
-            id,
-            text: token.clone(),
-            special: special == 1,
-            span: (special == 0).then_some(span),
+        .map(|text| {
+            let encoding = tokenizer
+                .encode(*text, true)
+                .map_err(|e| crate::Error::invalid(format!("cannot tokenize: {e}")))?;
+            Ok(encoding
+                .get_ids()
+                .iter()
+                .zip(encoding.get_tokens())
+                .zip(encoding.get_special_tokens_mask())
+                .zip(encoding.get_offsets())
+                .zip(encoding.get_attention_mask())
+                .filter(|(_, mask)| **mask == 1)
+                .map(|((((&id, token), &special), &span), _)| Token {
+                    id,
+                    text: token.clone(),
+                    special: special == 1,
+                    span: (special == 0).then_some(span),
+                })
+                .collect())
         })
         .collect()
 }

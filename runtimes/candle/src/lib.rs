@@ -654,17 +654,7 @@ impl Model for EmbeddingModel {
 
     fn tokenize(&self, texts: &[&str]) -> Option<Result<Vec<Vec<oxinfer_core::Token>>>> {
         let tokenizer = self.tokenizer.as_ref()?;
-        Some(
-            texts
-                .iter()
-                .map(|text| {
-                    let e = tokenizer
-                        .encode(*text, true)
-                        .map_err(|e| Error::invalid(format!("cannot tokenize: {e}")))?;
-                    Ok(oxinfer_core::runtime::tokens_of(&e))
-                })
-                .collect(),
-        )
+        Some(oxinfer_core::runtime::tokenize_texts(tokenizer, texts))
     }
 
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {

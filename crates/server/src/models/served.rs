@@ -55,17 +55,7 @@ impl EmbeddingSpec {
     pub(crate) fn tokenize(&self, texts: &[&str]) -> Option<Result<Vec<Vec<oxinfer_core::Token>>>> {
         #[cfg(feature = "tokenizers")]
         if let Some(tokenizer) = &self.tokenizer {
-            return Some(
-                texts
-                    .iter()
-                    .map(|text| {
-                        let e = tokenizer
-                            .encode(*text, true)
-                            .map_err(|e| Error::invalid(format!("cannot tokenize: {e}")))?;
-                        Ok(oxinfer_core::runtime::tokens_of(&e))
-                    })
-                    .collect(),
-            );
+            return Some(oxinfer_core::runtime::tokenize_texts(tokenizer, texts));
         }
         let _ = texts;
         None
