@@ -111,6 +111,8 @@ impl From<Error> for Failure {
 pub(super) enum Input {
     Texts(Vec<String>),
     TokenIds,
+    /// More than [`MAX_INPUTS_READ`] inputs (the rest was skipped, not read into memory).
+    TooMany,
 }
 
 /// The most inputs a request body is read for, whatever the model's own limit (checked after).
@@ -145,9 +147,8 @@ impl<'de> Visitor<'de> for InputVisitor {
             match item {
                 Item::Text(t) if texts.len() < MAX_INPUTS_READ => texts.push(t),
                 Item::Text(_) => {
-                    return Err(de::Error::custom(format!(
-                        "more than {MAX_INPUTS_READ} inputs in one request"
-                    )));
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    return Ok(Input::TooMany);
                 }
                 Item::Tokens => {
                     while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -201,6 +202,11 @@ impl Input {
             Input::TokenIds => Err(Failure::new(
                 Kind::Invalid,
                 "token ids are not accepted: the embedding models here take text; send strings",
+            )
+            .param(param)),
+            Input::TooMany => Err(Failure::new(
+                Kind::TooMany,
+                format!("more than {MAX_INPUTS_READ} inputs in one request"),
             )
             .param(param)),
             Input::Texts(t) if t.is_empty() => {
@@ -377,11 +383,11 @@ pub(super) async fn embed(
 }
 
 /// Texts longer than this in all are tokenized on a blocking thread.
-const OFFLOAD_TEXT_BYTES: usize = 64 * 1024;
+pub(super) const OFFLOAD_TEXT_BYTES: usize = 64 * 1024;
 
 /// What tokenizing may hold per byte of text, at most: one token per byte, each with its id,
 /// offsets, masks and text in the tokenizer's encoding and in the server's copy.
-const TOKENIZING_BYTES_PER_TEXT_BYTE: usize = 160;
+pub(super) const TOKENIZING_BYTES_PER_TEXT_BYTE: usize = 160;
 
 /// Checks the batch against the model's limits, counts (and where asked, truncates) tokens,
 /// and reserves the texts' memory. Returns the texts (truncated where asked) and the tokens
@@ -499,22 +505,20 @@ fn truncated(text: &str, tokens: &[oxinfer_core::Token], max: usize, left: bool)
 
 /// The rows of an FP32 `[n, dimensions]` output.
 fn vectors(t: &Tensor, dimensions: usize) -> oxinfer_core::Result<Vec<Vec<f32>>> {
-    let raw = t
-        .raw()
-        .filter(|r| r.len() % (4 * dimensions.max(1)) == 0)
-        .ok_or_else(|| {
-            Error::Internal(format!(
-                "output '{}' is not FP32 rows of {dimensions}",
-                t.name()
-            ))
-        })?;
-    Ok(raw
-        .chunks_exact(4 * dimensions)
-        .map(|row| {
-            row.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        })
+    // A view when the buffer is aligned for f32 (it is, from the runtimes), else a copy.
+    let values = match t.as_slice::<f32>() {
+        Ok(values) => std::borrow::Cow::Borrowed(values),
+        Err(_) => std::borrow::Cow::Owned(t.to_vec::<f32>()?),
+    };
+    if dimensions == 0 || values.len() % dimensions != 0 {
+        return Err(Error::Internal(format!(
+            "output '{}' is not FP32 rows of {dimensions}",
+            t.name()
+        )));
+    }
+    Ok(values
+        .chunks_exact(dimensions)
+        .map(<[f32]>::to_vec)
         .collect())
 }
 
@@ -601,14 +605,8 @@ pub(super) fn body_failure(state: &AppState, rejection: BytesRejection) -> Failu
 /// A JSON body, or why it is not one the route reads: the same check as OIP's (a body that is
 /// not JSON), with the reader's message.
 pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| {
-        let kind = if e.to_string().contains("inputs in one request") {
-            Kind::TooMany
-        } else {
-            Kind::Invalid
-        };
-        Failure::new(kind, format!("invalid request body: {e}"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| Failure::new(Kind::Invalid, format!("invalid request body: {e}")))
 }
 
 #[cfg(test)]
@@ -624,6 +622,9 @@ mod tests {
         assert!(matches!(texts("[[1,2],[3]]"), Input::TokenIds));
         assert!(serde_json::from_str::<Input>("{}").is_err());
         assert!(serde_json::from_str::<Input>(r#"["a", 1.5]"#).is_err());
+        let many = format!("[{}]", vec!["\"a\""; MAX_INPUTS_READ + 1].join(","));
+        let e = texts(&many).texts("input").unwrap_err();
+        assert_eq!(e.kind, Kind::TooMany);
         let e = texts("[]").texts("input").unwrap_err();
         assert_eq!(e.kind, Kind::Empty);
         let e = texts(r#"["a", ""]"#).texts("input").unwrap_err();

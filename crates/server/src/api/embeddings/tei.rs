@@ -235,23 +235,13 @@ pub(super) async fn tokenize(
                 ),
             ));
         }
-        // One token per byte at worst, each with its id, offsets and text, twice (the
-        // tokenizer's encoding and the answer).
-        held.grow(
-            texts
-                .iter()
-                .map(String::len)
-                .sum::<usize>()
-                .saturating_mul(160),
-        )?;
-        Ok((
-            model,
-            spec,
-            texts,
-            request.add_special_tokens.unwrap_or(true),
-        ))
+        // The worst case of tokenizing, as for /embed.
+        let text_bytes = texts.iter().map(String::len).sum::<usize>();
+        held.grow(text_bytes.saturating_mul(super::TOKENIZING_BYTES_PER_TEXT_BYTE))?;
+        let special = request.add_special_tokens.unwrap_or(true);
+        Ok((model, spec, texts, special, text_bytes))
     });
-    let (model, spec, texts, special) = match checked {
+    let (model, spec, texts, special, text_bytes) = match checked {
         Ok(checked) => checked,
         Err(failure) => return error_response(&failure, None),
     };
@@ -289,7 +279,7 @@ pub(super) async fn tokenize(
         serde_json::to_vec(&rows).map_err(|e| Failure::new(Kind::Internal, e.to_string()))
     };
     // Many or long texts are tokenized on a blocking thread.
-    let result = if held.bytes() > 64 * 1024 * 160 {
+    let result = if text_bytes > super::OFFLOAD_TEXT_BYTES {
         tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
             Err(Failure::new(
                 Kind::Internal,
