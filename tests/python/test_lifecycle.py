@@ -262,7 +262,7 @@ def test_warmup_runs_before_ready_and_a_failing_one_fails_the_load(tmp_path):
         server.stop()
     request.write_text(json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [0.5] * 3}]}))
     r = run_oxinfer("check", "--manifest", str(path))
-    assert r.returncode != 0 and "warmup failed" in r.stderr and "the model takes FP32 [-1, 4]" in r.stderr, r.stderr
+    assert r.returncode != 0 and "warmup failed" in r.stderr and "input 'x': shape [1, 3] does not match the model's [-1, 4]" in r.stderr, r.stderr
     path.write_text(model_entry("simple", MODELS / "dtypes.onnx") + "[models.warmup]\nzeros = true\n")
     r = run_oxinfer("check", "--manifest", str(path))
     assert r.returncode != 0 and "zeros = true cannot build BYTES input" in r.stderr, r.stderr

@@ -91,6 +91,71 @@ impl ModelSignature {
             .find(|(_, t)| t.name == name)
     }
 
+    /// Checks one input against the signature: a declared input, with its datatype and a
+    /// compatible shape (`-1` is any size). Returns its position and description. `model`
+    /// names the model in the error.
+    pub fn check_input(
+        &self,
+        model: &str,
+        name: &str,
+        datatype: crate::DataType,
+        shape: &[usize],
+    ) -> Result<(usize, &TensorMetadata)> {
+        let Some((ix, meta)) = self.input(name) else {
+            return Err(Error::invalid(format!(
+                "model '{model}' has no input '{name}' (inputs: {})",
+                list(&self.inputs)
+            )));
+        };
+        if datatype != meta.datatype {
+            return Err(Error::invalid(format!(
+                "input '{}': datatype {datatype} does not match the model's {}",
+                meta.name, meta.datatype
+            )));
+        }
+        let fits = meta.shape.len() == shape.len()
+            && meta
+                .shape
+                .iter()
+                .zip(shape)
+                .all(|(&d, &a)| d < 0 || d as u64 == a as u64);
+        if !fits {
+            return Err(Error::invalid(format!(
+                "input '{}': shape {shape:?} does not match the model's {:?} (-1 is any size)",
+                meta.name, meta.shape
+            )));
+        }
+        Ok((ix, meta))
+    }
+
+    /// Puts a request's tensors in the signature's input order, each checked with
+    /// [`ModelSignature::check_input`]: every declared input exactly once, no unknown ones.
+    pub fn arrange_inputs(&self, model: &str, tensors: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
+        for tensor in tensors {
+            let (ix, meta) =
+                self.check_input(model, tensor.name(), tensor.datatype(), tensor.shape())?;
+            if slots[ix].replace(tensor).is_some() {
+                return Err(Error::invalid(format!(
+                    "input '{}' is given more than once",
+                    meta.name
+                )));
+            }
+        }
+        slots
+            .into_iter()
+            .zip(&self.inputs)
+            .map(|(slot, meta)| {
+                slot.ok_or_else(|| {
+                    Error::invalid(format!(
+                        "missing input '{}' ({}, shape {:?})",
+                        meta.name, meta.datatype, meta.shape
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// Whether every input and output has a dynamic first dimension, so that requests can be
     /// concatenated along it and executed as one batch.
     pub fn batchable(&self) -> bool {
@@ -99,6 +164,15 @@ impl ModelSignature {
             .chain(&self.outputs)
             .all(|t| t.shape.first() == Some(&-1))
     }
+}
+
+/// Tensor names for messages: `'a', 'b'`.
+pub fn list(tensors: &[TensorMetadata]) -> String {
+    tensors
+        .iter()
+        .map(|t| format!("'{}'", t.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A backend that loads models: registered under the name a manifest's `runtime` key uses.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument;
 
-use oxinfer_core::protocol::{InferRequest, InferResponse, Parameter, TensorMetadata};
+use oxinfer_core::protocol::{InferRequest, InferResponse, Parameter};
 use oxinfer_core::{DataType, Error, Limits, ModelSignature, Result, Tensor};
 
 use crate::budget::Reservation;
@@ -31,52 +31,6 @@ struct Validated {
     outputs: Vec<usize>,
 }
 
-fn shape_fits(declared: &[i64], actual: &[usize]) -> bool {
-    declared.len() == actual.len()
-        && declared
-            .iter()
-            .zip(actual)
-            .all(|(&d, &a)| d < 0 || d as u64 == a as u64)
-}
-
-fn list(tensors: &[TensorMetadata]) -> String {
-    tensors
-        .iter()
-        .map(|t| format!("'{}'", t.name))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Checks one input against a model signature: a declared input, with its datatype and a
-/// compatible shape. Returns its position and description.
-fn check_input<'s>(
-    model_name: &str,
-    signature: &'s ModelSignature,
-    name: &str,
-    datatype: DataType,
-    shape: &[usize],
-) -> Result<(usize, &'s TensorMetadata)> {
-    let Some((ix, meta)) = signature.input(name) else {
-        return Err(Error::invalid(format!(
-            "model '{model_name}' has no input '{name}' (inputs: {})",
-            list(&signature.inputs)
-        )));
-    };
-    if datatype != meta.datatype {
-        return Err(Error::invalid(format!(
-            "input '{}': datatype {datatype} does not match the model's {}",
-            meta.name, meta.datatype
-        )));
-    }
-    if !shape_fits(&meta.shape, shape) {
-        return Err(Error::invalid(format!(
-            "input '{}': shape {shape:?} does not match the model's {:?} (-1 is any size)",
-            meta.name, meta.shape
-        )));
-    }
-    Ok((ix, meta))
-}
-
 /// What a front end checks of each input before decoding its data (the JSON decoder's
 /// [`InputCheck`](oxinfer_core::protocol::json::InputCheck)): the checks of [`validate`] and
 /// the dimension bounds of [`check_limits`], so that data the model would refuse is never
@@ -87,7 +41,9 @@ pub(crate) fn check_before_decoding(
     datatype: DataType,
     shape: &[usize],
 ) -> Result<()> {
-    check_input(&model.name, model.signature(), name, datatype, shape)?;
+    model
+        .signature()
+        .check_input(&model.name, name, datatype, shape)?;
     check_dimensions(&model.entry.limits, name, shape)
 }
 
@@ -98,34 +54,7 @@ fn validate(
     signature: &ModelSignature,
     request: &mut InferRequest,
 ) -> Result<Validated> {
-    let mut slots: Vec<Option<Tensor>> = vec![None; signature.inputs.len()];
-    for tensor in std::mem::take(&mut request.inputs) {
-        let (ix, meta) = check_input(
-            model_name,
-            signature,
-            tensor.name(),
-            tensor.datatype(),
-            tensor.shape(),
-        )?;
-        if slots[ix].replace(tensor).is_some() {
-            return Err(Error::invalid(format!(
-                "input '{}' is given more than once",
-                meta.name
-            )));
-        }
-    }
-    let inputs = slots
-        .into_iter()
-        .zip(&signature.inputs)
-        .map(|(slot, meta)| {
-            slot.ok_or_else(|| {
-                Error::invalid(format!(
-                    "missing input '{}' ({}, shape {:?})",
-                    meta.name, meta.datatype, meta.shape
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let inputs = signature.arrange_inputs(model_name, std::mem::take(&mut request.inputs))?;
     let outputs = if request.outputs.is_empty() {
         (0..signature.outputs.len()).collect()
     } else {
@@ -138,7 +67,7 @@ fn validate(
                     Error::invalid(format!(
                         "model '{model_name}' has no output '{}' (outputs: {})",
                         o.name,
-                        list(&signature.outputs)
+                        oxinfer_core::runtime::list(&signature.outputs)
                     ))
                 })?;
                 if !seen.insert(ix) {
@@ -471,6 +400,7 @@ mod tests {
     use super::*;
     use oxinfer_core::DataType;
     use oxinfer_core::protocol::RequestedOutput;
+    use oxinfer_core::protocol::TensorMetadata;
 
     fn signature() -> ModelSignature {
         ModelSignature {

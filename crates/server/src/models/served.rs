@@ -68,6 +68,7 @@ const MAX_WARMUP_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Runs the warmup requests on every distinct instance; returns the executions.
 fn warm_up(
     warmup: &oxinfer_core::Warmup,
+    name: &str,
     signature: &ModelSignature,
     instances: &[Arc<dyn Model>],
 ) -> Result<usize> {
@@ -127,7 +128,9 @@ fn warm_up(
     }
     let mut runs = 0;
     for (label, tensors) in requests {
-        let inputs = in_signature_order(signature, tensors)
+        // The checks a client's request gets.
+        let inputs = signature
+            .arrange_inputs(name, tensors)
             .map_err(|e| Error::invalid(format!("{label}: {e}")))?;
         for instance in &distinct {
             for _ in 0..warmup.count {
@@ -146,45 +149,6 @@ fn warm_up(
         }
     }
     Ok(runs)
-}
-
-/// A warmup request's tensors checked against the signature and put in its order.
-fn in_signature_order(
-    signature: &ModelSignature,
-    mut tensors: Vec<oxinfer_core::Tensor>,
-) -> Result<Vec<oxinfer_core::Tensor>> {
-    let mut ordered = Vec::with_capacity(signature.inputs.len());
-    for meta in &signature.inputs {
-        let at = tensors
-            .iter()
-            .position(|t| t.name() == meta.name)
-            .ok_or_else(|| Error::invalid(format!("no input '{}'", meta.name)))?;
-        let t = tensors.swap_remove(at);
-        let fits = t.datatype() == meta.datatype
-            && t.shape().len() == meta.shape.len()
-            && t.shape()
-                .iter()
-                .zip(&meta.shape)
-                .all(|(&a, &d)| d < 0 || d as usize == a);
-        if !fits {
-            return Err(Error::invalid(format!(
-                "input '{}' is {} {:?}; the model takes {} {:?}",
-                meta.name,
-                t.datatype(),
-                t.shape(),
-                meta.datatype,
-                meta.shape
-            )));
-        }
-        ordered.push(t);
-    }
-    if let Some(extra) = tensors.first() {
-        return Err(Error::invalid(format!(
-            "the model has no input '{}'",
-            extra.name()
-        )));
-    }
-    Ok(ordered)
 }
 
 /// How a text-embedding model is served over `/v1/embeddings` and `/embed`: what the runtime
@@ -384,7 +348,7 @@ impl ServedModel {
         }
         if let Some(warmup) = &entry.warmup {
             let warming = Instant::now();
-            let runs = warm_up(warmup, model.signature(), &instances)
+            let runs = warm_up(warmup, &entry.name, model.signature(), &instances)
                 .map_err(|e| Error::Load(format!("warmup failed: {e}")))?;
             tracing::info!(
                 model = entry.name.as_str(),
