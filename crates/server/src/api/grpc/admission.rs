@@ -95,6 +95,13 @@ impl Admission {
             // The handler looks the model up again and reports why.
             Err(_) => return Some(scanned.header),
         };
+        if scanned.input_count > MAX_SCANNED_INPUTS {
+            *verdict = Some(Verdict::Refused(Error::invalid(format!(
+                "the request has {} inputs; at most {MAX_SCANNED_INPUTS} are accepted",
+                scanned.input_count
+            ))));
+            return Some(scanned.header);
+        }
         for input in &scanned.inputs {
             if input.dims > MAX_DIMS {
                 *verdict = Some(Verdict::Refused(Error::invalid(format!(
@@ -286,7 +293,10 @@ pub(super) struct Scanned {
     model_version: String,
     /// The message's fields 1-3 (model name, version, id) as they were, to decode alone.
     header: Vec<u8>,
+    /// The first [`MAX_SCANNED_INPUTS`] inputs.
     inputs: Vec<ScannedInput>,
+    /// How many inputs the message has.
+    input_count: usize,
     /// An upper estimate of the heap memory the decoded message takes, beyond the message's
     /// own bytes (which `bytes` fields share).
     decoded_bytes: usize,
@@ -301,6 +311,10 @@ struct ScannedInput {
     /// How many dimensions the shape has.
     dims: usize,
 }
+
+/// The most inputs a message is read for: no model takes more, and the scan must not itself
+/// allocate in proportion to a message of millions of empty inputs.
+const MAX_SCANNED_INPUTS: usize = 4096;
 
 /// The most dimensions an input's shape may have.
 const MAX_DIMS: usize = 64;
@@ -515,7 +529,9 @@ pub(super) fn scan(message: &[u8]) -> Result<Scanned, Malformed> {
                 inputs += 1;
                 let mut input = ScannedInput::default();
                 let n = tensor_bytes(tensor, &mut input)?;
-                scanned.inputs.push(input);
+                if scanned.inputs.len() < MAX_SCANNED_INPUTS {
+                    scanned.inputs.push(input);
+                }
                 n
             }
             (6, Value::Len(tensor)) => {
@@ -529,6 +545,7 @@ pub(super) fn scan(message: &[u8]) -> Result<Scanned, Malformed> {
             _ => 0,
         });
     }
+    scanned.input_count = inputs;
     scanned.decoded_bytes = bytes
         .saturating_add(vec_bytes(
             inputs,
@@ -715,6 +732,12 @@ mod tests {
         };
         let scanned = scan(&empty_inputs.encode_to_vec()).unwrap();
         assert!(scanned.decoded_bytes >= 10_000 * size_of::<InferInputTensor>());
+        assert_eq!(scanned.input_count, 10_000);
+        assert_eq!(
+            scanned.inputs.len(),
+            MAX_SCANNED_INPUTS,
+            "the scan keeps a bounded list"
+        );
     }
 
     #[test]
