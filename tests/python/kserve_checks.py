@@ -4,9 +4,11 @@ Run as a script by test_kserve.py, in its own process: kserve and tritonclient.g
 the `inference` protobuf package, so they cannot be imported into one Python process.
 
     python kserve_checks.py HTTP_URL GRPC_ADDRESS
+    python kserve_checks.py --tls HTTPS_URL GRPC_ADDRESS CA_PEM CLIENT_PEM CLIENT_KEY
 """
 
 import asyncio
+import ssl
 import sys
 
 import numpy as np
@@ -77,7 +79,47 @@ async def grpc(address):
         await client.close()
 
 
+SIMPLE = {
+    "inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": [3] * 16},
+    ]
+}
+
+
+async def tls(url, address, ca, cert, key):
+    """Both clients over (mutual) TLS, trusting only the test CA."""
+    # kserve 0.16's RESTConfig drops `cert` (it builds a transport it never uses); the client
+    # certificate goes in through an SSL context passed as `verify`.
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(cert, key)
+    client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", timeout=30, verify=context))
+    try:
+        assert await client.is_server_ready(url) is True
+        response = await client.infer(url, SIMPLE, model_name="simple")
+        got = {o.name: o.as_numpy() for o in response.outputs}
+        np.testing.assert_array_equal(got["OUTPUT0"].reshape(-1), np.arange(16) + 3)
+    finally:
+        await client.close()
+    client = kserve.InferenceGRPCClient(
+        address, use_ssl=True, root_certificates=ca, private_key=key, certificate_chain=cert, timeout=30
+    )
+    try:
+        assert await client.is_server_ready() is True
+        inp = kserve.InferInput("INPUT0", [1, 16], "INT32", data=list(range(16)))
+        other = kserve.InferInput("INPUT1", [1, 16], "INT32", data=[3] * 16)
+        response = await client.infer(kserve.InferRequest(model_name="simple", infer_inputs=[inp, other]))
+        got = {o.name: o.as_numpy() for o in response.outputs}
+        np.testing.assert_array_equal(got["OUTPUT1"].reshape(-1), np.arange(16) - 3)
+    finally:
+        await client.close()
+
+
 def main():
+    if sys.argv[1] == "--tls":
+        asyncio.run(tls(*sys.argv[2:7]))
+        print("kserve TLS checks passed")
+        return
     http_url, grpc_address = sys.argv[1], sys.argv[2]
     asyncio.run(rest(http_url))
     asyncio.run(grpc(grpc_address))

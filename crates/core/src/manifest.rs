@@ -105,10 +105,78 @@ pub struct ServerSettings {
     /// removal) takes to stop sending new requests. A second signal ends the window.
     #[serde(default)]
     pub drain_seconds: u64,
+    /// TLS on both ports (`[server.tls]`); plaintext when absent.
+    pub tls: Option<TlsSettings>,
+    /// A connection must complete its first request's headers (and its TLS handshake) within
+    /// this many seconds of connecting, and an HTTP/1.1 connection each later request's
+    /// headers within this many seconds of starting to wait for them, or it is closed
+    /// (default 30): a slow-loris client cannot hold a connection by trickling a header.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_seconds: u64,
+    /// A connection with no request in flight for this many seconds is closed (default 300),
+    /// on both ports, HTTP/1.1 and HTTP/2 alike.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
+    /// Open connections allowed per port (default 4096); one more is closed as soon as it is
+    /// accepted. Keep it below the process's file-descriptor limit (`ulimit -n`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Requests in flight allowed server-wide, both ports together (default 2048); one more is
+    /// answered at once with HTTP 429 / gRPC `RESOURCE_EXHAUSTED`. Probes (server and model
+    /// liveness and readiness, both protocols) and `/metrics` are not counted.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 streams (requests) one connection may have open at once, both ports
+    /// (default 256).
+    #[serde(default = "default_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// The largest header list (all headers or gRPC metadata of one request) accepted, in
+    /// bytes, HTTP/2 on both ports (default 65536); HTTP/1.1 headers are bounded at 100
+    /// headers and 400 KiB.
+    #[serde(default = "default_max_header_list")]
+    pub http2_max_header_list_bytes: u32,
+}
+
+/// The `[server.tls]` table: certificates for both ports (paths relative to the manifest).
+/// Re-read on SIGHUP, so that a rotated certificate is served to new connections.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by one of these CAs (PEM): mutual
+    /// TLS. The certificate's subject is then the caller's identity.
+    pub client_ca: Option<PathBuf>,
 }
 
 fn default_shutdown_timeout() -> u64 {
     10
+}
+
+fn default_header_read_timeout() -> u64 {
+    30
+}
+
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_max_concurrent_requests() -> usize {
+    2048
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    256
+}
+
+fn default_max_header_list() -> u32 {
+    64 * 1024
 }
 
 fn yes() -> bool {
@@ -150,6 +218,13 @@ impl Default for ServerSettings {
             http2_connection_window_bytes: default_connection_window(),
             grpc_compression: GrpcCompression::Request,
             drain_seconds: 0,
+            tls: None,
+            header_read_timeout_seconds: default_header_read_timeout(),
+            idle_timeout_seconds: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            http2_max_concurrent_streams: default_max_concurrent_streams(),
+            http2_max_header_list_bytes: default_max_header_list(),
         }
     }
 }
@@ -645,6 +720,45 @@ impl Manifest {
                 return Err(fail(format!(
                     "[server]: {key} = {window} must be between 65535 and 2147483647"
                 )));
+            }
+        }
+        let server = &mut manifest.server;
+        for (key, value) in [
+            (
+                "header_read_timeout_seconds",
+                server.header_read_timeout_seconds,
+            ),
+            ("idle_timeout_seconds", server.idle_timeout_seconds),
+            ("max_connections", server.max_connections as u64),
+            (
+                "max_concurrent_requests",
+                server.max_concurrent_requests as u64,
+            ),
+            (
+                "http2_max_concurrent_streams",
+                u64::from(server.http2_max_concurrent_streams),
+            ),
+            (
+                "http2_max_header_list_bytes",
+                u64::from(server.http2_max_header_list_bytes),
+            ),
+        ] {
+            if value == 0 {
+                return Err(fail(format!("[server]: {key} must be at least 1")));
+            }
+        }
+        if let Some(tls) = &mut server.tls {
+            for file in [
+                Some(&mut tls.cert),
+                Some(&mut tls.key),
+                tls.client_ca.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
             }
         }
         if let Some(log) = &mut manifest.inference_log {

@@ -100,6 +100,9 @@ enum Audit {
     },
 }
 
+/// How often the TLS files are checked for changes.
+const TLS_POLL: Duration = Duration::from_secs(10);
+
 /// The address used when neither the command line nor the manifest gives one.
 const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 
@@ -381,8 +384,33 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
+/// The TLS configuration of `[server.tls]`, read and checked (the error names the file).
+fn tls(manifest: &Manifest) -> Result<Option<Arc<oxinfer_server::Tls>>> {
+    manifest
+        .server
+        .tls
+        .as_ref()
+        .map(|settings| {
+            oxinfer_server::Tls::load(settings)
+                .map(Arc::new)
+                .map_err(anyhow::Error::msg)
+        })
+        .transpose()
+}
+
 fn check(sources: &Sources) -> Result<()> {
-    let repository = load(&sources.load()?)?;
+    let manifest = sources.load()?;
+    if let Some(tls) = tls(&manifest)? {
+        println!(
+            "TLS on both ports{}",
+            if tls.mutual() {
+                ", client certificates required"
+            } else {
+                ""
+            }
+        );
+    }
+    let repository = load(&manifest)?;
     for model in repository.ready_models() {
         println!(
             "{} (version {}, {}):",
@@ -470,6 +498,7 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
              ({max_request_bytes}), or no request of the largest size could ever be served"
         );
     }
+    let tls = tls(&manifest)?;
     let repository = load(&manifest)?;
     let shutdown_timeout = manifest.server.shutdown_timeout_seconds;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -486,6 +515,9 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
     };
     if let Some(log) = &log {
         state = state.with_log(log.clone());
+    }
+    if let Some(tls) = &tls {
+        state = state.with_tls(tls.clone());
     }
     runtime.block_on(async move {
         let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
@@ -512,9 +544,45 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
         #[cfg(unix)]
         {
             let tx = reload_tx.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
+                    // Rotated certificates (same paths, new files) serve new connections.
+                    if let Some(tls) = &tls {
+                        match tls.reload() {
+                            Ok(()) => tracing::info!("SIGHUP: TLS certificates re-read"),
+                            Err(e) => tracing::error!(
+                                "SIGHUP: TLS certificates not re-read, the previous ones stay: {e}"
+                            ),
+                        }
+                    }
                     let _ = tx.send(("SIGHUP", None)).await;
+                }
+            });
+        }
+        // Certificates renewed in place (a Kubernetes Secret volume, cert-manager) are picked
+        // up without a signal.
+        if let Some(tls) = tls.clone() {
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(TLS_POLL);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let tls = tls.clone();
+                    let changed = tokio::task::spawn_blocking(move || tls.reload_if_changed())
+                        .await
+                        .ok()
+                        .flatten();
+                    match changed {
+                        Some(Ok(())) => {
+                            tracing::info!("TLS certificate files changed: re-read")
+                        }
+                        Some(Err(e)) => tracing::error!(
+                            "TLS certificate files changed but cannot be used, the previous \
+                             ones stay: {e}"
+                        ),
+                        None => {}
+                    }
                 }
             });
         }

@@ -89,6 +89,7 @@ pub(crate) fn metrics(state: &AppState) -> String {
     metrics::render(
         &series,
         &state.metrics,
+        &state.listening.metrics,
         &state.budget,
         state.repository.reload_counts(),
         state.log.as_ref().map(|log| log.counters()),

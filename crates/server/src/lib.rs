@@ -13,6 +13,8 @@
 //! - `telemetry`: statistics and Prometheus metrics (one recorder, two views), and the
 //!   [`inference_log`];
 //! - `state`: the [`AppState`] the front ends and the pipeline share;
+//! - `listen`: accepting connections on both ports: TLS, connection timeouts,
+//!   `max_connections` and `max_concurrent_requests`;
 //! - `budget`: the process-wide budget of bytes held by requests in flight, which every
 //!   inference request reserves against from its first byte to its log record.
 //!
@@ -23,6 +25,7 @@
 mod admin;
 mod api;
 mod budget;
+mod listen;
 mod models;
 mod pipeline;
 mod scheduler;
@@ -32,34 +35,27 @@ mod telemetry;
 pub use api::grpc::pb;
 pub use api::grpc::serve_grpc;
 pub use api::rest::app;
+pub use listen::Transport;
+pub use listen::tls::Tls;
 pub use models::{ModelRepository, ReloadReport, RuntimeRegistry, ServedModel};
-pub use state::{AppState, Transport};
+pub use state::AppState;
 pub use telemetry::inference_log;
 
 use std::future::Future;
 
 /// Serves the REST API on `listener` until `shutdown` completes, then stops accepting
-/// connections, lets in-flight requests finish, and returns.
+/// connections, lets in-flight requests finish, and returns. Connections live under the
+/// limits of `[server]` (timeouts, `max_connections`, `max_concurrent_requests`) and TLS
+/// when `[server.tls]` is set.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let for_shutdown = state.clone();
-    let nodelay = state.transport.tcp_nodelay;
-    let listener = listener.tap_io(move |tcp| {
-        if nodelay && let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
-        }
-    });
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        for_shutdown.set_not_ready();
+    let listening = state.listening.clone();
+    let router = app(state.clone());
+    listen::serve_rest(listener, listening, router, shutdown, move || {
+        state.set_not_ready();
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
     })
     .await

@@ -6,7 +6,6 @@
 //! model behaves the same through all of them.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -94,8 +93,8 @@ pub(crate) struct Call<'a> {
     /// The version asked for, if any.
     pub(crate) version: Option<&'a str>,
     pub(crate) protocol: Protocol,
-    /// The client's address, when known.
-    pub(crate) client: Option<SocketAddr>,
+    /// The client's address and identity, when known.
+    pub(crate) caller: crate::listen::Caller,
     /// The request's id when the decoded request carries none: the id a front end read on its
     /// own from a body it could not decode, else REST's `X-Request-ID` header.
     pub(crate) fallback_id: Option<String>,
@@ -225,8 +224,8 @@ pub(crate) async fn handle(
                 .unwrap_or_default(),
             sha256: model.as_ref().map(|m| m.sha256.clone()),
             protocol: call.protocol.as_str(),
-            client: call.client,
-            identity: None,
+            client: call.caller.addr,
+            identity: call.caller.identity.as_deref().map(str::to_string),
             user: call.user.map(str::to_string),
             _held: call.held.clone(),
             error: result.as_ref().err().map(ToString::to_string),

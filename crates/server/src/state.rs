@@ -27,8 +27,12 @@ pub struct Shared {
     pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) log: Option<InferenceLog>,
     pub(crate) metrics: Arc<ServerMetrics>,
-    /// Transport settings: TCP_NODELAY, HTTP/2 windows, gRPC compression (`[server]`).
+    /// Transport settings: TCP_NODELAY, HTTP/2 windows, gRPC compression, connection limits
+    /// (`[server]`).
     pub(crate) transport: Transport,
+    /// What both listeners share: the same settings, TLS (`[server.tls]`), the server-wide
+    /// request limit and the connection counters.
+    pub(crate) listening: Arc<crate::listen::Listening>,
     /// Origins allowed to call the REST API from a browser (`[server] cors_origins`).
     pub(crate) cors_origins: Arc<[String]>,
     /// Repository loads in flight, by model name: a second load of the same model waits for
@@ -44,36 +48,7 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// How connections are served (`[server]` transport settings; the defaults are the manifest's).
-#[derive(Debug, Clone, Copy)]
-pub struct Transport {
-    /// `TCP_NODELAY` on accepted connections (both ports).
-    pub tcp_nodelay: bool,
-    /// The gRPC port's HTTP/2 initial stream window, in bytes.
-    pub http2_stream_window: u32,
-    /// The gRPC port's HTTP/2 initial connection window, in bytes.
-    pub http2_connection_window: u32,
-    /// When gRPC responses are compressed.
-    pub grpc_compression: oxinfer_core::manifest::GrpcCompression,
-}
-
-impl Default for Transport {
-    fn default() -> Self {
-        Transport::of(&oxinfer_core::manifest::ServerSettings::default())
-    }
-}
-
-impl Transport {
-    /// The transport settings of a manifest's `[server]` table.
-    pub fn of(server: &oxinfer_core::manifest::ServerSettings) -> Self {
-        Transport {
-            tcp_nodelay: server.tcp_nodelay,
-            http2_stream_window: server.http2_stream_window_bytes,
-            http2_connection_window: server.http2_connection_window_bytes,
-            grpc_compression: server.grpc_compression,
-        }
-    }
-}
+pub use crate::listen::Transport;
 
 /// The outcome of a repository load, once known, shared by every caller that asked for it.
 pub(crate) type LoadResult = tokio::sync::watch::Receiver<Option<oxinfer_core::Result<()>>>;
@@ -94,6 +69,7 @@ impl AppState {
             cors_origins: Arc::new([]),
             loads: Arc::default(),
             transport: Transport::default(),
+            listening: Arc::new(crate::listen::Listening::new(Transport::default(), None)),
         }))
     }
 
@@ -104,7 +80,20 @@ impl AppState {
 
     /// The same state, with these transport settings.
     pub fn with_transport(mut self, transport: Transport) -> Self {
-        self.building().transport = transport;
+        let shared = self.building();
+        shared.transport = transport;
+        shared.listening = Arc::new(crate::listen::Listening::new(
+            transport,
+            shared.listening.tls.clone(),
+        ));
+        self
+    }
+
+    /// The same state, serving TLS on both ports with `tls` (reloadable on SIGHUP through the
+    /// same `Arc`).
+    pub fn with_tls(mut self, tls: Arc<crate::listen::tls::Tls>) -> Self {
+        let shared = self.building();
+        shared.listening = Arc::new(crate::listen::Listening::new(shared.transport, Some(tls)));
         self
     }
 

@@ -6,13 +6,12 @@
 //! kserve client compares the header exactly).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 
 use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -341,7 +340,7 @@ async fn model_config(State(state): State<AppState>, path: ModelPath) -> ApiResu
 async fn infer(
     State(state): State<AppState>,
     path: ModelPath,
-    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: crate::listen::Caller,
     Extension(held): Extension<Reservation>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -400,7 +399,7 @@ async fn infer(
         model: path.name(),
         version: path.version.as_deref(),
         protocol: Protocol::Http,
-        client: client.map(|c| c.0.0),
+        caller,
         fallback_id: peeked_id.or(header_id),
         target,
         encodable: Some(&|r: &oxinfer_core::protocol::InferResponse| binary.check_encodable(r)),

@@ -102,6 +102,7 @@ fn resident_memory(families: &[prometheus::proto::MetricFamily]) -> Option<i64> 
 pub(crate) fn render(
     models: &[ModelSeries<'_>],
     server: &ServerMetrics,
+    connections: &crate::listen::ConnectionMetrics,
     budget: &MemoryBudget,
     reloads: (u64, u64),
     log: Option<&LogCounters>,
@@ -114,6 +115,9 @@ pub(crate) fn render(
         register(&registry, Box::new(runtime_values(model)));
     }
     register(&registry, Box::new(server.rejected.clone()));
+    register(&registry, Box::new(connections.open.clone()));
+    register(&registry, Box::new(connections.dropped.clone()));
+    register(&registry, Box::new(connections.over_limit.clone()));
     let (written, dropped, write_errors) = log.map_or((0, 0, 0), LogCounters::totals);
     register(
         &registry,

@@ -13,7 +13,6 @@
 mod openai;
 mod tei;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -286,7 +285,7 @@ fn names(models: &[Arc<ServedModel>]) -> String {
 /// Where a request came from, for the pipeline.
 pub(super) struct Origin<'a> {
     pub(super) protocol: Protocol,
-    pub(super) client: Option<SocketAddr>,
+    pub(super) caller: crate::listen::Caller,
     pub(super) headers: &'a HeaderMap,
     pub(super) user: Option<&'a str>,
     pub(super) held: Reservation,
@@ -364,7 +363,7 @@ pub(super) async fn embed(
         model: &model.name,
         version: Some(&model.version),
         protocol: origin.protocol,
-        client: origin.client,
+        caller: origin.caller,
         fallback_id: header_id,
         target: Ok(model.clone()),
         encodable: None,

@@ -2,13 +2,12 @@
 //! with OpenAI's request, response and error shapes, so the `openai` client works with
 //! `base_url` pointed here.
 
-use std::net::SocketAddr;
 use std::time::UNIX_EPOCH;
 
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine;
@@ -98,7 +97,7 @@ fn error_response(failure: &Failure, id: Option<&str>) -> Response {
 /// `POST /v1/embeddings`.
 pub(super) async fn embeddings(
     State(state): State<AppState>,
-    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: crate::listen::Caller,
     Extension(held): Extension<Reservation>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -157,7 +156,7 @@ pub(super) async fn embeddings(
     };
     let origin = Origin {
         protocol: Protocol::OpenAi,
-        client: client.map(|c| c.0.0),
+        caller,
         headers: &headers,
         user: request.user.as_deref(),
         held: held.clone(),

@@ -5,13 +5,12 @@
 //! names one with a `model` field or an `X-Model` header. With one embedding model served, it
 //! is that one.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -133,7 +132,7 @@ fn read<T: serde::de::DeserializeOwned>(
 /// `POST /embed`: one vector per input, as a JSON array of arrays.
 pub(super) async fn embed(
     State(state): State<AppState>,
-    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    caller: crate::listen::Caller,
     Extension(held): Extension<Reservation>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -176,7 +175,7 @@ pub(super) async fn embed(
     };
     let origin = Origin {
         protocol: Protocol::Tei,
-        client: client.map(|c| c.0.0),
+        caller,
         headers: &headers,
         user: None,
         held: held.clone(),

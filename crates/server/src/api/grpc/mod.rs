@@ -66,7 +66,7 @@ impl GrpcService {
         &self,
         request: pb::ModelInferRequest,
         verdict: Option<admission::Verdict>,
-        client: Option<std::net::SocketAddr>,
+        caller: crate::listen::Caller,
     ) -> (String, Result<pb::ModelInferResponse, Error>) {
         let model = request.model_name.clone();
         let model_version = request.model_version.clone();
@@ -106,7 +106,7 @@ impl GrpcService {
             model: &model,
             version: version(&model_version),
             protocol: Protocol::Grpc,
-            client,
+            caller,
             // The message's id, also when its contents could not be decoded.
             fallback_id: request_id,
             target,
@@ -188,9 +188,9 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let client = request.remote_addr();
+        let caller = crate::listen::Caller::of(request.extensions());
         let verdict = admission::take_verdict();
-        self.infer(request.into_inner(), verdict, client)
+        self.infer(request.into_inner(), verdict, caller)
             .await
             .1
             .map(Response::new)
@@ -203,7 +203,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<tonic::Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let client = request.remote_addr();
+        let caller = crate::listen::Caller::of(request.extensions());
         let mut inbound = request.into_inner();
         let service = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -213,7 +213,7 @@ impl GrpcInferenceService for GrpcService {
             while let Some(item) = inbound.next().await {
                 let Ok(request) = item else { break };
                 let verdict = admission::take_verdict();
-                let reply = match service.infer(request, verdict, client).await {
+                let reply = match service.infer(request, verdict, caller.clone()).await {
                     (_, Ok(response)) => pb::ModelStreamInferResponse {
                         error_message: String::new(),
                         infer_response: Some(response),
@@ -339,19 +339,16 @@ pub async fn serve_grpc(
                 .await;
         }
     });
-    // tonic's own tcp_nodelay does not reach connections from a stream it is handed.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |stream| {
-        stream.inspect(|tcp| {
-            if transport.tcp_nodelay
-                && let Err(e) = tcp.set_nodelay(true)
-            {
-                tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
-            }
-        })
-    });
+    // Connections are accepted (TCP_NODELAY, max_connections, TLS, timeouts) by `listen`.
+    let incoming = crate::listen::grpc_incoming(listener, &service_state.listening);
     tonic::transport::Server::builder()
         .initial_stream_window_size(transport.http2_stream_window)
         .initial_connection_window_size(transport.http2_connection_window)
+        .max_concurrent_streams(transport.http2_max_concurrent_streams)
+        .http2_max_header_list_size(transport.http2_max_header_list_bytes)
+        .layer(crate::listen::GrpcLimitLayer {
+            listening: service_state.listening.clone(),
+        })
         .layer(admission::AdmissionLayer {
             state: service_state,
         })

@@ -1,0 +1,984 @@
+//! Accepting connections on both ports, and the limits every connection and request lives
+//! under, whatever its protocol:
+//!
+//! - `max_connections` per port: a connection over it is closed as soon as it is accepted;
+//! - the TLS handshake (`[server.tls]`), done in the connection's own task, never in the
+//!   accept loop;
+//! - `header_read_timeout_seconds`: a connection that has not completed its first request's
+//!   headers (TLS handshake included) in time is closed, however slowly it keeps sending;
+//! - `idle_timeout_seconds`: a connection with no request in flight for that long is closed;
+//! - `max_concurrent_requests` server-wide: one more is answered at once with HTTP 429 /
+//!   gRPC `RESOURCE_EXHAUSTED` (health probes and `/metrics` are not counted).
+//!
+//! The timeouts live in the connection's I/O ([`Conn`]): a read past the deadline fails, and
+//! hyper (REST) or tonic (gRPC) closes the connection. Requests mark their connection busy
+//! through a [`RequestGuard`] held until the response body has been sent.
+
+pub mod tls;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+/// How connections are served (`[server]` transport settings; the defaults are the manifest's).
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    /// `TCP_NODELAY` on accepted connections (both ports).
+    pub tcp_nodelay: bool,
+    /// The HTTP/2 initial stream window, in bytes (both ports).
+    pub http2_stream_window: u32,
+    /// The HTTP/2 initial connection window, in bytes (both ports).
+    pub http2_connection_window: u32,
+    /// When gRPC responses are compressed.
+    pub grpc_compression: oxinfer_core::manifest::GrpcCompression,
+    /// Seconds a connection has to complete its first request's headers (and TLS handshake),
+    /// and an HTTP/1.1 connection each later request's headers.
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a connection with no request in flight is kept.
+    pub idle_timeout_seconds: u64,
+    /// Open connections per port.
+    pub max_connections: usize,
+    /// Requests in flight, server-wide.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 streams per connection, both ports.
+    pub http2_max_concurrent_streams: u32,
+    /// The largest HTTP/2 header list, in bytes, both ports.
+    pub http2_max_header_list_bytes: u32,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport::of(&oxinfer_core::manifest::ServerSettings::default())
+    }
+}
+
+impl Transport {
+    /// The transport settings of a manifest's `[server]` table.
+    pub fn of(server: &oxinfer_core::manifest::ServerSettings) -> Self {
+        Transport {
+            tcp_nodelay: server.tcp_nodelay,
+            http2_stream_window: server.http2_stream_window_bytes,
+            http2_connection_window: server.http2_connection_window_bytes,
+            grpc_compression: server.grpc_compression,
+            header_read_timeout_seconds: server.header_read_timeout_seconds,
+            idle_timeout_seconds: server.idle_timeout_seconds,
+            max_connections: server.max_connections,
+            max_concurrent_requests: server.max_concurrent_requests,
+            http2_max_concurrent_streams: server.http2_max_concurrent_streams,
+            http2_max_header_list_bytes: server.http2_max_header_list_bytes,
+        }
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header: Duration::from_secs(self.header_read_timeout_seconds),
+            idle: Duration::from_secs(self.idle_timeout_seconds),
+        }
+    }
+}
+
+/// What both listeners share: the settings, TLS, the request limit and the connection
+/// counters.
+#[derive(Debug)]
+pub(crate) struct Listening {
+    pub(crate) transport: Transport,
+    pub(crate) tls: Option<Arc<tls::Tls>>,
+    pub(crate) requests: RequestLimit,
+    pub(crate) metrics: ConnectionMetrics,
+}
+
+impl Listening {
+    pub(crate) fn new(transport: Transport, tls: Option<Arc<tls::Tls>>) -> Self {
+        Listening {
+            transport,
+            tls,
+            requests: RequestLimit::new(transport.max_concurrent_requests),
+            metrics: ConnectionMetrics::default(),
+        }
+    }
+}
+
+/// The connection counters, rendered with the other metrics.
+#[derive(Debug)]
+pub(crate) struct ConnectionMetrics {
+    /// Open connections, by port.
+    pub(crate) open: prometheus::IntGaugeVec,
+    /// Connections closed by the server's limits, by port and reason.
+    pub(crate) dropped: prometheus::IntCounterVec,
+    /// Requests answered 429 / `RESOURCE_EXHAUSTED` over `max_concurrent_requests`.
+    pub(crate) over_limit: prometheus::IntCounter,
+}
+
+impl Default for ConnectionMetrics {
+    fn default() -> Self {
+        let open = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("oxinfer_connections", "Open connections, by port."),
+            &["port"],
+        )
+        .expect("valid gauge options");
+        let dropped = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "oxinfer_connections_dropped_total",
+                "Connections the server closed, by port and reason: max_connections, \
+                 header_timeout, idle_timeout, tls_handshake.",
+            ),
+            &["port", "reason"],
+        )
+        .expect("valid counter options");
+        for port in [Port::Http, Port::Grpc] {
+            open.with_label_values(&[port.as_str()]);
+            for reason in [
+                "max_connections",
+                "header_timeout",
+                "idle_timeout",
+                "tls_handshake",
+            ] {
+                dropped.with_label_values(&[port.as_str(), reason]);
+            }
+        }
+        let over_limit = prometheus::IntCounter::new(
+            "oxinfer_requests_over_limit_total",
+            "Requests answered 429 / RESOURCE_EXHAUSTED because max_concurrent_requests were \
+             in flight.",
+        )
+        .expect("valid counter options");
+        ConnectionMetrics {
+            open,
+            dropped,
+            over_limit,
+        }
+    }
+}
+
+impl ConnectionMetrics {
+    fn opened(&self, port: Port) {
+        self.open.with_label_values(&[port.as_str()]).inc();
+    }
+
+    fn closed(&self, port: Port) {
+        self.open.with_label_values(&[port.as_str()]).dec();
+    }
+
+    /// Counts a connection closed by a limit (`reason`).
+    fn dropped(&self, port: Port, reason: &str) {
+        self.dropped
+            .with_label_values(&[port.as_str(), reason])
+            .inc();
+    }
+}
+
+/// Which of the two listeners a connection came to (the `port` label of the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Port {
+    /// The REST port.
+    Http,
+    /// The gRPC port.
+    Grpc,
+}
+
+impl Port {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Port::Http => "http",
+            Port::Grpc => "grpc",
+        }
+    }
+}
+
+/// Who is on the other end of a connection; every request carries it in its extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// The client's address.
+    pub(crate) addr: SocketAddr,
+    /// The subject of the client's certificate, under mutual TLS.
+    pub(crate) certificate: Option<Arc<str>>,
+    activity: Arc<Activity>,
+}
+
+/// Who made a request, when known: the subject of the client's certificate under mutual
+/// TLS. Inserted into the request's extensions for the handlers and the inference log.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity(pub(crate) Arc<str>);
+
+/// Where a request came from and who sent it, from its extensions (both front ends).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Caller {
+    /// The client's address.
+    pub(crate) addr: Option<SocketAddr>,
+    /// The caller's identity ([`Identity`]).
+    pub(crate) identity: Option<Arc<str>>,
+}
+
+impl Caller {
+    /// The caller of a request served through this module.
+    pub(crate) fn of(extensions: &http::Extensions) -> Caller {
+        Caller {
+            addr: extensions.get::<Peer>().map(|peer| peer.addr),
+            identity: extensions.get::<Identity>().map(|i| i.0.clone()),
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Caller, Infallible> {
+        Ok(Caller::of(&parts.extensions))
+    }
+}
+
+/// What a connection's timeouts look at: the requests in flight on it and since when it has
+/// had none.
+#[derive(Debug)]
+struct Activity {
+    born: Instant,
+    /// Requests in flight (until their response body has been sent).
+    active: AtomicUsize,
+    /// Milliseconds after `born` when the last request in flight finished.
+    idle_since_ms: AtomicU64,
+    /// Whether any request has started (until then, the header timeout applies).
+    served: AtomicBool,
+    /// Requests started and finished: a change moves the connection's deadline.
+    changes: AtomicU64,
+}
+
+/// The connection timeouts of `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub(crate) header: Duration,
+    pub(crate) idle: Duration,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            born: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    /// When to look again, or `None` when the connection has outlived its timeout.
+    fn next_check(&self, timeouts: Timeouts) -> Option<Instant> {
+        let now = Instant::now();
+        if self.active.load(Ordering::Acquire) > 0 {
+            return Some(now + timeouts.idle);
+        }
+        let deadline = if self.served.load(Ordering::Acquire) {
+            let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            self.born + since + timeouts.idle
+        } else {
+            self.born + timeouts.header
+        };
+        (now < deadline).then_some(deadline)
+    }
+}
+
+/// Held by a request from admission until its response body has been sent (or dropped):
+/// marks its connection busy and holds its `max_concurrent_requests` permit.
+#[derive(Debug)]
+pub(crate) struct RequestGuard {
+    activity: Option<Arc<Activity>>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if let Some(activity) = &self.activity {
+            let idle = activity.born.elapsed().as_millis() as u64;
+            activity.idle_since_ms.store(idle, Ordering::Release);
+            activity.active.fetch_sub(1, Ordering::AcqRel);
+            activity.changes.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The server-wide bound on requests in flight (`max_concurrent_requests`).
+#[derive(Debug)]
+pub(crate) struct RequestLimit {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl RequestLimit {
+    pub(crate) fn new(max: usize) -> Self {
+        RequestLimit {
+            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            max,
+        }
+    }
+
+    /// The configured bound.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Admits a request on `peer`'s connection; `counted` is false for probes and metrics,
+    /// which are served even when the server is full. `None`: over the limit.
+    pub(crate) fn admit(&self, peer: Option<&Peer>, counted: bool) -> Option<RequestGuard> {
+        let permit = if counted {
+            Some(self.permits.clone().try_acquire_owned().ok()?)
+        } else {
+            None
+        };
+        let activity = peer.map(|p| {
+            p.activity.active.fetch_add(1, Ordering::AcqRel);
+            p.activity.served.store(true, Ordering::Release);
+            p.activity.changes.fetch_add(1, Ordering::AcqRel);
+            p.activity.clone()
+        });
+        Some(RequestGuard {
+            activity,
+            _permit: permit,
+        })
+    }
+}
+
+/// A response body that holds its request's [`RequestGuard`] until it has been sent.
+pub(crate) struct GuardedBody<B> {
+    body: B,
+    _guard: RequestGuard,
+}
+
+impl<B> GuardedBody<B> {
+    pub(crate) fn new(body: B, guard: RequestGuard) -> Self {
+        GuardedBody {
+            body,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for GuardedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection's open slot under `max_connections`, counted in `oxinfer_connections`.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    listening: Arc<Listening>,
+    port: Port,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.listening.metrics.closed(self.port);
+    }
+}
+
+/// A TCP connection with the timeouts of [`Timeouts`] applied to its reads.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    io: TcpStream,
+    activity: Arc<Activity>,
+    timeouts: Timeouts,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The activity's `changes` when the timer was last set.
+    seen: u64,
+    expired: bool,
+    slot: Slot,
+}
+
+impl Conn {
+    fn expire(&mut self) -> io::Error {
+        if !self.expired {
+            self.expired = true;
+            let reason = if self.activity.served.load(Ordering::Acquire) {
+                "idle_timeout"
+            } else {
+                "header_timeout"
+            };
+            self.slot.listening.metrics.dropped(self.slot.port, reason);
+        }
+        io::Error::new(io::ErrorKind::TimedOut, "connection timed out")
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        // A request started or finished since the timer was set: move it (a finished request
+        // starts the idle timeout, which may be shorter than the header timeout).
+        let changes = this.activity.changes.load(Ordering::Acquire);
+        if changes != this.seen {
+            this.seen = changes;
+            match this.activity.next_check(this.timeouts) {
+                Some(at) => this.timer.as_mut().reset(at),
+                None => return Poll::Ready(Err(this.expire())),
+            }
+        }
+        while this.timer.as_mut().poll(cx).is_ready() {
+            match this.activity.next_check(this.timeouts) {
+                Some(at) => this.timer.as_mut().reset(at),
+                None => return Poll::Ready(Err(this.expire())),
+            }
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// An established connection, plain or TLS, and who is on the other end.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    io: Io,
+    peer: Peer,
+}
+
+#[derive(Debug)]
+enum Io {
+    Plain(Conn),
+    Tls(Box<tokio_rustls::server::TlsStream<Conn>>),
+}
+
+impl Connection {
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(io) => Pin::new(io).poll_flush(cx),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One port's listener with its `max_connections` bound.
+pub(crate) struct Acceptor {
+    listener: TcpListener,
+    port: Port,
+    slots: Arc<Semaphore>,
+    listening: Arc<Listening>,
+}
+
+/// A TCP connection accepted within `max_connections`, before its TLS handshake.
+pub(crate) struct Accepted {
+    tcp: TcpStream,
+    addr: SocketAddr,
+    slot: Slot,
+}
+
+impl Acceptor {
+    pub(crate) fn new(listener: TcpListener, port: Port, listening: &Arc<Listening>) -> Self {
+        let max = listening
+            .transport
+            .max_connections
+            .min(Semaphore::MAX_PERMITS);
+        Acceptor {
+            listener,
+            port,
+            slots: Arc::new(Semaphore::new(max)),
+            listening: listening.clone(),
+        }
+    }
+
+    /// The next connection within `max_connections`; connections over it are closed at once.
+    /// Cancel-safe.
+    pub(crate) async fn accept(&self) -> Accepted {
+        loop {
+            match self.listener.accept().await {
+                Ok((tcp, addr)) => match self.slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        if self.listening.transport.tcp_nodelay
+                            && let Err(e) = tcp.set_nodelay(true)
+                        {
+                            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+                        }
+                        self.listening.metrics.opened(self.port);
+                        let slot = Slot {
+                            _permit: permit,
+                            listening: self.listening.clone(),
+                            port: self.port,
+                        };
+                        return Accepted { tcp, addr, slot };
+                    }
+                    Err(_) => {
+                        self.listening.metrics.dropped(self.port, "max_connections");
+                        tracing::debug!(
+                            client = %addr,
+                            "{} port: max_connections ({}) reached, connection closed",
+                            self.port.as_str(),
+                            self.listening.transport.max_connections
+                        );
+                    }
+                },
+                // Out of file descriptors, or a connection reset before it was accepted:
+                // wait a moment instead of spinning, and go on accepting.
+                Err(e) => {
+                    tracing::warn!("{} port: accept failed: {e}", self.port.as_str());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Accepted {
+    /// Completes the TLS handshake when TLS is on (within the header timeout, like everything
+    /// before the first request). `None`: the handshake failed and the connection is closed.
+    pub(crate) async fn establish(self, port: Port) -> Option<Connection> {
+        let Accepted { tcp, addr, slot } = self;
+        let listening = slot.listening.clone();
+        let timeouts = listening.transport.timeouts();
+        let activity = Arc::new(Activity::new());
+        let conn = Conn {
+            io: tcp,
+            activity: activity.clone(),
+            timeouts,
+            timer: Box::pin(tokio::time::sleep(timeouts.header)),
+            seen: 0,
+            expired: false,
+            slot,
+        };
+        let Some(tls) = &listening.tls else {
+            return Some(Connection {
+                io: Io::Plain(conn),
+                peer: Peer {
+                    addr,
+                    certificate: None,
+                    activity,
+                },
+            });
+        };
+        match tls.acceptor(port).accept(conn).await {
+            Ok(stream) => {
+                let certificate = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(tls::subject)
+                    .map(Arc::from);
+                Some(Connection {
+                    io: Io::Tls(Box::new(stream)),
+                    peer: Peer {
+                        addr,
+                        certificate,
+                        activity,
+                    },
+                })
+            }
+            Err(e) => {
+                listening.metrics.dropped(port, "tls_handshake");
+                tracing::info!(client = %addr, "{} port: TLS handshake failed: {e}", port.as_str());
+                None
+            }
+        }
+    }
+}
+
+/// REST paths served even when `max_concurrent_requests` is reached: probes (server and
+/// model readiness) and metrics.
+fn rest_uncounted(path: &str) -> bool {
+    matches!(
+        path,
+        "/v2/health/live" | "/v2/health/ready" | "/metrics" | "/health"
+    ) || (path.starts_with("/v2/models/") && path.ends_with("/ready"))
+}
+
+/// gRPC methods served even when `max_concurrent_requests` is reached: the health service and
+/// the OIP probes.
+fn grpc_uncounted(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || matches!(
+            path,
+            "/inference.GRPCInferenceService/ServerLive"
+                | "/inference.GRPCInferenceService/ServerReady"
+                | "/inference.GRPCInferenceService/ModelReady"
+        )
+}
+
+/// The 429 answer over `max_concurrent_requests`.
+fn too_many_requests(listening: &Listening) -> http::Response<axum::body::Body> {
+    listening.metrics.over_limit.inc();
+    let body = serde_json::json!({
+        "error": format!(
+            "too many requests in flight (max_concurrent_requests = {}); retry later",
+            listening.requests.max()
+        )
+    });
+    http::Response::builder()
+        .status(http::StatusCode::TOO_MANY_REQUESTS)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::RETRY_AFTER, "1")
+        .body(axum::body::Body::from(body.to_string()))
+        .expect("valid response")
+}
+
+/// The hyper connection builder for the REST port (HTTP/1.1 and HTTP/2, by preface).
+fn rest_builder(
+    transport: &Transport,
+) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(transport.timeouts().header);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(transport.http2_max_concurrent_streams)
+        .max_header_list_size(transport.http2_max_header_list_bytes)
+        .initial_stream_window_size(transport.http2_stream_window)
+        .initial_connection_window_size(transport.http2_connection_window);
+    builder
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, calls
+/// `stopping`, lets open connections finish their requests, and returns.
+pub(crate) async fn serve_rest(
+    listener: TcpListener,
+    listening: Arc<Listening>,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: impl FnOnce(),
+) -> io::Result<()> {
+    let acceptor = Acceptor::new(listener, Port::Http, &listening);
+    let builder = rest_builder(&listening.transport);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = acceptor.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let router = router.clone();
+        let listening = listening.clone();
+        tokio::spawn(async move {
+            let Some(connection) = accepted.establish(Port::Http).await else {
+                return;
+            };
+            let peer = connection.peer().clone();
+            let addr = peer.addr;
+            let service = hyper::service::service_fn(move |request| {
+                serve_request(request, router.clone(), listening.clone(), peer.clone())
+            });
+            let connection = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(connection), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(client = %addr, "connection closed: {e}");
+            }
+        });
+    }
+    drop(acceptor);
+    stopping();
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// One REST request: admission under `max_concurrent_requests`, then the router.
+async fn serve_request(
+    mut request: http::Request<hyper::body::Incoming>,
+    router: axum::Router,
+    listening: Arc<Listening>,
+    peer: Peer,
+) -> Result<http::Response<axum::body::Body>, Infallible> {
+    let counted = !rest_uncounted(request.uri().path());
+    let Some(guard) = listening.requests.admit(Some(&peer), counted) else {
+        return Ok(too_many_requests(&listening));
+    };
+    let extensions = request.extensions_mut();
+    if let Some(subject) = &peer.certificate {
+        extensions.insert(Identity(subject.clone()));
+    }
+    extensions.insert(peer);
+    let response = router
+        .oneshot(request.map(axum::body::Body::new))
+        .await
+        .unwrap_or_else(|never| match never {});
+    Ok(response.map(|body| axum::body::Body::new(GuardedBody::new(body, guard))))
+}
+
+/// The gRPC connections of `listener`, established (TLS) in their own tasks, as the stream
+/// tonic serves. Accepting stops when tonic stops reading the stream (at shutdown).
+pub(crate) fn grpc_incoming(
+    listener: TcpListener,
+    listening: &Arc<Listening>,
+) -> impl tokio_stream::Stream<Item = Result<Connection, Infallible>> + use<> {
+    let acceptor = Acceptor::new(listener, Port::Grpc, listening);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Connection>(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = acceptor.accept() => accepted,
+                () = sender.closed() => break,
+            };
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                if let Some(connection) = accepted.establish(Port::Grpc).await {
+                    let _ = sender.send(connection).await;
+                }
+            });
+        }
+    });
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(receiver),
+        Ok::<_, Infallible>,
+    )
+}
+
+/// A tower layer for the gRPC server: admission under `max_concurrent_requests` (the health
+/// service is not counted) and the connection's busy mark until the response has been sent.
+#[derive(Clone)]
+pub(crate) struct GrpcLimitLayer {
+    pub(crate) listening: Arc<Listening>,
+}
+
+impl<S> tower::Layer<S> for GrpcLimitLayer {
+    type Service = GrpcLimit<S>;
+
+    fn layer(&self, inner: S) -> GrpcLimit<S> {
+        GrpcLimit {
+            inner,
+            listening: self.listening.clone(),
+        }
+    }
+}
+
+/// The service of [`GrpcLimitLayer`].
+#[derive(Clone)]
+pub(crate) struct GrpcLimit<S> {
+    inner: S,
+    listening: Arc<Listening>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for GrpcLimit<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let counted = !grpc_uncounted(request.uri().path());
+        let peer = request.extensions().get::<Peer>().cloned();
+        let Some(guard) = self.listening.requests.admit(peer.as_ref(), counted) else {
+            self.listening.metrics.over_limit.inc();
+            let status = tonic::Status::resource_exhausted(format!(
+                "too many requests in flight (max_concurrent_requests = {}); retry later",
+                self.listening.requests.max()
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
+        if let Some(subject) = peer.and_then(|p| p.certificate) {
+            request.extensions_mut().insert(Identity(subject));
+        }
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| tonic::body::Body::new(GuardedBody::new(body, guard))))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        header: Duration::from_secs(30),
+        idle: Duration::from_secs(5),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_follows_the_requests_in_flight() {
+        let activity = Arc::new(Activity::new());
+        let peer = Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            certificate: None,
+            activity: activity.clone(),
+        };
+        // Before the first request: the header timeout, from the connection's start.
+        assert_eq!(
+            activity.next_check(TIMEOUTS),
+            Some(activity.born + TIMEOUTS.header)
+        );
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(activity.next_check(TIMEOUTS), None);
+        // A request in flight is never idle, however long it takes.
+        let limit = RequestLimit::new(1);
+        let guard = limit.admit(Some(&peer), true).unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(activity.next_check(TIMEOUTS).is_some());
+        // Over the limit: refused; probes are not counted.
+        assert!(limit.admit(Some(&peer), true).is_none());
+        let probe = limit.admit(Some(&peer), false).unwrap();
+        drop(probe);
+        drop(guard);
+        // Idle from the moment the last request finished.
+        let idle_deadline = activity.next_check(TIMEOUTS).unwrap();
+        assert_eq!(idle_deadline, Instant::now() + TIMEOUTS.idle);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(activity.next_check(TIMEOUTS), None);
+        assert!(limit.admit(Some(&peer), true).is_some());
+    }
+
+    #[test]
+    fn probes_and_metrics_are_not_counted() {
+        for path in [
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/metrics",
+            "/v2/models/m/ready",
+            "/v2/models/m/versions/2/ready",
+        ] {
+            assert!(rest_uncounted(path), "{path}");
+        }
+        for path in [
+            "/v2/models/m/infer",
+            "/v2",
+            "/v2/models/m",
+            "/v1/embeddings",
+        ] {
+            assert!(!rest_uncounted(path), "{path}");
+        }
+        assert!(grpc_uncounted("/grpc.health.v1.Health/Check"));
+        assert!(grpc_uncounted(
+            "/inference.GRPCInferenceService/ServerReady"
+        ));
+        assert!(!grpc_uncounted(
+            "/inference.GRPCInferenceService/ModelInfer"
+        ));
+        assert!(!grpc_uncounted(
+            "/inference.GRPCInferenceService/RepositoryModelLoad"
+        ));
+    }
+}
