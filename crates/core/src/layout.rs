@@ -165,9 +165,18 @@ pub fn model_entries(
             )));
         }
     }
+    let versioned = is_versions_dir(path);
+    // A directory that is neither a directory of versions nor a model a runtime recognises
+    // (what KServe's storage initializer leaves in /mnt/models: one downloaded file, or an
+    // MLflow model directory with `MLmodel` beside `model.onnx`) holds its model the way a
+    // version directory does: its only entry, else `model.onnx`.
+    let path = &if !versioned && path.is_dir() && detect(path).is_none() {
+        version_content(path)
+    } else {
+        path.clone()
+    };
     table.insert("name".into(), name.into());
     table.insert("path".into(), path.display().to_string().into());
-    let versioned = is_versions_dir(path);
     if versioned && !table.contains_key("version_policy") {
         table.insert(
             "version_policy".into(),
@@ -266,6 +275,46 @@ mod tests {
 
     fn onnx(_: &Path) -> Option<&'static str> {
         Some("tract")
+    }
+
+    #[test]
+    fn a_plain_directory_holds_its_model_like_a_version_directory() {
+        // What KServe's storage initializer leaves in /mnt/models: one file, or an MLflow model.
+        let dir = temp("plain");
+        let detect = |p: &Path| {
+            (p.extension().is_some_and(|e| e == "onnx") || p.join("model.safetensors").is_file())
+                .then_some("tract")
+        };
+        let entries = |path: &Path| {
+            model_entries("m", path, toml::Table::new(), &dir.join("x"), &detect)
+                .map(|e| e[0].path.clone())
+        };
+        std::fs::create_dir_all(dir.join("single")).unwrap();
+        std::fs::write(dir.join("single/classifier.onnx"), b"x").unwrap();
+        assert_eq!(
+            entries(&dir.join("single")).unwrap(),
+            dir.join("single/classifier.onnx")
+        );
+        std::fs::create_dir_all(dir.join("mlflow")).unwrap();
+        for file in ["MLmodel", "model.onnx", "conda.yaml", "requirements.txt"] {
+            std::fs::write(dir.join("mlflow").join(file), b"x").unwrap();
+        }
+        assert_eq!(
+            entries(&dir.join("mlflow")).unwrap(),
+            dir.join("mlflow/model.onnx")
+        );
+        // A directory a runtime recognises as a whole stays a directory.
+        std::fs::create_dir_all(dir.join("whole")).unwrap();
+        for file in ["model.safetensors", "config.json"] {
+            std::fs::write(dir.join("whole").join(file), b"x").unwrap();
+        }
+        assert_eq!(entries(&dir.join("whole")).unwrap(), dir.join("whole"));
+        // Nothing recognisable: the error names the directory.
+        std::fs::create_dir_all(dir.join("unknown")).unwrap();
+        std::fs::write(dir.join("unknown/a.txt"), b"x").unwrap();
+        std::fs::write(dir.join("unknown/b.txt"), b"x").unwrap();
+        let e = entries(&dir.join("unknown")).unwrap_err().to_string();
+        assert!(e.contains("cannot tell which runtime"), "{e}");
     }
 
     #[test]
