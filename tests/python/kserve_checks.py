@@ -5,6 +5,7 @@ the `inference` protobuf package, so they cannot be imported into one Python pro
 
     python kserve_checks.py HTTP_URL GRPC_ADDRESS
     python kserve_checks.py --tls HTTPS_URL GRPC_ADDRESS CA_PEM CLIENT_PEM CLIENT_KEY
+    python kserve_checks.py --auth HTTP_URL GRPC_ADDRESS TOKEN
 """
 
 import asyncio
@@ -115,7 +116,43 @@ async def tls(url, address, ca, cert, key):
         await client.close()
 
 
+async def auth(url, address, token):
+    """Both clients with a bearer token (`[auth]`): allowed with it, refused without."""
+    headers = {"Authorization": f"Bearer {token}"}
+    client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", timeout=30))
+    try:
+        response = await client.infer(url, SIMPLE, model_name="simple", headers=headers)
+        got = {o.name: o.as_numpy() for o in response.outputs}
+        np.testing.assert_array_equal(got["OUTPUT0"].reshape(-1), np.arange(16) + 3)
+        try:
+            await client.infer(url, SIMPLE, model_name="simple")
+            raise AssertionError("a call without the token was served")
+        except Exception as e:  # kserve raises httpx.HTTPStatusError
+            assert "401" in str(e), e
+    finally:
+        await client.close()
+    client = kserve.InferenceGRPCClient(address, timeout=30)
+    try:
+        inp = kserve.InferInput("INPUT0", [1, 16], "INT32", data=list(range(16)))
+        other = kserve.InferInput("INPUT1", [1, 16], "INT32", data=[3] * 16)
+        request = kserve.InferRequest(model_name="simple", infer_inputs=[inp, other])
+        response = await client.infer(request, headers=[("authorization", f"Bearer {token}")])
+        got = {o.name: o.as_numpy() for o in response.outputs}
+        np.testing.assert_array_equal(got["OUTPUT1"].reshape(-1), np.arange(16) - 3)
+        try:
+            await client.infer(request)
+            raise AssertionError("a call without the token was served")
+        except Exception as e:
+            assert "UNAUTHENTICATED" in str(e), e
+    finally:
+        await client.close()
+
+
 def main():
+    if sys.argv[1] == "--auth":
+        asyncio.run(auth(*sys.argv[2:5]))
+        print("kserve auth checks passed")
+        return
     if sys.argv[1] == "--tls":
         asyncio.run(tls(*sys.argv[2:7]))
         print("kserve TLS checks passed")

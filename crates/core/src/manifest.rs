@@ -54,6 +54,9 @@ pub struct Manifest {
     pub inference_log: Option<InferenceLogSettings>,
     /// OpenTelemetry export (`[telemetry]`); off when absent.
     pub telemetry: Option<TelemetrySettings>,
+    /// Access control (`[auth]`): bearer tokens with scopes; off (anyone may call anything)
+    /// when absent. Its `tokens_file` is read when the manifest is.
+    pub auth: Option<AuthSettings>,
     /// The file this manifest was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -226,6 +229,137 @@ impl Default for ServerSettings {
             http2_max_concurrent_streams: default_max_concurrent_streams(),
             http2_max_header_list_bytes: default_max_header_list(),
         }
+    }
+}
+
+/// The `[auth]` table: who may call what. With it, every call but the liveness and readiness
+/// probes (unless `protect_health`) needs `Authorization: Bearer <secret>` (gRPC: the
+/// `authorization` metadata) of a token declared here or in `tokens_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The tokens, each by the SHA-256 of its secret.
+    #[serde(default)]
+    pub tokens: Vec<TokenEntry>,
+    /// More tokens, as `[[tokens]]` tables in a TOML file (relative to the manifest), read
+    /// with the manifest (at startup and on SIGHUP), so that tokens can be rotated without
+    /// touching the manifest.
+    pub tokens_file: Option<PathBuf>,
+    /// Require the `read` scope for the liveness and readiness probes too (default false:
+    /// probes stay open, as Kubernetes and load balancers call them without a token).
+    #[serde(default)]
+    pub protect_health: bool,
+}
+
+/// One token of `[[auth.tokens]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// The identity recorded for its requests (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// The SHA-256 of the secret, in hex (`oxinfer token new` prints a secret and this line).
+    pub sha256: String,
+    /// What the token may do: `read`, `infer`, `admin`, `metrics`.
+    pub scopes: Vec<Scope>,
+    /// The models it may use (metadata, readiness, inference, load/unload); all when absent.
+    pub models: Option<Vec<String>>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Server and model metadata, model readiness, configuration, statistics.
+    Read,
+    /// Inference (OIP, embeddings).
+    Infer,
+    /// The model repository: index, load, unload.
+    Admin,
+    /// `/metrics`.
+    Metrics,
+}
+
+impl Scope {
+    /// The scope's name in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Infer => "infer",
+            Scope::Admin => "admin",
+            Scope::Metrics => "metrics",
+        }
+    }
+}
+
+/// A `tokens_file`: `[[tokens]]` tables.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+impl AuthSettings {
+    /// Reads `tokens_file` (already resolved against the manifest's directory) into `tokens`
+    /// and checks every token: names and digests unique, digests 64 hex digits, scopes given.
+    fn resolve(&mut self, base: &Path) -> std::result::Result<(), String> {
+        if let Some(file) = &mut self.tokens_file {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+            let text = std::fs::read_to_string(&*file)
+                .map_err(|e| format!("[auth] tokens_file {}: {e}", file.display()))?;
+            let more: TokensFile = toml::from_str(&text)
+                .map_err(|e| format!("[auth] tokens_file {}: {e}", file.display()))?;
+            self.tokens.extend(more.tokens);
+        }
+        let mut names = HashSet::new();
+        let mut digests = HashSet::new();
+        for token in &mut self.tokens {
+            if token.name.is_empty()
+                || !token
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(format!(
+                    "[auth] token name '{}' must be non-empty and use only ASCII letters, digits, \
+                     '-', '_' and '.'",
+                    token.name
+                ));
+            }
+            let hex = token
+                .sha256
+                .strip_prefix("sha256:")
+                .unwrap_or(&token.sha256);
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "[auth] token '{}': sha256 must be the SHA-256 of the secret (64 hex digits), \
+                     not the secret itself",
+                    token.name
+                ));
+            }
+            token.sha256 = hex.to_ascii_lowercase();
+            if token.scopes.is_empty() {
+                return Err(format!(
+                    "[auth] token '{}': scopes is empty (read, infer, admin, metrics)",
+                    token.name
+                ));
+            }
+            if !names.insert(token.name.clone()) {
+                return Err(format!(
+                    "[auth] token name '{}' is declared twice",
+                    token.name
+                ));
+            }
+            if !digests.insert(token.sha256.clone()) {
+                return Err(format!(
+                    "[auth] token '{}' has the same secret as another token",
+                    token.name
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -760,6 +894,9 @@ impl Manifest {
                     *file = base.join(&*file);
                 }
             }
+        }
+        if let Some(auth) = &mut manifest.auth {
+            auth.resolve(base).map_err(fail)?;
         }
         if let Some(log) = &mut manifest.inference_log {
             if log.path.is_relative() {

@@ -78,6 +78,26 @@ enum Command {
     /// Work with inference logs.
     #[command(subcommand)]
     Audit(Audit),
+    /// Manage access tokens (`[auth]`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a new token: prints its secret (give it to the client; it is not stored anywhere)
+    /// and the `[[auth.tokens]]` table to add to the manifest or the tokens file.
+    New {
+        /// The token's name: the identity recorded for its requests.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: read, infer, admin, metrics.
+        #[arg(long, value_delimiter = ',', default_value = "read,infer")]
+        scopes: Vec<String>,
+        /// Comma-separated models the token may use (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,6 +382,11 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Token(TokenCommand::New {
+            name,
+            scopes,
+            models,
+        }) => new_token(&name, &scopes, &models),
         Command::Check { sources } => check(&sources),
         Command::Serve {
             sources,
@@ -382,6 +407,32 @@ fn run(command: Command) -> Result<()> {
             },
         ),
     }
+}
+
+/// `oxinfer token new`: a random secret and the table that declares it, checked as the
+/// manifest would check it.
+fn new_token(name: &str, scopes: &[String], models: &[String]) -> Result<()> {
+    let (secret, sha256) = oxinfer_server::new_token().context("cannot make a random secret")?;
+    let quoted = |items: &[String]| {
+        items
+            .iter()
+            .map(|s| format!("{:?}", s.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut table = format!(
+        "[[auth.tokens]]\nname = {name:?}\nsha256 = \"{sha256}\"\nscopes = [{}]\n",
+        quoted(scopes)
+    );
+    if !models.is_empty() {
+        table.push_str(&format!("models = [{}]\n", quoted(models)));
+    }
+    // The same checks as a manifest holding it.
+    Manifest::parse(&table, Path::new("(oxinfer token new)"))?;
+    println!("# The secret, for the client (Authorization: Bearer <secret>); shown only now:");
+    println!("# {secret}");
+    println!("{table}");
+    Ok(())
 }
 
 /// The TLS configuration of `[server.tls]`, read and checked (the error names the file).
@@ -405,6 +456,17 @@ fn check(sources: &Sources) -> Result<()> {
             "TLS on both ports{}",
             if tls.mutual() {
                 ", client certificates required"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(auth) = &manifest.auth {
+        println!(
+            "access control on: {} token(s){}",
+            auth.tokens.len(),
+            if auth.protect_health {
+                ", probes protected"
             } else {
                 ""
             }
@@ -519,6 +581,10 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
     if let Some(tls) = &tls {
         state = state.with_tls(tls.clone());
     }
+    state.set_auth(manifest.auth.as_ref());
+    if let Some(auth) = &manifest.auth {
+        tracing::info!(tokens = auth.tokens.len(), "access control on ([auth])");
+    }
     runtime.block_on(async move {
         let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
         let grpc_listener = grpc_listener
@@ -536,11 +602,7 @@ fn serve(sources: &Sources, listen: Listen) -> Result<()> {
         }
         // SIGHUP (and --watch) re-read the manifest and apply the difference.
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel::<ReloadAsk>(4);
-        tokio::spawn(reloads(
-            sources.clone(),
-            state.repository().clone(),
-            reload_rx,
-        ));
+        tokio::spawn(reloads(sources.clone(), state.clone(), reload_rx));
         #[cfg(unix)]
         {
             let tx = reload_tx.clone();
@@ -675,14 +737,13 @@ type ReloadAsk = (
 /// Applies the manifest again each time it is asked to (SIGHUP, `--watch`), one at a time.
 async fn reloads(
     sources: Sources,
-    repository: Arc<ModelRepository>,
+    state: AppState,
     mut asks: tokio::sync::mpsc::Receiver<ReloadAsk>,
 ) {
     while let Some((why, reply)) = asks.recv().await {
         let sources = sources.clone();
-        let repository = repository.clone();
-        if let Ok(read) =
-            tokio::task::spawn_blocking(move || reload(&sources, &repository, why)).await
+        let state = state.clone();
+        if let Ok(read) = tokio::task::spawn_blocking(move || reload(&sources, &state, why)).await
             && let Some(reply) = reply
         {
             let _ = reply.send(read);
@@ -693,7 +754,8 @@ async fn reloads(
 /// Re-reads the manifest and applies it; a manifest that fails to parse or check changes
 /// nothing. Returns the fingerprint of the files as they were when read (taken before the
 /// models are loaded, so that a file that changes meanwhile is seen as changed).
-fn reload(sources: &Sources, repository: &ModelRepository, why: &str) -> Fingerprint {
+fn reload(sources: &Sources, state: &AppState, why: &str) -> Fingerprint {
+    let repository = state.repository();
     tracing::info!("{why}: reloading {}", sources.describe());
     let manifest = match sources.load() {
         Ok(manifest) => manifest,
@@ -703,6 +765,8 @@ fn reload(sources: &Sources, repository: &ModelRepository, why: &str) -> Fingerp
             return fingerprint(sources, &repository.manifest());
         }
     };
+    // The tokens of [auth] (and its tokens_file) apply from the next call on.
+    state.set_auth(manifest.auth.as_ref());
     let read = fingerprint(sources, &manifest);
     let report = repository.apply(manifest);
     for setting in &report.needs_restart {

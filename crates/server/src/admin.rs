@@ -8,6 +8,7 @@ use std::sync::Arc;
 use oxinfer_core::protocol::ServerMetadata;
 use oxinfer_core::{Error, Result};
 
+use crate::auth::Grant;
 use crate::models::ServedModel;
 use crate::models::repository::IndexEntry;
 use crate::state::AppState;
@@ -57,9 +58,16 @@ pub(crate) fn statistics(
     state: &AppState,
     model: Option<&str>,
     version: Option<&str>,
+    grant: Option<&Grant>,
 ) -> Result<Vec<ModelStatistics>> {
     let models = match (model, version) {
-        (None, _) => state.repository.ready_models(),
+        // Every model the caller's token may use.
+        (None, _) => state
+            .repository
+            .ready_models()
+            .into_iter()
+            .filter(|m| grant.is_none_or(|g| g.may_use(&m.name)))
+            .collect(),
         (Some(name), None) => state.repository.ready_versions(name)?,
         (Some(name), Some(v)) => vec![state.repository.get(name, Some(v))?],
     };
@@ -90,6 +98,7 @@ pub(crate) fn metrics(state: &AppState) -> String {
         &series,
         &state.metrics,
         &state.listening.metrics,
+        &state.access.failures,
         &state.budget,
         state.repository.reload_counts(),
         state.log.as_ref().map(|log| log.counters()),
@@ -97,8 +106,10 @@ pub(crate) fn metrics(state: &AppState) -> String {
 }
 
 /// Every model version of the manifest with its state; only ready ones when `ready_only`.
-pub(crate) fn index(state: &AppState, ready_only: bool) -> Vec<IndexEntry> {
-    state.repository.index(ready_only)
+pub(crate) fn index(state: &AppState, ready_only: bool, grant: Option<&Grant>) -> Vec<IndexEntry> {
+    let mut index = state.repository.index(ready_only);
+    index.retain(|e| grant.is_none_or(|g| g.may_use(&e.name)));
+    index
 }
 
 /// Refuses repository parameters other than `allowed`.

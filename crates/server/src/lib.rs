@@ -13,6 +13,7 @@
 //! - `telemetry`: statistics and Prometheus metrics (one recorder, two views), and the
 //!   [`inference_log`];
 //! - `state`: the [`AppState`] the front ends and the pipeline share;
+//! - `auth`: access control (`[auth]`): bearer tokens, scopes, the models a token may use;
 //! - `listen`: accepting connections on both ports: TLS, connection timeouts,
 //!   `max_connections` and `max_concurrent_requests`;
 //! - `budget`: the process-wide budget of bytes held by requests in flight, which every
@@ -24,6 +25,7 @@
 
 mod admin;
 mod api;
+mod auth;
 mod budget;
 mod listen;
 mod models;
@@ -35,6 +37,7 @@ mod telemetry;
 pub use api::grpc::pb;
 pub use api::grpc::serve_grpc;
 pub use api::rest::app;
+pub use auth::new_token;
 pub use listen::Transport;
 pub use listen::tls::Tls;
 pub use models::{ModelRepository, ReloadReport, RuntimeRegistry, ServedModel};

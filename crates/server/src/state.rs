@@ -33,6 +33,8 @@ pub struct Shared {
     /// What both listeners share: the same settings, TLS (`[server.tls]`), the server-wide
     /// request limit and the connection counters.
     pub(crate) listening: Arc<crate::listen::Listening>,
+    /// Access control (`[auth]`), replaced when the manifest is reloaded.
+    pub(crate) access: Arc<crate::auth::Access>,
     /// Origins allowed to call the REST API from a browser (`[server] cors_origins`).
     pub(crate) cors_origins: Arc<[String]>,
     /// Repository loads in flight, by model name: a second load of the same model waits for
@@ -70,6 +72,7 @@ impl AppState {
             loads: Arc::default(),
             transport: Transport::default(),
             listening: Arc::new(crate::listen::Listening::new(Transport::default(), None)),
+            access: Arc::default(),
         }))
     }
 
@@ -87,6 +90,12 @@ impl AppState {
             shared.listening.tls.clone(),
         ));
         self
+    }
+
+    /// Turns access control on with the tokens of `[auth]`, replaces them, or (`None`) turns it
+    /// off; calls already admitted are not affected.
+    pub fn set_auth(&self, auth: Option<&oxinfer_core::manifest::AuthSettings>) {
+        self.access.set(auth.map(crate::auth::Auth::new));
     }
 
     /// The same state, serving TLS on both ports with `tls` (reloadable on SIGHUP through the

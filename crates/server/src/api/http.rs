@@ -1,12 +1,16 @@
-//! What the HTTP routes share (OIP's REST API and the embedding APIs): JSON responses and the
-//! in-flight budget middleware.
+//! What the HTTP routes share (OIP's REST API and the embedding APIs): JSON responses, the
+//! in-flight budget middleware and access control (`[auth]`).
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use oxinfer_core::manifest::Scope;
+
+use crate::auth::Need;
 use crate::budget::{CountedBody, HeldBody};
+use crate::listen::{Caller, Identity};
 use crate::state::AppState;
 
 /// A response with a JSON body (`Content-Type: application/json`, no charset: the kserve client
@@ -39,4 +43,124 @@ pub(crate) async fn hold_budget(
     next.run(request)
         .await
         .map(|body| axum::body::Body::new(HeldBody::new(body, reservation)))
+}
+
+/// What a REST call needs under `[auth]`, and the model it names in its path (checked against
+/// the token's models here, before any lookup, so that a refusal says nothing about whether the
+/// model exists). Embedding routes name their model in the body: their handlers check it.
+fn rest_need(path: &str) -> (Need, Option<&str>) {
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    match path {
+        "/v2/health/live" | "/v2/health/ready" | "/health" => return (Need::Health, None),
+        "/metrics" => return (Need::Scope(Scope::Metrics), None),
+        "/v1/embeddings" | "/embed" | "/tokenize" => return (Need::Scope(Scope::Infer), None),
+        "/v2/models/stats" => return (Need::Scope(Scope::Read), None),
+        _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/v2/repository/") {
+        let model = rest
+            .strip_prefix("models/")
+            .and_then(|m| m.split('/').next());
+        return (Need::Scope(Scope::Admin), model);
+    }
+    if let Some(rest) = path.strip_prefix("/v2/models/") {
+        let model = rest.split('/').next();
+        let scope = if rest.ends_with("/infer") {
+            Scope::Infer
+        } else {
+            Scope::Read
+        };
+        return (Need::Scope(scope), model);
+    }
+    if let Some(model) = path.strip_prefix("/v1/models/") {
+        return (Need::Scope(Scope::Read), Some(model));
+    }
+    // Server metadata, /v1/models, /info, and paths that do not exist (a valid token is
+    // needed to learn which do).
+    (Need::Scope(Scope::Read), None)
+}
+
+/// `[auth]` for the REST API: refuses a call without a token (401) or whose token lacks the
+/// scope or the model in the path (403), before anything of the body is read; an allowed call
+/// carries the token's [`Grant`] and its name as the caller's identity.
+pub(crate) async fn authorize(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let (need, model) = rest_need(request.uri().path());
+    let client = Caller::of(request.extensions()).addr;
+    let what = format!("{} {}", request.method(), request.uri().path());
+    let checked = state
+        .access
+        .check(
+            request.headers().get(header::AUTHORIZATION),
+            need,
+            client,
+            &what,
+        )
+        .and_then(|grant| {
+            if let (Some(grant), Some(model)) = (&grant, model) {
+                state
+                    .access
+                    .check_model(Some(grant), model, client, &what)?;
+            }
+            Ok(grant)
+        });
+    match checked {
+        Ok(Some(grant)) => {
+            request
+                .extensions_mut()
+                .insert(Identity(grant.name.clone()));
+            request.extensions_mut().insert(grant);
+            next.run(request).await
+        }
+        Ok(None) => next.run(request).await,
+        Err(denied) => denied.rest_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_needs_its_scope_and_names_its_model() {
+        let read = Need::Scope(Scope::Read);
+        for (path, need, model) in [
+            ("/v2/health/live", Need::Health, None),
+            ("/v2/health/ready", Need::Health, None),
+            ("/v2", read, None),
+            ("/v2/", read, None),
+            ("/v2/models/m", read, Some("m")),
+            ("/v2/models/m/ready", read, Some("m")),
+            ("/v2/models/m/versions/2/config", read, Some("m")),
+            ("/v2/models/m/stats", read, Some("m")),
+            ("/v2/models/stats", read, None),
+            ("/v2/models/m/infer", Need::Scope(Scope::Infer), Some("m")),
+            (
+                "/v2/models/m/versions/1/infer",
+                Need::Scope(Scope::Infer),
+                Some("m"),
+            ),
+            ("/v2/repository/index", Need::Scope(Scope::Admin), None),
+            (
+                "/v2/repository/models/m/load",
+                Need::Scope(Scope::Admin),
+                Some("m"),
+            ),
+            ("/metrics", Need::Scope(Scope::Metrics), None),
+            ("/v1/embeddings", Need::Scope(Scope::Infer), None),
+            ("/embed", Need::Scope(Scope::Infer), None),
+            ("/v1/models", read, None),
+            ("/v1/models/e", read, Some("e")),
+            ("/info", read, None),
+            ("/nowhere", read, None),
+        ] {
+            assert_eq!(rest_need(path), (need, model), "{path}");
+        }
+    }
 }

@@ -26,6 +26,7 @@ use tower_http::decompression::RequestDecompressionLayer;
 use crate::admin;
 use crate::api::embeddings;
 use crate::api::http::{hold_budget, json_response};
+use crate::auth::Grant;
 use crate::budget::{self, Reservation};
 use crate::models::ServedModel;
 use crate::models::model_config::ModelConfig;
@@ -131,6 +132,12 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_declared_oversize,
+        ))
+        // Access control before anything of the body is read or reserved (and inside the
+        // browser guard: a CORS preflight carries no token).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::http::authorize,
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -510,22 +517,31 @@ struct ModelStatsJson {
     runtime_counters: BTreeMap<&'static str, u64>,
 }
 
-async fn statistics(State(state): State<AppState>, path: ModelPath) -> ApiResult {
-    let model_stats: Vec<ModelStatsJson> =
-        admin::statistics(&state, path.model.as_deref(), path.version.as_deref())?
-            .into_iter()
-            .map(|m| ModelStatsJson {
-                name: m.name,
-                version: m.version,
-                last_inference: m.stats.last_inference,
-                inference_count: m.stats.inference_count,
-                execution_count: m.stats.execution_count,
-                inference_stats: m.stats.inference_stats,
-                batch_stats: Vec::new(),
-                memory_usage: Vec::new(),
-                runtime_counters: m.runtime_counters,
-            })
-            .collect();
+async fn statistics(
+    State(state): State<AppState>,
+    path: ModelPath,
+    grant: Option<Extension<Grant>>,
+) -> ApiResult {
+    let grant = grant.as_ref().map(|g| &g.0);
+    let model_stats: Vec<ModelStatsJson> = admin::statistics(
+        &state,
+        path.model.as_deref(),
+        path.version.as_deref(),
+        grant,
+    )?
+    .into_iter()
+    .map(|m| ModelStatsJson {
+        name: m.name,
+        version: m.version,
+        last_inference: m.stats.last_inference,
+        inference_count: m.stats.inference_count,
+        execution_count: m.stats.execution_count,
+        inference_stats: m.stats.inference_stats,
+        batch_stats: Vec::new(),
+        memory_usage: Vec::new(),
+        runtime_counters: m.runtime_counters,
+    })
+    .collect();
     ok(&serde_json::json!({ "model_stats": model_stats }))
 }
 
@@ -543,9 +559,17 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
     serde_json::from_slice(body).map_err(|e| Error::invalid(format!("malformed request body: {e}")))
 }
 
-async fn repository_index(State(state): State<AppState>, body: Bytes) -> ApiResult {
+async fn repository_index(
+    State(state): State<AppState>,
+    grant: Option<Extension<Grant>>,
+    body: Bytes,
+) -> ApiResult {
     let request: IndexRequest = optional_json(&body)?;
-    ok(&admin::index(&state, request.ready))
+    ok(&admin::index(
+        &state,
+        request.ready,
+        grant.as_ref().map(|g| &g.0),
+    ))
 }
 
 #[derive(Deserialize, Default)]

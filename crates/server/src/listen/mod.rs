@@ -898,7 +898,10 @@ where
             ));
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
-        if let Some(subject) = peer.and_then(|p| p.certificate) {
+        if let Some(subject) = peer.and_then(|p| p.certificate)
+            && request.extensions().get::<Identity>().is_none()
+        {
+            // A token's name, when [auth] named the caller first, stays the identity.
             request.extensions_mut().insert(Identity(subject));
         }
         let response = self.inner.call(request);

@@ -103,6 +103,7 @@ pub(crate) fn render(
     models: &[ModelSeries<'_>],
     server: &ServerMetrics,
     connections: &crate::listen::ConnectionMetrics,
+    auth_failures: &prometheus::IntCounterVec,
     budget: &MemoryBudget,
     reloads: (u64, u64),
     log: Option<&LogCounters>,
@@ -118,6 +119,7 @@ pub(crate) fn render(
     register(&registry, Box::new(connections.open.clone()));
     register(&registry, Box::new(connections.dropped.clone()));
     register(&registry, Box::new(connections.over_limit.clone()));
+    register(&registry, Box::new(auth_failures.clone()));
     let (written, dropped, write_errors) = log.map_or((0, 0, 0), LogCounters::totals);
     register(
         &registry,

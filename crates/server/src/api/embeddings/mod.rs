@@ -24,6 +24,7 @@ use oxinfer_core::protocol::{InferRequest, RequestedOutput};
 use oxinfer_core::{Error, ErrorCode, Tensor};
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 
+use crate::auth::Grant;
 use crate::budget::Reservation;
 use crate::models::ServedModel;
 use crate::models::served::EmbeddingSpec;
@@ -65,6 +66,8 @@ pub(super) enum Kind {
     TooLong,
     /// No such model, or it is not an embedding model.
     NotFound,
+    /// The caller's token may not use the model (`[auth]`).
+    Forbidden,
     /// The server is at capacity (queue full, in-flight budget spent, deadline passed).
     Overloaded,
     /// The model or the server failed.
@@ -223,10 +226,40 @@ impl Input {
     }
 }
 
-/// An embedding model by name (`name` or `name:version`), or why there is none.
+/// Who asks (the token's grant under `[auth]`, and the client): the embedding routes name
+/// their model in the body, so they check it against the token here.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Who {
+    grant: Option<Grant>,
+    client: Option<std::net::SocketAddr>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Who {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Who, Self::Rejection> {
+        Ok(Who {
+            grant: parts.extensions.get::<Grant>().cloned(),
+            client: crate::listen::Caller::of(&parts.extensions).addr,
+        })
+    }
+}
+
+impl Who {
+    fn may_use(&self, model: &str) -> bool {
+        self.grant.as_ref().is_none_or(|g| g.may_use(model))
+    }
+}
+
+/// An embedding model by name (`name` or `name:version`) that `who` may use, or why there is
+/// none (a model the token may not use is refused before it is looked up).
 pub(super) fn find(
     state: &AppState,
     requested: &str,
+    who: &Who,
 ) -> Result<(Arc<ServedModel>, EmbeddingSpec), Failure> {
     let (name, version) = match requested.rsplit_once(':') {
         Some((name, version))
@@ -236,6 +269,10 @@ pub(super) fn find(
         }
         _ => (requested, None),
     };
+    state
+        .access
+        .check_model(who.grant.as_ref(), name, who.client, "embeddings")
+        .map_err(|denied| Failure::new(Kind::Forbidden, denied.message()).param("model"))?;
     let model = state
         .repository
         .get(name, version)
@@ -247,20 +284,20 @@ pub(super) fn find(
             format!(
                 "model '{}' is not an embedding model (embedding models: {})",
                 model.name,
-                names(&embedding_models(state))
+                names(&embedding_models(state, who))
             ),
         )
         .param("model")),
     }
 }
 
-/// The ready embedding models, highest version of each name.
-pub(super) fn embedding_models(state: &AppState) -> Vec<Arc<ServedModel>> {
+/// The ready embedding models `who` may use, highest version of each name.
+pub(super) fn embedding_models(state: &AppState, who: &Who) -> Vec<Arc<ServedModel>> {
     let mut models: Vec<Arc<ServedModel>> = state
         .repository
         .ready_models()
         .into_iter()
-        .filter(|m| m.embedding.is_some())
+        .filter(|m| m.embedding.is_some() && who.may_use(&m.name))
         .collect();
     models.sort_by(|a, b| {
         a.name
@@ -572,6 +609,7 @@ pub(super) fn status(kind: Kind, tei: bool) -> StatusCode {
         (Kind::Empty, _) => StatusCode::BAD_REQUEST,
         (Kind::TooMany | Kind::TooLong, _) => StatusCode::PAYLOAD_TOO_LARGE,
         (Kind::NotFound, _) => StatusCode::NOT_FOUND,
+        (Kind::Forbidden, _) => StatusCode::FORBIDDEN,
         (Kind::Overloaded, false) => StatusCode::SERVICE_UNAVAILABLE,
         (Kind::Overloaded, true) => StatusCode::TOO_MANY_REQUESTS,
         (Kind::Internal, false) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -87,6 +87,7 @@ fn error_response(failure: &Failure, id: Option<&str>) -> Response {
         param: failure.param,
         code: match failure.kind {
             Kind::NotFound => Some("model_not_found"),
+            Kind::Forbidden => Some("permission_denied"),
             _ => None,
         },
     };
@@ -98,6 +99,7 @@ fn error_response(failure: &Failure, id: Option<&str>) -> Response {
 pub(super) async fn embeddings(
     State(state): State<AppState>,
     caller: crate::listen::Caller,
+    who: super::Who,
     Extension(held): Extension<Reservation>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -121,7 +123,7 @@ pub(super) async fn embeddings(
             return error_response(&failure, None);
         }
     };
-    let (model, spec) = match super::find(&state, &request.model) {
+    let (model, spec) = match super::find(&state, &request.model, &who) {
         Ok(found) => found,
         Err(failure) => return error_response(&failure, None),
     };
@@ -238,8 +240,8 @@ struct ModelList<'a> {
 }
 
 /// `GET /v1/models`: the embedding models served (the highest version of each name).
-pub(super) async fn models(State(state): State<AppState>) -> Response {
-    let models = super::embedding_models(&state);
+pub(super) async fn models(State(state): State<AppState>, who: super::Who) -> Response {
+    let models = super::embedding_models(&state, &who);
     let list = ModelList {
         object: "list",
         data: models.iter().map(|m| model_object(m)).collect(),
@@ -251,8 +253,12 @@ pub(super) async fn models(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /v1/models/{model}`.
-pub(super) async fn model(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    match super::find(&state, &name) {
+pub(super) async fn model(
+    State(state): State<AppState>,
+    who: super::Who,
+    Path(name): Path<String>,
+) -> Response {
+    match super::find(&state, &name, &who) {
         Ok((model, _)) => json_response(
             StatusCode::OK,
             serde_json::to_vec(&model_object(&model)).unwrap_or_default(),

@@ -66,7 +66,9 @@ fn error_response(failure: &Failure, id: Option<&str>) -> Response {
             Kind::Empty => "empty",
             Kind::Overloaded => "overloaded",
             Kind::Internal => "backend",
-            Kind::Invalid | Kind::TooMany | Kind::TooLong | Kind::NotFound => "validation",
+            Kind::Invalid | Kind::TooMany | Kind::TooLong | Kind::NotFound | Kind::Forbidden => {
+                "validation"
+            }
         },
     };
     let response = json_response(
@@ -81,6 +83,7 @@ fn choose(
     state: &AppState,
     field: Option<&str>,
     headers: &HeaderMap,
+    who: &super::Who,
 ) -> Result<(Arc<ServedModel>, EmbeddingSpec), Failure> {
     let named = field.map(str::to_string).or_else(|| {
         headers
@@ -89,11 +92,11 @@ fn choose(
             .map(str::to_string)
     });
     if let Some(name) = named {
-        return super::find(state, &name);
+        return super::find(state, &name, who);
     }
-    let models = super::embedding_models(state);
+    let models = super::embedding_models(state, who);
     match models.as_slice() {
-        [one] => super::find(state, &one.name),
+        [one] => super::find(state, &one.name, who),
         [] => Err(Failure::new(Kind::NotFound, "no embedding model is served")),
         several => Err(Failure::new(
             Kind::Invalid,
@@ -133,12 +136,13 @@ fn read<T: serde::de::DeserializeOwned>(
 pub(super) async fn embed(
     State(state): State<AppState>,
     caller: crate::listen::Caller,
+    who: super::Who,
     Extension(held): Extension<Reservation>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let prepared = read::<EmbedRequest>(&state, body).and_then(|request| {
-        let (model, spec) = choose(&state, request.model.as_deref(), &headers)?;
+        let (model, spec) = choose(&state, request.model.as_deref(), &headers, &who)?;
         no_prompts(&model, request.prompt_name.as_deref())?;
         let normalize = request.normalize.unwrap_or(true);
         if !normalize && spec.normalized {
@@ -216,12 +220,13 @@ struct SimpleToken {
 /// `POST /tokenize`: each input's tokens as the model reads them.
 pub(super) async fn tokenize(
     State(state): State<AppState>,
+    who: super::Who,
     Extension(held): Extension<Reservation>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let checked = read::<TokenizeRequest>(&state, body).and_then(|request| {
-        let (model, spec) = choose(&state, request.model.as_deref(), &headers)?;
+        let (model, spec) = choose(&state, request.model.as_deref(), &headers, &who)?;
         no_prompts(&model, request.prompt_name.as_deref())?;
         let texts = request.inputs.texts("inputs")?;
         if texts.len() > spec.max_client_batch_size {
@@ -328,10 +333,11 @@ struct Pooling<'a> {
 /// `GET /info` (`?model=` or `X-Model` to pick one of several embedding models).
 pub(super) async fn info(
     State(state): State<AppState>,
+    who: super::Who,
     Query(query): Query<InfoQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (model, spec) = match choose(&state, query.model.as_deref(), &headers) {
+    let (model, spec) = match choose(&state, query.model.as_deref(), &headers, &who) {
         Ok(found) => found,
         Err(failure) => return error_response(&failure, None),
     };

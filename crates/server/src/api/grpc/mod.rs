@@ -4,6 +4,7 @@
 //! run through the same [`pipeline::handle`]; the other operations are [`admin`]'s, so a model
 //! behaves identically through both front ends.
 
+mod access;
 mod admission;
 mod codec;
 
@@ -14,6 +15,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::admin;
+use crate::auth::Grant;
 use crate::pipeline;
 use crate::state::AppState;
 use crate::telemetry::Protocol;
@@ -59,6 +61,22 @@ impl GrpcService {
         v: &str,
     ) -> Result<std::sync::Arc<crate::models::ServedModel>, Status> {
         self.state.repository.get(name, version(v)).map_err(status)
+    }
+
+    /// Refuses a model the caller's token may not use (`[auth]`), before any lookup: the
+    /// refusal says nothing about whether the model exists.
+    fn allowed(
+        &self,
+        extensions: &tonic::Extensions,
+        model: &str,
+        what: &str,
+    ) -> Result<(), Status> {
+        let grant = extensions.get::<Grant>();
+        let client = crate::listen::Caller::of(extensions).addr;
+        self.state
+            .access
+            .check_model(grant, model, client, what)
+            .map_err(|denied| denied.status())
     }
 
     /// Runs one decoded message, given what the codec decided about it ([`admission`]).
@@ -145,6 +163,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        self.allowed(request.extensions(), &request.get_ref().name, "ModelReady")?;
         let r = request.into_inner();
         let ready = match admin::model_readiness(&self.state, &r.name, version(&r.version)) {
             Ok((_, ready)) => ready,
@@ -171,6 +190,11 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        self.allowed(
+            request.extensions(),
+            &request.get_ref().name,
+            "ModelMetadata",
+        )?;
         let r = request.into_inner();
         let model = self.lookup(&r.name, &r.version)?;
         let meta = self.state.repository.metadata(&model);
@@ -190,6 +214,11 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let caller = crate::listen::Caller::of(request.extensions());
         let verdict = admission::take_verdict();
+        self.allowed(
+            request.extensions(),
+            &request.get_ref().model_name,
+            "ModelInfer",
+        )?;
         self.infer(request.into_inner(), verdict, caller)
             .await
             .1
@@ -204,6 +233,7 @@ impl GrpcInferenceService for GrpcService {
         request: Request<tonic::Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let caller = crate::listen::Caller::of(request.extensions());
+        let extensions = request.extensions().clone();
         let mut inbound = request.into_inner();
         let service = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -213,13 +243,21 @@ impl GrpcInferenceService for GrpcService {
             while let Some(item) = inbound.next().await {
                 let Ok(request) = item else { break };
                 let verdict = admission::take_verdict();
-                let reply = match service.infer(request, verdict, caller.clone()).await {
+                let allowed = service.allowed(&extensions, &request.model_name, "ModelStreamInfer");
+                let answered = match allowed {
+                    Ok(()) => {
+                        let (id, result) = service.infer(request, verdict, caller.clone()).await;
+                        (id, result.map_err(|e| e.to_string()))
+                    }
+                    Err(denied) => (request.id, Err(denied.message().to_string())),
+                };
+                let reply = match answered {
                     (_, Ok(response)) => pb::ModelStreamInferResponse {
                         error_message: String::new(),
                         infer_response: Some(response),
                     },
                     (id, Err(e)) => pb::ModelStreamInferResponse {
-                        error_message: e.to_string(),
+                        error_message: e,
                         infer_response: Some(pb::ModelInferResponse {
                             id,
                             ..Default::default()
@@ -245,6 +283,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        self.allowed(request.extensions(), &request.get_ref().name, "ModelConfig")?;
         let r = request.into_inner();
         let model = self.lookup(&r.name, &r.version)?;
         Ok(Response::new(pb::ModelConfigResponse {
@@ -256,9 +295,18 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::ModelStatisticsRequest>,
     ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        if !request.get_ref().name.is_empty() {
+            self.allowed(
+                request.extensions(),
+                &request.get_ref().name,
+                "ModelStatistics",
+            )?;
+        }
+        let grant = request.extensions().get::<Grant>().cloned();
         let r = request.into_inner();
         let name = (!r.name.is_empty()).then_some(r.name.as_str());
-        let stats = admin::statistics(&self.state, name, version(&r.version)).map_err(status)?;
+        let stats = admin::statistics(&self.state, name, version(&r.version), grant.as_ref())
+            .map_err(status)?;
         Ok(Response::new(pb::ModelStatisticsResponse {
             model_stats: stats.into_iter().map(codec::pb_stats).collect(),
         }))
@@ -268,9 +316,10 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let grant = request.extensions().get::<Grant>().cloned();
         let r = request.into_inner();
         Ok(Response::new(pb::RepositoryIndexResponse {
-            models: admin::index(&self.state, r.ready)
+            models: admin::index(&self.state, r.ready, grant.as_ref())
                 .into_iter()
                 .map(|e| pb::repository_index_response::ModelIndex {
                     name: e.name,
@@ -286,6 +335,11 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        self.allowed(
+            request.extensions(),
+            &request.get_ref().model_name,
+            "RepositoryModelLoad",
+        )?;
         let r = request.into_inner();
         let parameters = r.parameters.keys().map(String::as_str);
         admin::load(&self.state, &r.model_name, parameters)
@@ -298,6 +352,11 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        self.allowed(
+            request.extensions(),
+            &request.get_ref().model_name,
+            "RepositoryModelUnload",
+        )?;
         let r = request.into_inner();
         let parameters = r.parameters.keys().map(String::as_str);
         admin::unload(&self.state, &r.model_name, parameters)
@@ -348,6 +407,9 @@ pub async fn serve_grpc(
         .http2_max_header_list_size(transport.http2_max_header_list_bytes)
         .layer(crate::listen::GrpcLimitLayer {
             listening: service_state.listening.clone(),
+        })
+        .layer(access::AccessLayer {
+            state: service_state.clone(),
         })
         .layer(admission::AdmissionLayer {
             state: service_state,
