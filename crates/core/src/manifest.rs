@@ -417,6 +417,17 @@ pub struct InferenceLogSettings {
     /// Policy while records cannot be written (a full disk, an I/O error).
     #[serde(default)]
     pub on_error: OnError,
+    /// An Ed25519 private key (PKCS#8 PEM, relative to the manifest's directory) that signs
+    /// checkpoints: records carrying the chain head and its signature, so that cutting off the
+    /// newest records can be detected (`oxinfer audit verify --public-key`). Off when absent.
+    pub signing_key: Option<PathBuf>,
+    /// With `signing_key`: a checkpoint after this many records (default 1000).
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_records: u64,
+    /// With `signing_key`: a checkpoint when the oldest record not yet covered by one is this
+    /// many seconds old (default 60). A checkpoint is also written at shutdown.
+    #[serde(default = "default_checkpoint_seconds")]
+    pub checkpoint_seconds: u64,
 }
 
 /// What to do while the inference log cannot be written. Either way the file keeps only whole
@@ -448,6 +459,12 @@ fn default_record_cap() -> usize {
 }
 fn default_capacity() -> usize {
     4096
+}
+fn default_checkpoint_records() -> u64 {
+    1000
+}
+fn default_checkpoint_seconds() -> u64 {
+    60
 }
 
 /// One `[[models]]` entry.
@@ -905,6 +922,17 @@ impl Manifest {
             if log.queue_capacity == 0 || log.max_file_bytes == 0 {
                 return Err(fail(
                     "[inference_log]: queue_capacity and max_file_bytes must be at least 1".into(),
+                ));
+            }
+            if let Some(key) = &mut log.signing_key
+                && key.is_relative()
+            {
+                *key = base.join(&*key);
+            }
+            if log.checkpoint_records == 0 || log.checkpoint_seconds == 0 {
+                return Err(fail(
+                    "[inference_log]: checkpoint_records and checkpoint_seconds must be at least 1"
+                        .into(),
                 ));
             }
         }

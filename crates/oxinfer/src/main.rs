@@ -3,8 +3,10 @@
 //! ```text
 //! oxinfer serve --manifest FILE [--http ADDR] [--grpc ADDR]   serve the manifest's models
 //! oxinfer check --manifest FILE                               validate and load, print signatures
-//! oxinfer audit verify FILE...                                check an inference log's hash chain
+//! oxinfer audit verify [--public-key K] FILE...               check an inference log's hash chain
+//!                                                             (and its signed checkpoints)
 //! oxinfer audit show --id ID FILE...                          print the records of one request
+//! oxinfer audit keygen --private K.pem --public K.pub.pem     a key pair to sign checkpoints
 //! ```
 
 /// mimalloc instead of glibc's malloc: the request path allocates small, short-lived buffers
@@ -102,12 +104,33 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum Audit {
-    /// Check the hash chain of inference log files (oldest first; rotated files sort by name).
-    /// Exits 0 when intact, 1 with the first broken record otherwise.
+    /// Check the hash chain of inference log files (oldest first; rotated files sort by name),
+    /// and with --public-key the signatures of its checkpoints. Exits 0 when intact (records
+    /// after the last signed checkpoint are a warning), 1 with the first broken record or bad
+    /// signature otherwise.
     Verify {
+        /// An Ed25519 public key (PEM) that signs the checkpoints (`[inference_log]
+        /// signing_key`); repeat it for logs signed by several keys over time.
+        #[arg(long = "public-key", value_name = "PEM")]
+        public_keys: Vec<PathBuf>,
+        /// Exit 1 when records are not covered by a signed checkpoint (after the last one, or
+        /// no checkpoint at all): their tail may have been cut.
+        #[arg(long, requires = "public_keys")]
+        require_signed: bool,
         /// Log files, oldest first.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Make an Ed25519 key pair to sign the inference log's checkpoints: the private key
+    /// (PKCS#8 PEM, mode 0600) for `[inference_log] signing_key`, the public key (PEM) for
+    /// `audit verify --public-key`. Existing files are not overwritten.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long = "private", value_name = "PEM")]
+        private: PathBuf,
+        /// Where to write the public key.
+        #[arg(long = "public", value_name = "PEM")]
+        public: PathBuf,
     },
     /// Print the record(s) of one request.
     Show {
@@ -353,23 +376,23 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Audit(Audit::Verify { files }) => {
-            let verified = inference_log::verify(&files).map_err(anyhow::Error::msg)?;
+        Command::Audit(Audit::Verify {
+            public_keys,
+            require_signed,
+            files,
+        }) => audit_verify(&files, &public_keys, require_signed),
+        Command::Audit(Audit::Keygen { private, public }) => {
+            let key = inference_log::keygen(&private, &public).map_err(anyhow::Error::msg)?;
             println!(
-                "OK: {} record(s) intact; chain starts from {} and ends at {}",
-                verified.records, verified.starts_from, verified.last_hash
+                "private key: {} (mode 0600; keep it secret; name it in [inference_log] \
+                 signing_key)",
+                private.display()
             );
-            if verified.starts_from == inference_log::GENESIS {
-                println!("the chain starts with the log's first record ever");
-            } else {
-                // Not an error: retention deletes the oldest files. A record removed inside the
-                // files given breaks the chain instead, and fails above.
-                println!(
-                    "the chain does not start with the log's first record: the records before \
-                     it are in files not given here, or were deleted by retention \
-                     (retention_files)"
-                );
-            }
+            println!(
+                "public key:  {} (for oxinfer audit verify --public-key)",
+                public.display()
+            );
+            println!("key id:      {}", key.id());
             Ok(())
         }
         Command::Audit(Audit::Show { id, files }) => {
@@ -407,6 +430,102 @@ fn run(command: Command) -> Result<()> {
             },
         ),
     }
+}
+
+/// `oxinfer audit verify`: the chain, then the checkpoints' signatures when keys are given.
+/// Loose file permissions and unsigned records are warnings (stderr); a broken chain, a bad
+/// signature, and with `require_signed` unsigned records, are errors.
+fn audit_verify(files: &[PathBuf], public_keys: &[PathBuf], require_signed: bool) -> Result<()> {
+    for file in files {
+        if let Some(mode) = inference_log::loose_permissions(file) {
+            eprintln!(
+                "warning: {} is readable or writable by group or others (mode {mode:04o}); an \
+                 inference log should be 0600 (chmod 600 {})",
+                file.display(),
+                file.display()
+            );
+        }
+    }
+    let keys = public_keys
+        .iter()
+        .map(|path| inference_log::PublicKey::load(path))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let verified = inference_log::verify(files, &keys).map_err(anyhow::Error::msg)?;
+    let checkpoints = match verified.checkpoints {
+        0 => String::new(),
+        n => format!(" and {n} checkpoint(s)"),
+    };
+    println!(
+        "OK: {} record(s){checkpoints} intact; chain starts from {} and ends at {}",
+        verified.records, verified.starts_from, verified.last_hash
+    );
+    if verified.starts_from == inference_log::GENESIS {
+        println!("the chain starts with the log's first record ever");
+    } else {
+        // Not an error: retention deletes the oldest files. A record removed inside the files
+        // given breaks the chain instead, and fails above.
+        println!(
+            "the chain does not start with the log's first record: the records before it are \
+             in files not given here, or were deleted by retention (retention_files)"
+        );
+    }
+    if !verified.signatures_checked {
+        if verified.checkpoints > 0 {
+            println!(
+                "{} checkpoint(s) in the chain; their signatures were not checked (give \
+                 --public-key)",
+                verified.checkpoints
+            );
+        }
+        return Ok(());
+    }
+    let Some(last) = &verified.last_checkpoint else {
+        let message = format!(
+            "no signed checkpoint in these files: none of the {} record(s) is signed (is \
+             [inference_log] signing_key set?)",
+            verified.records
+        );
+        if require_signed {
+            anyhow::bail!("{message} (--require-signed)");
+        }
+        eprintln!("warning: {message}");
+        return Ok(());
+    };
+    println!(
+        "signatures: {} checkpoint(s) verified with key {}",
+        verified.checkpoints,
+        verified.key_ids.join(", key ")
+    );
+    let covered = verified.records - verified.unsigned_tail;
+    let ended = if last.reason == inference_log::Reason::Shutdown {
+        "was written at shutdown".to_string()
+    } else {
+        format!(
+            "is a periodic one (reason {}), not a shutdown checkpoint: the server was still \
+             running or did not stop cleanly, or the records after it were cut off",
+            last.reason
+        )
+    };
+    if verified.unsigned_tail > 0 {
+        let message = format!(
+            "{} record(s) after the last signed checkpoint are not signed (written after it, or \
+             the tail was cut); the last checkpoint is {} ({})",
+            verified.unsigned_tail, last.at, last.timestamp
+        );
+        if require_signed {
+            anyhow::bail!("{message} (--require-signed)");
+        }
+        eprintln!("warning: {message}");
+        println!("{covered} record(s) are covered by signed checkpoints");
+    } else {
+        println!("all {covered} record(s) are covered by signed checkpoints");
+    }
+    println!(
+        "the last checkpoint ({}, {}) {ended}",
+        last.at, last.timestamp
+    );
+    Ok(())
 }
 
 /// `oxinfer token new`: a random secret and the table that declares it, checked as the
@@ -471,6 +590,11 @@ fn check(sources: &Sources) -> Result<()> {
                 ""
             }
         );
+    }
+    if let Some(log) = &manifest.inference_log
+        && let Some(key) = inference_log::load_signing_key(log)?
+    {
+        println!("inference log checkpoints signed by key {}", key.id());
     }
     let repository = load(&manifest)?;
     for model in repository.ready_models() {

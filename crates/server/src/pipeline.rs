@@ -159,7 +159,8 @@ pub(crate) async fn handle(
         "infer",
         request_id = %id,
         model = call.model,
-        protocol = call.protocol.as_str()
+        protocol = call.protocol.as_str(),
+        identity = call.caller.identity.as_deref().unwrap_or_default()
     );
     let (model, inputs, result) = async {
         if let Some(log) = &state.log

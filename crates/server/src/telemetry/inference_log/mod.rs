@@ -13,6 +13,14 @@
 //! - Rotation by size and/or age, renaming the file to `<path>.<UTC timestamp>`; only the newest
 //!   `retention_files` rotated files are kept.
 //! - On graceful shutdown the writer drains the queue and flushes before the process exits.
+//! - **Signed checkpoints** (with `signing_key`). Every `checkpoint_records` records, when the
+//!   oldest record not yet covered is `checkpoint_seconds` old, and at shutdown, the
+//!   writer appends a checkpoint: a record of the chain like any other, whose `checkpoint` object
+//!   carries the chain head (the hash of the record before it) signed with an Ed25519 key (see
+//!   [`signing`]). Cutting off the newest records then removes the checkpoints that covered them,
+//!   and `verify` with the public key reports the records left without a signature. Signing runs
+//!   on the writer thread, never on the request path.
+//! - Files are created with mode 0600 and directories with mode 0700 (Unix).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -20,7 +28,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use oxinfer_core::manifest::{InferenceLogSettings, OnError, OnFull};
 use oxinfer_core::protocol::json::JsonTensor;
@@ -30,10 +38,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod signing;
 mod verify;
 
-use verify::split_hash;
-pub use verify::{Verified, find, verify};
+use signing::checkpoint_message;
+pub use signing::{PublicKey, Reason, SigningKey, keygen};
+pub use verify::{Checkpoint, Verified, find, loose_permissions, verify};
+use verify::{checkpoint_reason, split_hash};
 
 /// The version of the record format.
 pub const FORMAT_VERSION: u32 = 1;
@@ -77,6 +88,8 @@ pub(crate) struct Event {
 
 enum Message {
     Record(Box<Event>),
+    /// Time for a checkpoint, if one is due (sent every second or so when signing).
+    Tick,
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -121,10 +134,13 @@ impl std::fmt::Debug for Message {
 }
 
 impl InferenceLog {
-    /// Opens (or resumes) the log and starts its writer thread.
+    /// Opens (or resumes) the log and starts its writer thread (and, with `signing_key`, the
+    /// thread that asks for time-based checkpoints).
     pub fn start(settings: InferenceLogSettings) -> Result<InferenceLog> {
         let counters = Arc::new(LogCounters::default());
-        let mut writer = Writer::open(settings.clone(), counters.clone())?;
+        let key = load_signing_key(&settings)?;
+        let key_id = key.as_ref().map(|k| k.id().to_string());
+        let mut writer = Writer::open(settings.clone(), counters.clone(), key)?;
         let (tx, mut rx) = mpsc::channel::<Message>(settings.queue_capacity);
         std::thread::Builder::new()
             .name("oxinfer-inference-log".into())
@@ -147,9 +163,10 @@ impl InferenceLog {
                     };
                     match message {
                         Some(Message::Record(event)) => writer.append(&event),
+                        Some(Message::Tick) => writer.tick(),
                         Some(Message::Shutdown(done)) => {
                             // Everything sent before the shutdown is already written.
-                            writer.flush();
+                            writer.finish();
                             let _ = done.send(());
                             return;
                         }
@@ -159,10 +176,42 @@ impl InferenceLog {
                         writer.flush();
                     }
                 }
-                writer.flush();
+                writer.finish();
             })
             .map_err(|e| Error::Internal(format!("cannot start the inference log writer: {e}")))?;
-        tracing::info!(path = %settings.path.display(), "inference log enabled");
+        if key_id.is_some() {
+            // Time-based checkpoints: a tick at most every second, dropped when the queue is
+            // full (the writer then checks the time at its next record). The weak sender lets
+            // the channel close when the log is dropped.
+            let weak = tx.downgrade();
+            let period = Duration::from_secs(settings.checkpoint_seconds).min(TICK);
+            std::thread::Builder::new()
+                .name("oxinfer-inference-log-ticks".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(period);
+                        let Some(tx) = weak.upgrade() else { return };
+                        if let Err(mpsc::error::TrySendError::Closed(_)) =
+                            tx.try_send(Message::Tick)
+                        {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    Error::Internal(format!("cannot start the inference log ticks: {e}"))
+                })?;
+        }
+        match &key_id {
+            Some(key_id) => tracing::info!(
+                path = %settings.path.display(),
+                key_id,
+                checkpoint_records = settings.checkpoint_records,
+                checkpoint_seconds = settings.checkpoint_seconds,
+                "inference log enabled, with signed checkpoints"
+            ),
+            None => tracing::info!(path = %settings.path.display(), "inference log enabled"),
+        }
         Ok(InferenceLog {
             tx,
             on_full: settings.on_full,
@@ -221,6 +270,53 @@ impl InferenceLog {
             let _ = wait.await;
         }
     }
+}
+
+/// The `signing_key` of `settings`, read and checked, when there is one: the error names the
+/// file and the reason (for startup and `oxinfer check`).
+pub fn load_signing_key(settings: &InferenceLogSettings) -> Result<Option<SigningKey>> {
+    let Some(path) = &settings.signing_key else {
+        return Ok(None);
+    };
+    let key =
+        SigningKey::load(path).map_err(|e| Error::Manifest(format!("[inference_log]: {e}")))?;
+    if let Some(mode) = loose_permissions(path) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:04o}"),
+            "the inference log's signing key is readable or writable by group or others; \
+             it should be readable by the server only (chmod 600)"
+        );
+    }
+    Ok(Some(key))
+}
+
+/// How often the ticks thread asks the writer whether a time-based checkpoint is due (at most).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Opens a log file for appending, creating it with mode 0600 (Unix).
+fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// Creates a directory and its missing parents with mode 0700 (Unix); existing ones are left
+/// as they are.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 #[derive(Serialize)]
@@ -338,10 +434,70 @@ fn encode(event: &Event, prev_hash: &str, cap: usize, max_record: usize) -> (Vec
         }
         line = serialize(event, prev_hash, detail);
     }
+    seal(line)
+}
+
+/// Appends a record's hash to it: `line` is the record serialized without its hash; returns
+/// the line (with the newline) and the hash.
+fn seal(mut line: Vec<u8>) -> (Vec<u8>, String) {
     let hash = hex::encode(Sha256::digest(&line));
     line.pop(); // the closing brace
     line.extend_from_slice(format!(",\"hash\":\"{hash}\"}}\n").as_bytes());
     (line, hash)
+}
+
+/// A checkpoint record, without its hash.
+#[derive(Serialize)]
+struct CheckpointRecord<'a> {
+    format: u32,
+    checkpoint: CheckpointBody<'a>,
+    timestamp: &'a str,
+    prev_hash: &'a str,
+}
+
+/// The `checkpoint` object of a checkpoint record.
+#[derive(Serialize)]
+struct CheckpointBody<'a> {
+    /// `records`, `interval` or `shutdown`.
+    reason: &'a str,
+    /// Records since the previous checkpoint (checkpoints not counted).
+    records: u64,
+    /// The hash of the record before this one (its `prev_hash`).
+    head: &'a str,
+    /// The signing key's id.
+    key_id: &'a str,
+    /// The Ed25519 signature of [`checkpoint_message`], hex.
+    signature: &'a str,
+}
+
+/// A signed checkpoint after `head`, as one line with its hash.
+fn encode_checkpoint(
+    key: &SigningKey,
+    head: &str,
+    records: u64,
+    reason: Reason,
+    at: SystemTime,
+) -> (Vec<u8>, String) {
+    let timestamp = timestamp(at);
+    let signature = key.sign_hex(&checkpoint_message(
+        head,
+        records,
+        &timestamp,
+        reason.as_str(),
+    ));
+    let record = CheckpointRecord {
+        format: FORMAT_VERSION,
+        checkpoint: CheckpointBody {
+            reason: reason.as_str(),
+            records,
+            head,
+            key_id: key.id(),
+            signature: &signature,
+        },
+        timestamp: &timestamp,
+        prev_hash: head,
+    };
+    seal(serde_json::to_vec(&record).expect("checkpoints serialize"))
 }
 
 /// One record without its hash.
@@ -408,16 +564,107 @@ struct Writer {
     /// The most bytes held while writes fail.
     max_pending: usize,
     last_error_log: Option<Instant>,
+    /// Signed checkpoints, with `signing_key`.
+    checkpoints: Option<Checkpoints>,
+}
+
+/// The checkpoint side of the writer.
+struct Checkpoints {
+    key: SigningKey,
+    /// A checkpoint after this many records...
+    every_records: u64,
+    /// ... or when the oldest record not covered by one is this old.
+    every: Duration,
+    /// When the oldest record not covered by a checkpoint was encoded (the writer's start for
+    /// records found unsigned on disk).
+    oldest_unsigned: Option<Instant>,
+    /// The end of the chain as encoded (pending records included)...
+    encoded: ChainEnd,
+    /// ... and as in the file (restored when pending records are dropped).
+    written: ChainEnd,
+}
+
+/// What the end of the chain looks like, for checkpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ChainEnd {
+    /// Records since the last checkpoint (all of them when there is none).
+    since_checkpoint: u64,
+    /// Whether the last record is a shutdown checkpoint.
+    clean_end: bool,
+}
+
+/// What one log file says about the end of the chain.
+#[derive(Debug, Default)]
+struct FileEnd {
+    /// The hash of its last whole record.
+    last_hash: Option<String>,
+    /// Records after its last checkpoint, and whether its last record is a shutdown
+    /// checkpoint.
+    end: ChainEnd,
+    /// Whether it has a checkpoint.
+    has_checkpoint: bool,
+}
+
+/// Reads a log file for the hash of its last complete record and its last checkpoint (only
+/// checkpoint lines are parsed as JSON).
+fn scan(path: &Path) -> FileEnd {
+    let mut found = FileEnd::default();
+    let Ok(file) = File::open(path) else {
+        return found;
+    };
+    for line in BufReader::new(file)
+        .lines()
+        .map_while(std::result::Result::ok)
+    {
+        let Some((_, hash)) = split_hash(&line) else {
+            continue;
+        };
+        found.last_hash = Some(hash.to_string());
+        match checkpoint_reason(&line) {
+            Some(reason) => {
+                found.has_checkpoint = true;
+                found.end = ChainEnd {
+                    since_checkpoint: 0,
+                    clean_end: reason == Some(Reason::Shutdown),
+                };
+            }
+            None => {
+                found.end.since_checkpoint += 1;
+                found.end.clean_end = false;
+            }
+        }
+    }
+    found
+}
+
+/// The hash of the last record of the chain that `path` continues (the current file, else the
+/// newest rotated file with a record), and the chain's end: records since the last checkpoint
+/// are counted back through rotated files to the last checkpoint when `count` is set.
+fn chain_end(path: &Path, count: bool) -> (Option<String>, ChainEnd) {
+    let mut files = vec![path.to_path_buf()];
+    files.extend(rotated_files(path).into_iter().rev());
+    let (mut last_hash, mut end, mut counting) = (None, ChainEnd::default(), count);
+    for file in files {
+        if last_hash.is_some() && !counting {
+            break;
+        }
+        let found = scan(&file);
+        if last_hash.is_none() && found.last_hash.is_some() {
+            last_hash = found.last_hash;
+            end.clean_end = found.end.clean_end;
+        }
+        if counting {
+            end.since_checkpoint += found.end.since_checkpoint;
+            counting = !found.has_checkpoint;
+        }
+    }
+    (last_hash, end)
 }
 
 /// The `hash` of the last complete record of a log file, if it has one.
+#[cfg(test)]
 fn last_hash(path: &Path) -> Option<String> {
-    let file = File::open(path).ok()?;
-    BufReader::new(file)
-        .lines()
-        .map_while(std::result::Result::ok)
-        .filter_map(|l| split_hash(&l).map(|(_, hash)| hash.to_string()))
-        .last()
+    scan(path).last_hash
 }
 
 /// Cuts a record left half-written by a crash (no final newline) off the end of the log, so that
@@ -461,10 +708,14 @@ fn rotated_files(path: &Path) -> Vec<PathBuf> {
 }
 
 impl Writer {
-    fn open(settings: InferenceLogSettings, counters: Arc<LogCounters>) -> Result<Writer> {
+    fn open(
+        settings: InferenceLogSettings,
+        counters: Arc<LogCounters>,
+        key: Option<SigningKey>,
+    ) -> Result<Writer> {
         let path = &settings.path;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            create_dirs(dir).map_err(|e| {
                 Error::Manifest(format!(
                     "[inference_log]: cannot create {}: {e}",
                     dir.display()
@@ -477,19 +728,30 @@ impl Writer {
                 path.display()
             ))
         })?;
-        let prev_hash = last_hash(path)
-            .or_else(|| rotated_files(path).last().and_then(|p| last_hash(p)))
-            .unwrap_or_else(|| GENESIS.to_string());
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| {
-                Error::Manifest(format!(
-                    "[inference_log]: cannot open {}: {e}",
-                    path.display()
-                ))
-            })?;
+        let (last_hash, end) = chain_end(path, key.is_some());
+        let prev_hash = last_hash.unwrap_or_else(|| GENESIS.to_string());
+        let file = open_append(path).map_err(|e| {
+            Error::Manifest(format!(
+                "[inference_log]: cannot open {}: {e}",
+                path.display()
+            ))
+        })?;
+        if let Some(mode) = loose_permissions(path) {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:04o}"),
+                "the inference log is readable or writable by group or others (it is created \
+                 0600); chmod 600 it unless that is meant"
+            );
+        }
+        let checkpoints = key.map(|key| Checkpoints {
+            key,
+            every_records: settings.checkpoint_records.max(1),
+            every: Duration::from_secs(settings.checkpoint_seconds.max(1)),
+            oldest_unsigned: (end.since_checkpoint > 0).then(Instant::now),
+            encoded: end,
+            written: end,
+        });
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let max_pending = settings.max_record_bytes.saturating_mul(16).max(64 << 20);
         Ok(Writer {
@@ -504,6 +766,7 @@ impl Writer {
             pending_records: 0,
             max_pending,
             last_error_log: None,
+            checkpoints,
         })
     }
 
@@ -529,9 +792,62 @@ impl Writer {
         self.pending.extend_from_slice(&line);
         self.pending_records += 1;
         self.prev_hash = hash;
+        if let Some(c) = &mut self.checkpoints {
+            c.encoded.since_checkpoint += 1;
+            c.encoded.clean_end = false;
+            let oldest = *c.oldest_unsigned.get_or_insert_with(Instant::now);
+            if c.encoded.since_checkpoint >= c.every_records {
+                self.checkpoint(Reason::Records);
+            } else if oldest.elapsed() >= c.every {
+                self.checkpoint(Reason::Interval);
+            }
+        }
         if self.pending.len() >= WRITE_CHUNK {
             self.write_out();
         }
+    }
+
+    /// Appends a signed checkpoint to the pending records (checkpoints are not counted as
+    /// records written or dropped).
+    fn checkpoint(&mut self, reason: Reason) {
+        let Some(c) = &mut self.checkpoints else {
+            return;
+        };
+        let (line, hash) = encode_checkpoint(
+            &c.key,
+            &self.prev_hash,
+            c.encoded.since_checkpoint,
+            reason,
+            SystemTime::now(),
+        );
+        self.pending.extend_from_slice(&line);
+        self.prev_hash = hash;
+        c.encoded = ChainEnd {
+            since_checkpoint: 0,
+            clean_end: reason == Reason::Shutdown,
+        };
+        c.oldest_unsigned = None;
+    }
+
+    /// A time-based checkpoint, when one is due: the oldest record not covered by a checkpoint
+    /// is `checkpoint_seconds` old.
+    fn tick(&mut self) {
+        if let Some(c) = &self.checkpoints
+            && c.encoded.since_checkpoint > 0
+            && c.oldest_unsigned.is_some_and(|t| t.elapsed() >= c.every)
+        {
+            self.checkpoint(Reason::Interval);
+        }
+    }
+
+    /// At shutdown: a shutdown checkpoint (unless the chain already ends with one) and a flush.
+    fn finish(&mut self) {
+        if let Some(c) = &self.checkpoints
+            && (c.encoded.since_checkpoint > 0 || !c.encoded.clean_end)
+        {
+            self.checkpoint(Reason::Shutdown);
+        }
+        self.flush();
     }
 
     /// Writes the pending records to the file; on failure keeps them for a retry.
@@ -548,6 +864,9 @@ impl Writer {
                 self.written_hash = self.prev_hash.clone();
                 self.pending.clear();
                 self.pending_records = 0;
+                if let Some(c) = &mut self.checkpoints {
+                    c.written = c.encoded;
+                }
                 if self.counters.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("inference log writes succeed again");
                 }
@@ -590,6 +909,12 @@ impl Writer {
             self.pending.clear();
             self.pending_records = 0;
             self.prev_hash = self.written_hash.clone();
+            if let Some(c) = &mut self.checkpoints {
+                c.encoded = c.written;
+                if c.encoded.since_checkpoint == 0 {
+                    c.oldest_unsigned = None;
+                }
+            }
         }
     }
 
@@ -626,7 +951,7 @@ impl Writer {
             n += 1;
         }
         std::fs::rename(path, &rotated)?;
-        self.file = OpenOptions::new().create(true).append(true).open(path)?;
+        self.file = open_append(path)?;
         self.size = 0;
         self.opened = Instant::now();
         tracing::info!(rotated = %rotated.display(), "inference log rotated");
@@ -688,14 +1013,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log.jsonl");
         std::fs::write(&path, &text).unwrap();
-        let ok = verify(std::slice::from_ref(&path)).unwrap();
+        let ok = verify(std::slice::from_ref(&path), &[]).unwrap();
         assert_eq!((ok.records, ok.last_hash.as_str()), (3, prev.as_str()));
         // One byte changed in the middle record.
         let at = text.find("\"r1\"").unwrap() + 2;
         let mut bytes = text.clone().into_bytes();
         bytes[at] = b'7';
         std::fs::write(&path, &bytes).unwrap();
-        let e = verify(std::slice::from_ref(&path)).unwrap_err();
+        let e = verify(std::slice::from_ref(&path), &[]).unwrap_err();
         assert!(
             e.contains("log.jsonl:2: broken record (request_id r7)"),
             "{e}"
@@ -703,7 +1028,7 @@ mod tests {
         // A record removed.
         let lines: Vec<&str> = text.lines().collect();
         std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
-        let e = verify(std::slice::from_ref(&path)).unwrap_err();
+        let e = verify(std::slice::from_ref(&path), &[]).unwrap_err();
         assert!(
             e.contains("log.jsonl:2: broken chain at request_id r2"),
             "{e}"
@@ -713,11 +1038,347 @@ mod tests {
         // A multi-byte character where the hash suffix should start is a broken record, not a
         // panic.
         std::fs::write(&path, format!("{}{}\n", "é".repeat(40), "x")).unwrap();
-        assert!(verify(std::slice::from_ref(&path)).is_err());
+        assert!(verify(std::slice::from_ref(&path), &[]).is_err());
         // A torn last record (a crash mid-write) is cut off and the chain resumes.
         std::fs::write(&path, format!("{text}{{\"format\":1,\"request_id\":\"torn")).unwrap();
         drop_torn_tail(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
         assert_eq!(last_hash(&path).as_deref(), Some(prev.as_str()));
+    }
+
+    /// A private key made by `openssl genpkey -algorithm ed25519`, and its public key from
+    /// `openssl pkey -pubout`; `openssl pkey -pubin -outform DER | sha256sum` starts with the id.
+    const OPENSSL_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\n\
+        MC4CAQAwBQYDK2VwBCIEIAYpyVMnF5IMrVFBTnQ4sUfG5zIj5lA+Sq944syhl8Yf\n\
+        -----END PRIVATE KEY-----\n";
+    const OPENSSL_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\n\
+        MCowBQYDK2VwAyEAe6rlHCUR7hDYZDBWrKbosFbEckigAMimeeuDDyo8OTM=\n\
+        -----END PUBLIC KEY-----\n";
+    const OPENSSL_KEY_ID: &str = "fac51a7ef2002549";
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("oxinfer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn openssl_keys(dir: &Path) -> (SigningKey, PublicKey) {
+        std::fs::write(dir.join("k.pem"), OPENSSL_PRIVATE).unwrap();
+        std::fs::write(dir.join("k.pub.pem"), OPENSSL_PUBLIC).unwrap();
+        (
+            SigningKey::load(&dir.join("k.pem")).unwrap(),
+            PublicKey::load(&dir.join("k.pub.pem")).unwrap(),
+        )
+    }
+
+    /// `n` records after `prev`, as text; returns the text and the last hash.
+    fn records(from: usize, n: usize, prev: &str) -> (String, String) {
+        let (mut text, mut prev) = (String::new(), prev.to_string());
+        for i in from..from + n {
+            let (line, hash) = encode(&event(&format!("r{i}"), i as f32), &prev, 64, 1 << 20);
+            text.push_str(std::str::from_utf8(&line).unwrap());
+            prev = hash;
+        }
+        (text, prev)
+    }
+
+    fn checkpoint_line(key: &SigningKey, head: &str, n: u64, reason: Reason) -> (String, String) {
+        let (line, hash) = encode_checkpoint(key, head, n, reason, SystemTime::now());
+        (String::from_utf8(line).unwrap(), hash)
+    }
+
+    #[test]
+    fn keys_interoperate_with_openssl_and_keygen() {
+        let dir = temp_dir("keys");
+        let (private, public) = openssl_keys(&dir);
+        assert_eq!(private.id(), OPENSSL_KEY_ID);
+        assert_eq!(public.id(), OPENSSL_KEY_ID);
+        assert_eq!(private.public_key(), public);
+        let message = checkpoint_message(GENESIS, 0, "2026-01-01T00:00:00Z", "shutdown");
+        let signature = private.sign_hex(&message);
+        assert_eq!(signature.len(), 128);
+        assert!(public.verify_hex(&message, &signature));
+        assert!(!public.verify_hex(b"something else", &signature));
+        assert!(!public.verify_hex(&message, "zz"));
+        // keygen: a pair that loads, the private key 0600, nothing overwritten.
+        let made = keygen(&dir.join("new.pem"), &dir.join("pub/new.pub.pem")).unwrap();
+        let loaded = SigningKey::load(&dir.join("new.pem")).unwrap();
+        assert_eq!(loaded.public_key(), made);
+        assert_eq!(PublicKey::load(&dir.join("pub/new.pub.pem")).unwrap(), made);
+        assert_ne!(made.id(), OPENSSL_KEY_ID);
+        #[cfg(unix)]
+        assert_eq!(loose_permissions(&dir.join("new.pem")), None);
+        let e = keygen(&dir.join("new.pem"), &dir.join("other.pub.pem")).unwrap_err();
+        assert!(e.contains("already exists"), "{e}");
+        // Bad keys: the path and the reason.
+        let e = SigningKey::load(&dir.join("missing.pem")).unwrap_err();
+        assert!(e.contains("missing.pem: cannot read it"), "{e}");
+        let e = SigningKey::load(&dir.join("k.pub.pem")).unwrap_err();
+        assert!(e.contains("k.pub.pem: not an Ed25519 private key"), "{e}");
+        let e = PublicKey::load(&dir.join("k.pem")).unwrap_err();
+        assert!(e.contains("k.pem: not an Ed25519 public key"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn checkpoints_sign_the_head_and_verify_counts_the_unsigned_tail() {
+        let dir = temp_dir("checkpoints");
+        let (key, public) = openssl_keys(&dir);
+        let path = dir.join("log.jsonl");
+        let (first, head) = records(0, 3, GENESIS);
+        let (cp, after) = checkpoint_line(&key, &head, 3, Reason::Records);
+        let (tail, last) = records(3, 2, &after);
+        let v: serde_json::Value = serde_json::from_str(&cp).unwrap();
+        assert_eq!(v["checkpoint"]["head"], head.as_str());
+        assert_eq!(v["prev_hash"], head.as_str());
+        assert_eq!(v["checkpoint"]["records"], 3);
+        assert_eq!(v["checkpoint"]["key_id"], OPENSSL_KEY_ID);
+        assert_eq!(v["checkpoint"]["reason"], "records");
+        assert_eq!(
+            checkpoint_reason(cp.trim_end()),
+            Some(Some(Reason::Records))
+        );
+        assert_eq!(checkpoint_reason(first.lines().next().unwrap()), None);
+        std::fs::write(&path, format!("{first}{cp}{tail}")).unwrap();
+        let files = std::slice::from_ref(&path);
+        // Without keys: chained, not checked.
+        let ok = verify(files, &[]).unwrap();
+        assert_eq!((ok.records, ok.checkpoints, ok.unsigned_tail), (5, 1, 2));
+        assert!(!ok.signatures_checked);
+        assert_eq!(ok.last_hash, last);
+        // With the key: checked; two records after the checkpoint are not signed.
+        let ok = verify(files, std::slice::from_ref(&public)).unwrap();
+        assert!(ok.signatures_checked);
+        assert_eq!(ok.unsigned_tail, 2);
+        let cp_at = ok.last_checkpoint.unwrap();
+        assert_eq!((cp_at.reason, cp_at.records), (Reason::Records, 3));
+        assert!(cp_at.at.ends_with("log.jsonl:4"), "{}", cp_at.at);
+        // A final checkpoint covers everything.
+        let (end, _) = checkpoint_line(&key, &last, 2, Reason::Shutdown);
+        std::fs::write(&path, format!("{first}{cp}{tail}{end}")).unwrap();
+        let ok = verify(files, std::slice::from_ref(&public)).unwrap();
+        assert_eq!((ok.checkpoints, ok.unsigned_tail), (2, 0));
+        assert_eq!(ok.last_checkpoint.unwrap().reason, Reason::Shutdown);
+        // The tail cut with its checkpoint: a valid chain, two unsigned records.
+        std::fs::write(&path, format!("{first}{cp}{tail}")).unwrap();
+        assert_eq!(
+            verify(files, std::slice::from_ref(&public))
+                .unwrap()
+                .unsigned_tail,
+            2
+        );
+        // No checkpoint at all: every record unsigned.
+        std::fs::write(&path, &first).unwrap();
+        let ok = verify(files, std::slice::from_ref(&public)).unwrap();
+        assert_eq!((ok.checkpoints, ok.unsigned_tail), (0, 3));
+        assert!(ok.last_checkpoint.is_none());
+        // Another key: refused, naming both ids.
+        let other = SigningKey::generate().unwrap().public_key();
+        std::fs::write(&path, format!("{first}{cp}{tail}{end}")).unwrap();
+        let e = verify(files, std::slice::from_ref(&other)).unwrap_err();
+        assert!(
+            e.contains(&format!("checkpoint signed by key {OPENSSL_KEY_ID}"))
+                && e.contains(other.id()),
+            "{e}"
+        );
+        // Either of several keys will do.
+        let both = verify(files, &[other, public.clone()]).unwrap();
+        assert_eq!(both.key_ids, [OPENSSL_KEY_ID]);
+        // A signature changed and the record re-hashed: the chain holds, the signature fails.
+        let rehash = |line: &str| {
+            let (body, _) = split_hash(line.trim_end()).unwrap();
+            String::from_utf8(seal(body.into_bytes()).0).unwrap()
+        };
+        let sig = v["checkpoint"]["signature"].as_str().unwrap();
+        let flipped = format!(
+            "{}{}",
+            if sig.starts_with('0') { "1" } else { "0" },
+            &sig[1..]
+        );
+        let forged = rehash(&cp.replace(sig, &flipped));
+        let (tail2, _) = records(3, 2, split_hash(forged.trim_end()).unwrap().1);
+        std::fs::write(&path, format!("{first}{forged}{tail2}")).unwrap();
+        assert!(verify(files, &[]).is_ok(), "the chain itself is intact");
+        let e = verify(files, std::slice::from_ref(&public)).unwrap_err();
+        assert!(e.contains("log.jsonl:4: bad checkpoint signature"), "{e}");
+        // A record before the checkpoint changed and everything re-hashed: the head no longer
+        // matches what was signed.
+        let (altered, altered_head) = records(10, 3, GENESIS);
+        let moved = rehash(&cp.replace(&head, &altered_head));
+        std::fs::write(&path, format!("{altered}{moved}")).unwrap();
+        assert!(verify(files, &[]).is_ok());
+        let e = verify(files, std::slice::from_ref(&public)).unwrap_err();
+        assert!(e.contains("bad checkpoint signature"), "{e}");
+        // A checkpoint whose count is wrong, or whose head is not its prev_hash.
+        let (miscounted, _) = checkpoint_line(&key, &head, 2, Reason::Records);
+        std::fs::write(&path, format!("{first}{miscounted}")).unwrap();
+        let e = verify(files, &[]).unwrap_err();
+        assert!(
+            e.contains("covers 2 record(s)") && e.contains("the chain has 3"),
+            "{e}"
+        );
+        let wrong_head = rehash(&cp.replacen(
+            &format!("\"head\":\"{head}\""),
+            &format!("\"head\":\"{GENESIS}\""),
+            1,
+        ));
+        std::fs::write(&path, format!("{first}{wrong_head}")).unwrap();
+        let e = verify(files, &[]).unwrap_err();
+        assert!(e.contains("broken checkpoint: its head"), "{e}");
+        // `show` skips checkpoints.
+        std::fs::write(&path, format!("{first}{cp}{tail}{end}")).unwrap();
+        assert_eq!(find(files, "r4").unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn settings(dir: &Path, key: Option<PathBuf>, every: u64) -> InferenceLogSettings {
+        let text = format!(
+            "[inference_log]\npath = \"audit/log.jsonl\"\ncheckpoint_records = {every}\n{}",
+            key.map(|k| format!("signing_key = {:?}\n", k.display().to_string()))
+                .unwrap_or_default()
+        );
+        oxinfer_core::Manifest::parse(&text, &dir.join("m.toml"))
+            .unwrap()
+            .inference_log
+            .unwrap()
+    }
+
+    #[test]
+    fn the_writer_signs_every_n_records_and_at_shutdown() {
+        let dir = temp_dir("writer");
+        let (_, public) = openssl_keys(&dir);
+        let settings = settings(&dir, Some("k.pem".into()), 3);
+        assert_eq!(
+            settings.signing_key.as_deref(),
+            Some(dir.join("k.pem").as_path())
+        );
+        assert_eq!(settings.checkpoint_seconds, 60);
+        let path = settings.path.clone();
+        let open = || {
+            let key = load_signing_key(&settings).unwrap();
+            Writer::open(settings.clone(), Arc::default(), key).unwrap()
+        };
+        let mut writer = open();
+        for i in 0..7 {
+            writer.append(&event(&format!("w{i}"), i as f32));
+        }
+        writer.finish();
+        drop(writer);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(mode(path.parent().unwrap()), 0o700);
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kinds: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                match v["checkpoint"]["reason"].as_str() {
+                    Some(r) => format!("{r}:{}", v["checkpoint"]["records"]),
+                    None => v["request_id"].as_str().unwrap().to_string(),
+                }
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "w0",
+                "w1",
+                "w2",
+                "records:3",
+                "w3",
+                "w4",
+                "w5",
+                "records:3",
+                "w6",
+                "shutdown:1"
+            ]
+        );
+        let files = std::slice::from_ref(&path);
+        let ok = verify(files, std::slice::from_ref(&public)).unwrap();
+        assert_eq!((ok.records, ok.checkpoints, ok.unsigned_tail), (7, 3, 0));
+        // A restart with nothing written adds no second shutdown checkpoint.
+        open().finish();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        // Records written unsigned (signing off, or a crash), then signing resumes: the first
+        // checkpoint counts them.
+        let mut unsigned = Writer::open(
+            InferenceLogSettings {
+                signing_key: None,
+                ..settings.clone()
+            },
+            Arc::default(),
+            None,
+        )
+        .unwrap();
+        unsigned.append(&event("u0", 0.0));
+        unsigned.append(&event("u1", 0.0));
+        unsigned.finish();
+        drop(unsigned);
+        assert_eq!(
+            verify(files, std::slice::from_ref(&public))
+                .unwrap()
+                .unsigned_tail,
+            2
+        );
+        let mut writer = open();
+        writer.append(&event("w7", 0.0));
+        writer.finish();
+        let ok = verify(files, std::slice::from_ref(&public)).unwrap();
+        // u0, u1, w7: a checkpoint for the three, then a shutdown checkpoint covering none.
+        assert_eq!((ok.records, ok.checkpoints, ok.unsigned_tail), (10, 5, 0));
+        let last = ok.last_checkpoint.unwrap();
+        assert_eq!((last.reason, last.records), (Reason::Shutdown, 0));
+        // Rotated away: the count goes on across files.
+        let mut writer = open();
+        writer.append(&event("w8", 0.0));
+        writer.write_out();
+        writer.rotate().unwrap();
+        writer.append(&event("w9", 0.0));
+        writer.finish();
+        let mut all = rotated_files(&path);
+        all.push(path.clone());
+        let ok = verify(&all, std::slice::from_ref(&public)).unwrap();
+        assert_eq!((ok.records, ok.checkpoints, ok.unsigned_tail), (12, 6, 0));
+        assert_eq!(ok.last_checkpoint.unwrap().records, 2);
+        // A wrong key is refused at startup with the path and the reason.
+        let bad = settings_with_key(&dir, "k.pub.pem");
+        let e = load_signing_key(&bad).unwrap_err().to_string();
+        assert!(e.contains("k.pub.pem: not an Ed25519 private key"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn settings_with_key(dir: &Path, key: &str) -> InferenceLogSettings {
+        settings(dir, Some(key.into()), 3)
+    }
+
+    #[test]
+    fn a_checkpoint_is_due_after_the_interval_only_with_new_records() {
+        let dir = temp_dir("interval");
+        openssl_keys(&dir);
+        let settings = settings(&dir, Some("k.pem".into()), 1000);
+        let key = load_signing_key(&settings).unwrap();
+        let mut writer = Writer::open(settings.clone(), Arc::default(), key).unwrap();
+        writer.tick();
+        assert!(writer.pending.is_empty(), "nothing written, no checkpoint");
+        writer.append(&event("a", 0.0));
+        writer.tick();
+        assert_eq!(writer.pending.iter().filter(|&&b| b == b'\n').count(), 1);
+        // Pretend the interval passed since the record.
+        let c = writer.checkpoints.as_mut().unwrap();
+        c.oldest_unsigned = c.oldest_unsigned.map(|t| t - Duration::from_secs(61));
+        writer.tick();
+        writer.tick();
+        let text = String::from_utf8(writer.pending.clone()).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert_eq!(
+            checkpoint_reason(text.lines().nth(1).unwrap()),
+            Some(Some(Reason::Interval))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
