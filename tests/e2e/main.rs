@@ -467,4 +467,6 @@ fn request_spans_are_exported_over_otlp() {
         "{attributes}"
     );
     assert!(attributes.contains("simple"), "{attributes}");
+    // The caller's identity (a token's name, a certificate's subject; none here) is an attribute.
+    assert!(attributes.contains("\"identity\""), "{attributes}");
 }
