@@ -245,7 +245,7 @@ impl Access {
         authorization: Option<&HeaderValue>,
         need: Need,
         client: Option<std::net::SocketAddr>,
-        what: &str,
+        what: &dyn std::fmt::Display,
     ) -> Result<Option<Grant>, Denied> {
         let auth = self
             .current
@@ -271,7 +271,7 @@ impl Access {
         grant: Option<&Grant>,
         model: &str,
         client: Option<std::net::SocketAddr>,
-        what: &str,
+        what: &dyn std::fmt::Display,
     ) -> Result<(), Denied> {
         let Some(grant) = grant else { return Ok(()) };
         grant.check_model(model).inspect_err(|denied| {
@@ -284,7 +284,7 @@ impl Access {
         name: Option<&str>,
         reason: &str,
         client: Option<std::net::SocketAddr>,
-        what: &str,
+        what: &dyn std::fmt::Display,
         denied: &Denied,
     ) {
         self.failures

@@ -83,6 +83,15 @@ fn rest_need(path: &str) -> (Need, Option<&str>) {
     (Need::Scope(Scope::Read), None)
 }
 
+/// A REST call as a refusal's log line names it: `POST /v2/models/m/infer`.
+struct RestCall<'a>(&'a axum::http::Method, &'a str);
+
+impl std::fmt::Display for RestCall<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0, self.1)
+    }
+}
+
 /// `[auth]` for the REST API: refuses a call without a token (401) or whose token lacks the
 /// scope or the model in the path (403), before anything of the body is read; an allowed call
 /// carries the token's [`Grant`] and its name as the caller's identity.
@@ -93,7 +102,8 @@ pub(crate) async fn authorize(
 ) -> Response {
     let (need, model) = rest_need(request.uri().path());
     let client = Caller::of(request.extensions()).addr;
-    let what = format!("{} {}", request.method(), request.uri().path());
+    // Formatted only when a refusal is logged.
+    let what = RestCall(request.method(), request.uri().path());
     let checked = state
         .access
         .check(

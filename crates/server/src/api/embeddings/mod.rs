@@ -271,7 +271,7 @@ pub(super) fn find(
     };
     state
         .access
-        .check_model(who.grant.as_ref(), name, who.client, "embeddings")
+        .check_model(who.grant.as_ref(), name, who.client, &"embeddings")
         .map_err(|denied| Failure::new(Kind::Forbidden, denied.message()).param("model"))?;
     let model = state
         .repository

@@ -79,7 +79,7 @@ where
             request.headers().get(http::header::AUTHORIZATION),
             need(path),
             client,
-            path.rsplit('/').next().unwrap_or(path),
+            &path.rsplit('/').next().unwrap_or(path),
         );
         match checked {
             Ok(Some(grant)) => {

@@ -75,7 +75,7 @@ impl GrpcService {
         let client = crate::listen::Caller::of(extensions).addr;
         self.state
             .access
-            .check_model(grant, model, client, what)
+            .check_model(grant, model, client, &what)
             .map_err(|denied| denied.status())
     }
 
