@@ -294,6 +294,9 @@ def test_bad_auth_tables_are_refused_by_check(tmp_path):
         ('[[auth.tokens]]\nname = "a"\nsha256 = "%s"\nscopes = ["read"]\n[[auth.tokens]]\nname = "b"\nsha256 = "%s"\nscopes = ["read"]\n'
          % (digest("x"), digest("x")), "same secret"),
         ('[auth]\ntokens_file = "missing.toml"\n', "missing.toml"),
+        ('[[auth.tokens]]\nname = "a"\nsha256 = "%s"\nscopes = ["read"]\n' % digest(""), "empty secret"),
+        ('[[auth.tokens]]\nname = "a"\nsha256 = "%s"\nscopes = ["read"]\nmodels = ["x%%41"]\n' % digest("x"), "not a model name"),
+        ('[server]\nidle_timeout_seconds = 18446744073709551615\n', "more than a year"),
     ]
     for text, expected in cases:
         manifest = tmp_path / "m.toml"

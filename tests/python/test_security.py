@@ -376,18 +376,34 @@ def test_idle_connections_are_closed_but_busy_ones_are_not(tmp_path):
         assert idle.recv(65536) == b""  # closed by the server
         waited = time.monotonic() - t
         assert 1.5 < waited < 6, waited
-        # A request whose body takes longer than the idle timeout to arrive is in flight, not idle.
+        # A request whose body takes longer than the idle timeout to arrive, a piece every
+        # second, is in flight, not idle.
         busy = socket.create_connection((host, int(port)), timeout=10)
         body = json.dumps({"inputs": SIMPLE_INPUTS}).encode()
         busy.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
-        time.sleep(3.5)
-        busy.sendall(body[10:])
+        for piece in range(4):
+            time.sleep(1)
+            busy.sendall(body[10 + piece : 11 + piece])
+        busy.sendall(body[14:])
         answer = busy.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         busy.close()
         idle.close()
         assert metric(server.url, "oxinfer_connections_dropped_total", port="http", reason="idle_timeout") >= 1
+        # A request in flight on which nothing moves for the idle timeout (a client that went
+        # silent mid-body) is closed too.
+        stalled = socket.create_connection((host, int(port)), timeout=10)
+        stalled.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        t = time.monotonic()
+        try:
+            assert stalled.recv(65536) == b""  # closed, with no answer
+        except ConnectionResetError:
+            pass
+        assert 1.5 < time.monotonic() - t < 6
+        stalled.close()
+        assert metric(server.url, "oxinfer_connections_dropped_total", port="http", reason="stalled") >= 1
     finally:
         server.stop()
 
@@ -498,5 +514,41 @@ def test_both_ports_announce_the_http2_limits(tmp_path):
         for address in (server.address, server.grpc_address):
             settings = h2_settings(address)
             assert settings.get(0x3) == 256 and settings.get(0x6) == 65536, (address, settings)
+    finally:
+        server.stop()
+
+
+def test_callers_without_a_token_hold_no_request_slot(tmp_path):
+    """Access control runs before max_concurrent_requests: with every slot taken, a call without
+    a token is told 401 / UNAUTHENTICATED, not 429, and tokenless floods cannot fill the slots."""
+    import hashlib
+    secret = "limit-secret"
+    server = serve(tmp_path, "max_concurrent_requests = 1", log=False)
+    server.stop()
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(manifest.read_text() + f'[[auth.tokens]]\nname = "t"\nsha256 = "{hashlib.sha256(secret.encode()).hexdigest()}"\nscopes = ["infer", "read"]\n')
+    server = Server(manifest)
+    try:
+        host, port = server.address.rsplit(":", 1)
+        body = json.dumps({"inputs": SIMPLE_INPUTS}).encode()
+        # Tokenless calls first: none of them takes the one slot.
+        for _ in range(5):
+            assert requests.post(f"{server.url}/v2/models/simple/infer", json={"inputs": SIMPLE_INPUTS}, timeout=5).status_code == 401
+        holder = socket.create_connection((host, int(port)), timeout=10)
+        holder.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       + f"Authorization: Bearer {secret}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        time.sleep(0.3)
+        assert requests.post(f"{server.url}/v2/models/simple/infer", json={"inputs": SIMPLE_INPUTS}, timeout=5).status_code == 401
+        full = requests.post(f"{server.url}/v2/models/simple/infer", json={"inputs": SIMPLE_INPUTS},
+                             headers={"Authorization": f"Bearer {secret}"}, timeout=5)
+        assert full.status_code == 429, full.text
+        client = grpcclient.InferenceServerClient(server.grpc_address)
+        with pytest.raises(Exception) as caught:
+            client.infer("simple", triton_grpc_inputs(), client_timeout=5)
+        assert "UNAUTHENTICATED" in str(caught.value)
+        client.close()
+        holder.sendall(body[10:])
+        assert holder.recv(65536).startswith(b"HTTP/1.1 200")
+        holder.close()
     finally:
         server.stop()

@@ -340,6 +340,27 @@ impl AuthSettings {
                 ));
             }
             token.sha256 = hex.to_ascii_lowercase();
+            // The SHA-256 of nothing: what `echo -n "$UNSET" | sha256sum` gives. It would let
+            // `Authorization: Bearer ` with no secret in.
+            if token.sha256 == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" {
+                return Err(format!(
+                    "[auth] token '{}': sha256 is the digest of an empty secret",
+                    token.name
+                ));
+            }
+            for model in token.models.iter().flatten() {
+                if model.is_empty()
+                    || !model
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(format!(
+                        "[auth] token '{}': '{model}' is not a model name (ASCII letters, \
+                         digits, '-', '_' and '.')",
+                        token.name
+                    ));
+                }
+            }
             if token.scopes.is_empty() {
                 return Err(format!(
                     "[auth] token '{}': scopes is empty (read, infer, admin, metrics)",
@@ -896,6 +917,20 @@ impl Manifest {
         ] {
             if value == 0 {
                 return Err(fail(format!("[server]: {key} must be at least 1")));
+            }
+        }
+        // A year: longer is "never", which the connection timers cannot represent.
+        for (key, value) in [
+            (
+                "header_read_timeout_seconds",
+                server.header_read_timeout_seconds,
+            ),
+            ("idle_timeout_seconds", server.idle_timeout_seconds),
+        ] {
+            if value > 31_536_000 {
+                return Err(fail(format!(
+                    "[server]: {key} = {value} is more than a year (31536000)"
+                )));
             }
         }
         if let Some(tls) = &mut server.tls {

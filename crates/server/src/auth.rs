@@ -235,7 +235,11 @@ impl Default for Access {
 impl Access {
     /// Replaces the tokens (`None`: access control off).
     pub(crate) fn set(&self, auth: Option<Auth>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = auth.map(Arc::new);
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.is_some() && auth.is_none() {
+            tracing::warn!("[auth] was removed: access control is off, anyone may call anything");
+        }
+        *current = auth.map(Arc::new);
     }
 
     /// Checks a call; `Ok(None)` when access control is off or the call is an open probe.

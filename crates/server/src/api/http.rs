@@ -6,6 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use std::borrow::Cow;
+
 use oxinfer_core::manifest::Scope;
 
 use crate::auth::Need;
@@ -48,7 +50,16 @@ pub(crate) async fn hold_budget(
 /// What a REST call needs under `[auth]`, and the model it names in its path (checked against
 /// the token's models here, before any lookup, so that a refusal says nothing about whether the
 /// model exists). Embedding routes name their model in the body: their handlers check it.
-fn rest_need(path: &str) -> (Need, Option<&str>) {
+fn rest_need(path: &str) -> (Need, Option<Cow<'_, str>>) {
+    let (need, model) = rest_need_raw(path);
+    // The handlers see the segment percent-decoded (axum's Path), so the check must too.
+    (
+        need,
+        model.map(|m| percent_encoding::percent_decode_str(m).decode_utf8_lossy()),
+    )
+}
+
+fn rest_need_raw(path: &str) -> (Need, Option<&str>) {
     let path = path
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
@@ -76,11 +87,34 @@ fn rest_need(path: &str) -> (Need, Option<&str>) {
         return (Need::Scope(scope), model);
     }
     if let Some(model) = path.strip_prefix("/v1/models/") {
-        return (Need::Scope(Scope::Read), Some(model));
+        // `name:version`, as the embedding routes take it.
+        let name = match model.rsplit_once(':') {
+            Some((name, version))
+                if !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                name
+            }
+            _ => model,
+        };
+        return (Need::Scope(Scope::Read), Some(name));
     }
     // Server metadata, /v1/models, /info, and paths that do not exist (a valid token is
     // needed to learn which do).
     (Need::Scope(Scope::Read), None)
+}
+
+/// `max_concurrent_requests` for the REST API, after access control (a caller without a
+/// valid token holds no slot): over it, 429 at once. The response body holds the slot, and
+/// marks the connection busy, until it has been sent. Probes and `/metrics` are not counted.
+pub(crate) async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let counted = !crate::listen::rest_uncounted(request.uri().path());
+    let peer = request.extensions().get::<crate::listen::Peer>().cloned();
+    let Some(guard) = state.listening.requests.admit(peer.as_ref(), counted) else {
+        return crate::listen::too_many_requests(&state.listening);
+    };
+    next.run(request)
+        .await
+        .map(|body| axum::body::Body::new(crate::listen::GuardedBody::new(body, guard)))
 }
 
 /// A REST call as a refusal's log line names it: `POST /v2/models/m/infer`.
@@ -113,7 +147,7 @@ pub(crate) async fn authorize(
             &what,
         )
         .and_then(|grant| {
-            if let (Some(grant), Some(model)) = (&grant, model) {
+            if let (Some(grant), Some(model)) = (&grant, &model) {
                 state
                     .access
                     .check_model(Some(grant), model, client, &what)?;
@@ -167,10 +201,18 @@ mod tests {
             ("/embed", Need::Scope(Scope::Infer), None),
             ("/v1/models", read, None),
             ("/v1/models/e", read, Some("e")),
+            ("/v1/models/e:2", read, Some("e")),
+            (
+                "/v2/models/my%20model/infer",
+                Need::Scope(Scope::Infer),
+                Some("my model"),
+            ),
+            ("/v2/models/x%41/ready", read, Some("xA")),
             ("/info", read, None),
             ("/nowhere", read, None),
         ] {
-            assert_eq!(rest_need(path), (need, model), "{path}");
+            let (got, name) = rest_need(path);
+            assert_eq!((got, name.as_deref()), (need, model), "{path}");
         }
     }
 }

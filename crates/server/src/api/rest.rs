@@ -133,6 +133,11 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             refuse_declared_oversize,
         ))
+        // max_concurrent_requests, for callers access control let through.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::http::admit,
+        ))
         // Access control before anything of the body is read or reserved (and inside the
         // browser guard: a CORS preflight carries no token).
         .layer(middleware::from_fn_with_state(

@@ -132,7 +132,8 @@ impl Default for ConnectionMetrics {
             prometheus::Opts::new(
                 "oxinfer_connections_dropped_total",
                 "Connections the server closed, by port and reason: max_connections, \
-                 header_timeout, idle_timeout, tls_handshake.",
+                 header_timeout, idle_timeout, stalled (requests in flight but no byte moved \
+                 for the idle timeout), tls_handshake.",
             ),
             &["port", "reason"],
         )
@@ -143,6 +144,7 @@ impl Default for ConnectionMetrics {
                 "max_connections",
                 "header_timeout",
                 "idle_timeout",
+                "stalled",
                 "tls_handshake",
             ] {
                 dropped.with_label_values(&[port.as_str(), reason]);
@@ -275,19 +277,30 @@ impl Activity {
         }
     }
 
-    /// When to look again, or `None` when the connection has outlived its timeout.
-    fn next_check(&self, timeouts: Timeouts) -> Option<Instant> {
+    /// When to look again, or why the connection has outlived its timeout. `last_io` is when a
+    /// byte last moved in either direction: a connection with requests in flight is closed
+    /// only when nothing has moved for the idle timeout (a client that stops reading its
+    /// responses, or an HTTP/2 peer that never opens its flow-control window).
+    fn next_check(&self, timeouts: Timeouts, last_io: Instant) -> Result<Instant, &'static str> {
         let now = Instant::now();
-        if self.active.load(Ordering::Acquire) > 0 {
-            return Some(now + timeouts.idle);
-        }
-        let deadline = if self.served.load(Ordering::Acquire) {
+        let (deadline, reason) = if self.active.load(Ordering::Acquire) > 0 {
+            (last_io.checked_add(timeouts.idle), "stalled")
+        } else if self.served.load(Ordering::Acquire) {
             let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-            self.born + since + timeouts.idle
+            (
+                (self.born + since).checked_add(timeouts.idle),
+                "idle_timeout",
+            )
         } else {
-            self.born + timeouts.header
+            (self.born.checked_add(timeouts.header), "header_timeout")
         };
-        (now < deadline).then_some(deadline)
+        // A timeout too long to represent: look again in a day.
+        let deadline = deadline.unwrap_or(now + Duration::from_secs(86_400));
+        if now < deadline {
+            Ok(deadline)
+        } else {
+            Err(reason)
+        }
     }
 }
 
@@ -409,22 +422,47 @@ pub(crate) struct Conn {
     timer: Pin<Box<tokio::time::Sleep>>,
     /// The activity's `changes` when the timer was last set.
     seen: u64,
+    /// When a byte last moved in either direction.
+    last_io: Instant,
     expired: bool,
     slot: Slot,
 }
 
 impl Conn {
-    fn expire(&mut self) -> io::Error {
+    fn expire(&mut self, reason: &'static str) -> io::Error {
         if !self.expired {
             self.expired = true;
-            let reason = if self.activity.served.load(Ordering::Acquire) {
-                "idle_timeout"
-            } else {
-                "header_timeout"
-            };
             self.slot.listening.metrics.dropped(self.slot.port, reason);
         }
         io::Error::new(io::ErrorKind::TimedOut, "connection timed out")
+    }
+
+    /// Checks the connection's deadline (and registers for it), from either direction: a
+    /// connection blocked on writing is timed out as well as one waiting to read.
+    fn check(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
+        if self.expired {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection timed out",
+            ));
+        }
+        // A request started or finished since the timer was set: move it (a finished request
+        // starts the idle timeout, which may be shorter than the header timeout).
+        let changes = self.activity.changes.load(Ordering::Acquire);
+        if changes != self.seen {
+            self.seen = changes;
+            match self.activity.next_check(self.timeouts, self.last_io) {
+                Ok(at) => self.timer.as_mut().reset(at),
+                Err(reason) => return Err(self.expire(reason)),
+            }
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            match self.activity.next_check(self.timeouts, self.last_io) {
+                Ok(at) => self.timer.as_mut().reset(at),
+                Err(reason) => return Err(self.expire(reason)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -435,23 +473,23 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        // A request started or finished since the timer was set: move it (a finished request
-        // starts the idle timeout, which may be shorter than the header timeout).
-        let changes = this.activity.changes.load(Ordering::Acquire);
-        if changes != this.seen {
-            this.seen = changes;
-            match this.activity.next_check(this.timeouts) {
-                Some(at) => this.timer.as_mut().reset(at),
-                None => return Poll::Ready(Err(this.expire())),
-            }
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
         }
-        while this.timer.as_mut().poll(cx).is_ready() {
-            match this.activity.next_check(this.timeouts) {
-                Some(at) => this.timer.as_mut().reset(at),
-                None => return Poll::Ready(Err(this.expire())),
-            }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.last_io = Instant::now();
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        read
+    }
+}
+
+impl Conn {
+    fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.last_io = Instant::now();
+        }
     }
 }
 
@@ -461,7 +499,13 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -469,7 +513,13 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -654,6 +704,7 @@ impl Accepted {
             timeouts,
             timer: Box::pin(tokio::time::sleep(timeouts.header)),
             seen: 0,
+            last_io: Instant::now(),
             expired: false,
             slot,
         };
@@ -696,7 +747,7 @@ impl Accepted {
 
 /// REST paths served even when `max_concurrent_requests` is reached: probes (server and
 /// model readiness) and metrics.
-fn rest_uncounted(path: &str) -> bool {
+pub(crate) fn rest_uncounted(path: &str) -> bool {
     matches!(
         path,
         "/v2/health/live" | "/v2/health/ready" | "/metrics" | "/health"
@@ -716,7 +767,7 @@ fn grpc_uncounted(path: &str) -> bool {
 }
 
 /// The 429 answer over `max_concurrent_requests`.
-fn too_many_requests(listening: &Listening) -> http::Response<axum::body::Body> {
+pub(crate) fn too_many_requests(listening: &Listening) -> http::Response<axum::body::Body> {
     listening.metrics.over_limit.inc();
     let body = serde_json::json!({
         "error": format!(
@@ -773,7 +824,6 @@ pub(crate) async fn serve_rest(
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let router = router.clone();
-        let listening = listening.clone();
         tokio::spawn(async move {
             let Some(connection) = accepted.establish(Port::Http).await else {
                 return;
@@ -781,7 +831,7 @@ pub(crate) async fn serve_rest(
             let peer = connection.peer().clone();
             let addr = peer.addr;
             let service = hyper::service::service_fn(move |request| {
-                serve_request(request, router.clone(), listening.clone(), peer.clone())
+                serve_request(request, router.clone(), peer.clone())
             });
             let connection = builder
                 .serve_connection(hyper_util::rt::TokioIo::new(connection), service)
@@ -797,27 +847,22 @@ pub(crate) async fn serve_rest(
     Ok(())
 }
 
-/// One REST request: admission under `max_concurrent_requests`, then the router.
+/// One REST request: who sent it into its extensions, then the router (whose
+/// `api::http::admit` middleware, after access control, applies `max_concurrent_requests`).
 async fn serve_request(
     mut request: http::Request<hyper::body::Incoming>,
     router: axum::Router,
-    listening: Arc<Listening>,
     peer: Peer,
 ) -> Result<http::Response<axum::body::Body>, Infallible> {
-    let counted = !rest_uncounted(request.uri().path());
-    let Some(guard) = listening.requests.admit(Some(&peer), counted) else {
-        return Ok(too_many_requests(&listening));
-    };
     let extensions = request.extensions_mut();
     if let Some(subject) = &peer.certificate {
         extensions.insert(Identity(subject.clone()));
     }
     extensions.insert(peer);
-    let response = router
+    Ok(router
         .oneshot(request.map(axum::body::Body::new))
         .await
-        .unwrap_or_else(|never| match never {});
-    Ok(response.map(|body| axum::body::Body::new(GuardedBody::new(body, guard))))
+        .unwrap_or_else(|never| match never {}))
 }
 
 /// The gRPC connections of `listener`, established (TLS) in their own tasks, as the stream
@@ -901,7 +946,8 @@ where
         if let Some(subject) = peer.and_then(|p| p.certificate)
             && request.extensions().get::<Identity>().is_none()
         {
-            // A token's name, when [auth] named the caller first, stays the identity.
+            // The access layer runs first: a token's name, when it named the caller, stays the
+            // identity.
             request.extensions_mut().insert(Identity(subject));
         }
         let response = self.inner.call(request);
@@ -929,28 +975,39 @@ mod tests {
             certificate: None,
             activity: activity.clone(),
         };
-        // Before the first request: the header timeout, from the connection's start.
+        // Before the first request: the header timeout, from the connection's start, however
+        // recently a byte arrived.
         assert_eq!(
-            activity.next_check(TIMEOUTS),
-            Some(activity.born + TIMEOUTS.header)
+            activity.next_check(TIMEOUTS, Instant::now()),
+            Ok(activity.born + TIMEOUTS.header)
         );
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert_eq!(activity.next_check(TIMEOUTS), None);
-        // A request in flight is never idle, however long it takes.
+        assert_eq!(
+            activity.next_check(TIMEOUTS, Instant::now()),
+            Err("header_timeout")
+        );
+        // A request in flight is not idle while bytes move, however long it takes...
         let limit = RequestLimit::new(1);
         let guard = limit.admit(Some(&peer), true).unwrap();
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(activity.next_check(TIMEOUTS).is_some());
+        assert!(activity.next_check(TIMEOUTS, Instant::now()).is_ok());
+        // ...but is when nothing has moved for the idle timeout (a client that stopped reading).
+        let moved = Instant::now();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(activity.next_check(TIMEOUTS, moved), Err("stalled"));
         // Over the limit: refused; probes are not counted.
         assert!(limit.admit(Some(&peer), true).is_none());
         let probe = limit.admit(Some(&peer), false).unwrap();
         drop(probe);
         drop(guard);
         // Idle from the moment the last request finished.
-        let idle_deadline = activity.next_check(TIMEOUTS).unwrap();
+        let idle_deadline = activity.next_check(TIMEOUTS, Instant::now()).unwrap();
         assert_eq!(idle_deadline, Instant::now() + TIMEOUTS.idle);
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert_eq!(activity.next_check(TIMEOUTS), None);
+        assert_eq!(
+            activity.next_check(TIMEOUTS, Instant::now()),
+            Err("idle_timeout")
+        );
         assert!(limit.admit(Some(&peer), true).is_some());
     }
 

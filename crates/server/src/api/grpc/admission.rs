@@ -54,6 +54,10 @@ pub(super) struct Admission {
     wire: Reservation,
     /// What the codec decided about the last message, for the handler.
     verdict: Mutex<Option<Verdict>>,
+    /// The caller's token (`[auth]`): a message for a model it may not use is treated like
+    /// one for a model that is not served (nothing decoded, nothing reserved, no lookup), so
+    /// that neither the answer nor its cost says whether the model exists.
+    grant: Option<crate::auth::Grant>,
 }
 
 /// What the codec decided about a message it admitted or refused.
@@ -86,6 +90,14 @@ impl Admission {
             )));
             return Some(Vec::new());
         };
+        if self
+            .grant
+            .as_ref()
+            .is_some_and(|grant| !grant.may_use(&scanned.model_name))
+        {
+            // The handler refuses it (PERMISSION_DENIED).
+            return Some(scanned.header);
+        }
         let model = match self
             .state
             .repository
@@ -255,6 +267,7 @@ where
             state: self.state.clone(),
             wire: self.state.budget.reservation(),
             verdict: Mutex::new(None),
+            grant: request.extensions().get::<crate::auth::Grant>().cloned(),
         });
         let wire = admission.wire.clone();
         let request = request.map(|body| {

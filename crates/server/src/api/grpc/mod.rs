@@ -405,11 +405,13 @@ pub async fn serve_grpc(
         .initial_connection_window_size(transport.http2_connection_window)
         .max_concurrent_streams(transport.http2_max_concurrent_streams)
         .http2_max_header_list_size(transport.http2_max_header_list_bytes)
-        .layer(crate::listen::GrpcLimitLayer {
-            listening: service_state.listening.clone(),
-        })
+        // The first layer is the outermost: access control first, so that a caller without a
+        // valid token holds no max_concurrent_requests slot.
         .layer(access::AccessLayer {
             state: service_state.clone(),
+        })
+        .layer(crate::listen::GrpcLimitLayer {
+            listening: service_state.listening.clone(),
         })
         .layer(admission::AdmissionLayer {
             state: service_state,
