@@ -552,3 +552,48 @@ def test_callers_without_a_token_hold_no_request_slot(tmp_path):
         holder.close()
     finally:
         server.stop()
+
+
+def test_an_http2_client_that_never_opens_its_window_is_closed(tmp_path):
+    """An HTTP/2 client that announces a zero stream window and asks for a response with a body:
+    the response can never be sent, so its request stays in flight with no byte moving. The
+    connection is closed after the idle timeout (reason "stalled"), and its slot is freed."""
+    server = serve(tmp_path, "idle_timeout_seconds = 2\nmax_concurrent_requests = 1", log=False)
+    try:
+        host, port = server.address.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=10)
+
+        def frame(kind, flags, stream, payload=b""):
+            return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+        path = b"/v2/models/simple"
+        # HPACK: :method GET (static 2), :scheme http (static 6), :path literal, :authority literal.
+        block = b"\x82\x86" + b"\x04" + bytes([len(path)]) + path + b"\x01\x01x"
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                  + frame(0x4, 0, 0, struct.pack(">HI", 0x4, 0))  # SETTINGS_INITIAL_WINDOW_SIZE = 0
+                  + frame(0x1, 0x5, 1, block))  # HEADERS, END_STREAM | END_HEADERS
+        # The slot is taken: another request is refused while the stalled one holds it.
+        time.sleep(0.5)
+        assert requests.get(f"{server.url}/v2/models/simple", timeout=5).status_code == 429
+        t = time.monotonic()
+        closed = False
+        while time.monotonic() - t < 8:
+            try:
+                data = s.recv(65536)
+            except ConnectionResetError:
+                closed = True
+                break
+            if not data:
+                closed = True
+                break
+            # Acknowledge the server's SETTINGS, so only the window holds the response back.
+            if b"\x04\x00\x00\x00\x00\x00" in data:
+                s.sendall(frame(0x4, 0x1, 0))
+        waited = time.monotonic() - t
+        assert closed and waited < 6, waited
+        s.close()
+        assert metric(server.url, "oxinfer_connections_dropped_total", port="http", reason="stalled") >= 1
+        # The slot came back with the connection.
+        assert requests.get(f"{server.url}/v2/models/simple", timeout=5).status_code == 200
+    finally:
+        server.stop()
