@@ -251,6 +251,137 @@ def test_time_based_checkpoint_and_restart(tmp_path):
     assert only_old.returncode == 1 and f"checkpoint signed by key {new_id}" in only_old.stderr
 
 
+def rewrite_from(log, ix, edit):
+    """Applies `edit` to the record on line `ix` (0-based) and re-hashes the chain from there, as
+    anyone who can write the file can (the chain is not keyed)."""
+    out, prev = lines(log)[:ix], None
+    for n, line in enumerate(lines(log)[ix:]):
+        record = json.loads(line)
+        if n == 0:
+            edit(record)
+        if prev is not None:
+            record["prev_hash"] = prev
+            if "checkpoint" in record:
+                record["checkpoint"]["head"] = prev
+        line = rehash(json.dumps(record, separators=(",", ":")))
+        prev = json.loads(line)["hash"]
+        out.append(line)
+    log.write_text("".join(out))
+
+
+def killed_after(tmp, n, *, lines_on_disk, first=0, **settings):
+    """A server that serves requests `first`.. `first + n - 1`, waits for the log to have
+    `lines_on_disk` lines (its records and checkpoints written), then is killed (SIGKILL): no
+    shutdown checkpoint."""
+    server = Server(manifest(tmp, **settings))
+    log = tmp / "audit" / "inference.jsonl"
+    try:
+        for i in range(first, first + n):
+            r = requests.post(f"{server.url}/v2/models/simple/infer", json=body(i), timeout=10)
+            assert r.status_code == 200, r.text
+        deadline = time.time() + 10
+        while time.time() < deadline and len(lines(log)) < lines_on_disk:
+            time.sleep(0.05)
+    finally:
+        server.proc.kill()
+        server.proc.wait()
+    assert len(lines(log)) == lines_on_disk
+    return log
+
+
+def restart_and_stop(tmp, first, n, **settings):
+    """A restart on the same log that serves requests `first`.. `first + n - 1` and stops cleanly."""
+    server = Server(manifest(tmp, **settings))
+    try:
+        for i in range(first, first + n):
+            r = requests.post(f"{server.url}/v2/models/simple/infer", json=body(i), timeout=10)
+            assert r.status_code == 200, r.text
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0, "".join(server.log)
+    return server
+
+
+def shape(log):
+    out = []
+    for record in map(json.loads, lines(log)):
+        cp = record.get("checkpoint")
+        out.append(f"{cp['reason']}:{cp['records']}+{cp['unverified']}" if cp else record["request_id"])
+    return out
+
+
+def test_records_left_unsigned_by_an_unclean_stop_are_not_vouched_for(tmp_path):
+    _, public, key_id = keygen(tmp_path)
+    log = killed_after(tmp_path, 3, lines_on_disk=3, checkpoint_records=1000)
+    assert shape(log) == ["req-0", "req-1", "req-2"]
+    server = restart_and_stop(tmp_path, 3, 2, checkpoint_records=1000)
+    assert any("does not end with a shutdown checkpoint" in line for line in server.log), "".join(server.log)
+    # The restart closed the three records it found as unverified before writing its own.
+    assert shape(log) == ["req-0", "req-1", "req-2", "recovered:0+3", "req-3", "req-4", "shutdown:2+0"]
+    recovered = json.loads(lines(log)[3])
+    assert list(recovered["checkpoint"]) == ["reason", "records", "unverified", "head", "key_id", "signature"]
+    assert recovered["checkpoint"]["head"] == recovered["prev_hash"] == json.loads(lines(log)[2])["hash"]
+
+    ok = verify(log, "--public-key", public)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK: 5 record(s) and 2 checkpoint(s) intact" in ok.stdout
+    assert f"signatures: 2 checkpoint(s) verified with key {key_id}" in ok.stdout
+    assert (f"unclean stop: the server restarted after an unclean stop (recovered checkpoint {log}:4, "
+            f"{recovered['timestamp']}); 3 record(s) written before it were left unsigned") in ok.stdout
+    assert ("warning: 3 record(s) are not vouched for by a signature (the server stopped uncleanly before "
+            f"signing them); recovered checkpoint(s): {log}:4 ({recovered['timestamp']})") in ok.stderr
+    assert "2 record(s) are covered by signed checkpoints" in ok.stdout
+    assert "all " not in ok.stdout
+    assert ok.stdout.splitlines()[-1].endswith(") was written at shutdown")
+    strict = verify(log, "--public-key", public, "--require-signed")
+    assert strict.returncode == 1
+    assert "error: 3 record(s) are not vouched for by a signature" in strict.stderr
+    assert "(--require-signed)" in strict.stderr
+    # The recovered checkpoint's counts changed to vouch for the records, the chain re-hashed: the
+    # signature fails.
+    def vouch(record):
+        record["checkpoint"]["records"], record["checkpoint"]["unverified"] = 3, 0
+    rewrite_from(log, 3, vouch)
+    assert verify(log).returncode == 0
+    forged = verify(log, "--public-key", public)
+    assert forged.returncode == 1 and f"{log}:4: bad checkpoint signature" in forged.stderr
+
+
+def test_a_tail_rewritten_after_an_unclean_stop_is_not_signed_by_the_restart(tmp_path):
+    """The attack: write access to the log and a way to crash the server. Records after the last
+    checkpoint are rewritten and the chain re-hashed while the server is down; the restarted
+    server must not vouch for them."""
+    _, public, _ = keygen(tmp_path)
+    log = killed_after(tmp_path, 5, lines_on_disk=6, checkpoint_records=3)
+    assert shape(log) == ["req-0", "req-1", "req-2", "records:3+0", "req-3", "req-4"]
+    def forge(record):
+        record["outputs"][0]["data"] = [0] * 16
+    rewrite_from(log, 4, forge)
+    assert json.loads(lines(log)[4])["outputs"][0]["data"] == [0] * 16
+    assert verify(log).returncode == 0, "the chain was re-hashed"
+    restart_and_stop(tmp_path, 5, 1, checkpoint_records=3)
+    assert shape(log) == ["req-0", "req-1", "req-2", "records:3+0", "req-3", "req-4", "recovered:0+2",
+                          "req-5", "shutdown:1+0"]
+    ok = verify(log, "--public-key", public)
+    assert ok.returncode == 0, ok.stderr
+    assert "warning: 2 record(s) are not vouched for by a signature" in ok.stderr
+    assert f"recovered checkpoint(s): {log}:7 (" in ok.stderr
+    assert "4 record(s) are covered by signed checkpoints" in ok.stdout
+    strict = verify(log, "--public-key", public, "--require-signed")
+    assert strict.returncode == 1, strict.stdout
+    assert "error: 2 record(s) are not vouched for by a signature" in strict.stderr
+    # A second crash right after a checkpoint, then a clean restart: the stop is recorded, with
+    # nothing unverified.
+    killed_after(tmp_path, 3, first=6, lines_on_disk=13, checkpoint_records=3)
+    restart_and_stop(tmp_path, 9, 0, checkpoint_records=3)
+    assert shape(log)[9:] == ["req-6", "req-7", "req-8", "records:3+0", "recovered:0+0", "shutdown:0+0"]
+    again = verify(log, "--public-key", public)
+    assert again.returncode == 0
+    assert f"unclean stop: the server restarted after an unclean stop (recovered checkpoint {log}:14, " in again.stdout
+    assert "0 record(s) written before it were left unsigned" in again.stdout
+    assert "warning: 2 record(s) are not vouched for" in again.stderr
+
+
 def test_a_bad_or_missing_signing_key_fails_check_and_startup(tmp_path):
     _, public, _ = keygen(tmp_path)
     missing = manifest(tmp_path, signing_key="keys/nope.pem")
@@ -288,8 +419,9 @@ def test_openssl_keys_interoperate(tmp_path):
     # The signature checks with openssl alone, over the documented message.
     record = json.loads(lines(log)[-1])
     cp = record["checkpoint"]
-    message = (f"oxinfer-inference-log-checkpoint/1 head={cp['head']} records={cp['records']} "
-               f"timestamp={record['timestamp']} reason={cp['reason']}")
+    message = (f"oxinfer-inference-log-checkpoint/2 head={cp['head']} records={cp['records']} "
+               f"unverified={cp['unverified']} key_id={cp['key_id']} timestamp={record['timestamp']} "
+               f"reason={cp['reason']}")
     (tmp_path / "msg").write_text(message)
     (tmp_path / "sig").write_bytes(bytes.fromhex(cp["signature"]))
     r = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", keys / "log.pub.pem", "-rawin",

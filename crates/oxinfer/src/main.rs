@@ -106,15 +106,16 @@ enum TokenCommand {
 enum Audit {
     /// Check the hash chain of inference log files (oldest first; rotated files sort by name),
     /// and with --public-key the signatures of its checkpoints. Exits 0 when intact (records
-    /// after the last signed checkpoint are a warning), 1 with the first broken record or bad
-    /// signature otherwise.
+    /// after the last signed checkpoint, or left unsigned by an unclean stop, are a warning), 1
+    /// with the first broken record or bad signature otherwise.
     Verify {
         /// An Ed25519 public key (PEM) that signs the checkpoints (`[inference_log]
         /// signing_key`); repeat it for logs signed by several keys over time.
         #[arg(long = "public-key", value_name = "PEM")]
         public_keys: Vec<PathBuf>,
-        /// Exit 1 when records are not covered by a signed checkpoint (after the last one, or
-        /// no checkpoint at all): their tail may have been cut.
+        /// Exit 1 when records are not covered by a signed checkpoint (after the last one, no
+        /// checkpoint at all, or left unsigned by an unclean stop and closed unverified by the
+        /// restarted server): their tail may have been cut or rewritten.
         #[arg(long, requires = "public_keys")]
         require_signed: bool,
         /// Log files, oldest first.
@@ -497,29 +498,57 @@ fn audit_verify(files: &[PathBuf], public_keys: &[PathBuf], require_signed: bool
         verified.checkpoints,
         verified.key_ids.join(", key ")
     );
-    let covered = verified.records - verified.unsigned_tail;
-    let ended = if last.reason == inference_log::Reason::Shutdown {
-        "was written at shutdown".to_string()
-    } else {
-        format!(
-            "is a periodic one (reason {}), not a shutdown checkpoint: the server was still \
-             running or did not stop cleanly, or the records after it were cut off",
-            last.reason
-        )
+    for stop in &verified.recovered {
+        println!(
+            "unclean stop: the server restarted after an unclean stop (recovered checkpoint {}, \
+             {}); {} record(s) written before it were left unsigned",
+            stop.at, stop.timestamp, stop.unverified
+        );
+    }
+    let covered = verified.records - verified.unsigned_tail - verified.unvouched;
+    let ended = match last.reason {
+        inference_log::Reason::Shutdown => "was written at shutdown".to_string(),
+        inference_log::Reason::Recovered => "was written at a restart after an unclean stop, \
+             not at shutdown: the server was still running or did not stop cleanly again, or \
+             the records after it were cut off"
+            .to_string(),
+        reason => format!(
+            "is a periodic one (reason {reason}), not a shutdown checkpoint: the server was still \
+             running or did not stop cleanly, or the records after it were cut off"
+        ),
     };
+    let mut unsigned = Vec::new();
+    if verified.unvouched > 0 {
+        let at = verified
+            .recovered
+            .iter()
+            .filter(|stop| stop.unverified > 0)
+            .map(|stop| format!("{} ({})", stop.at, stop.timestamp))
+            .collect::<Vec<_>>()
+            .join(", ");
+        unsigned.push(format!(
+            "{} record(s) are not vouched for by a signature (the server stopped uncleanly \
+             before signing them); recovered checkpoint(s): {at}",
+            verified.unvouched
+        ));
+    }
     if verified.unsigned_tail > 0 {
-        let message = format!(
+        unsigned.push(format!(
             "{} record(s) after the last signed checkpoint are not signed (written after it, or \
              the tail was cut); the last checkpoint is {} ({})",
             verified.unsigned_tail, last.at, last.timestamp
-        );
-        if require_signed {
-            anyhow::bail!("{message} (--require-signed)");
-        }
+        ));
+    }
+    if require_signed && !unsigned.is_empty() {
+        anyhow::bail!("{} (--require-signed)", unsigned.join("; "));
+    }
+    for message in &unsigned {
         eprintln!("warning: {message}");
-        println!("{covered} record(s) are covered by signed checkpoints");
-    } else {
+    }
+    if unsigned.is_empty() {
         println!("all {covered} record(s) are covered by signed checkpoints");
+    } else {
+        println!("{covered} record(s) are covered by signed checkpoints");
     }
     println!(
         "the last checkpoint ({}, {}) {ended}",

@@ -20,6 +20,12 @@
 //!   [`signing`]). Cutting off the newest records then removes the checkpoints that covered them,
 //!   and `verify` with the public key reports the records left without a signature. Signing runs
 //!   on the writer thread, never on the request path.
+//! - **Recovery.** The server signs only records it wrote itself. When it starts on a log that
+//!   does not end with a shutdown checkpoint (an unclean stop: SIGKILL, a crash; or records
+//!   written without `signing_key`), it first writes a `recovered` checkpoint that closes the
+//!   records found after the last checkpoint as `unverified` (`records` 0), so that whoever could
+//!   rewrite that unsigned tail (and re-hash the unkeyed chain) before the restart cannot have
+//!   it signed; `verify` reports them as not vouched for.
 //! - Files are created with mode 0600 and directories with mode 0700 (Unix).
 
 use std::fs::{File, OpenOptions};
@@ -458,10 +464,13 @@ struct CheckpointRecord<'a> {
 /// The `checkpoint` object of a checkpoint record.
 #[derive(Serialize)]
 struct CheckpointBody<'a> {
-    /// `records`, `interval` or `shutdown`.
+    /// `records`, `interval`, `shutdown` or `recovered`.
     reason: &'a str,
-    /// Records since the previous checkpoint (checkpoints not counted).
+    /// Records since the previous checkpoint that this server wrote (checkpoints not counted).
     records: u64,
+    /// Records since the previous checkpoint that this server found on disk at startup and
+    /// does not vouch for (0 but in a `recovered` checkpoint).
+    unverified: u64,
     /// The hash of the record before this one (its `prev_hash`).
     head: &'a str,
     /// The signing key's id.
@@ -475,6 +484,7 @@ fn encode_checkpoint(
     key: &SigningKey,
     head: &str,
     records: u64,
+    unverified: u64,
     reason: Reason,
     at: SystemTime,
 ) -> (Vec<u8>, String) {
@@ -482,6 +492,8 @@ fn encode_checkpoint(
     let signature = key.sign_hex(&checkpoint_message(
         head,
         records,
+        unverified,
+        key.id(),
         &timestamp,
         reason.as_str(),
     ));
@@ -490,6 +502,7 @@ fn encode_checkpoint(
         checkpoint: CheckpointBody {
             reason: reason.as_str(),
             records,
+            unverified,
             head,
             key_id: key.id(),
             signature: &signature,
@@ -575,8 +588,8 @@ struct Checkpoints {
     every_records: u64,
     /// ... or when the oldest record not covered by one is this old.
     every: Duration,
-    /// When the oldest record not covered by a checkpoint was encoded (the writer's start for
-    /// records found unsigned on disk).
+    /// When the oldest record not covered by a checkpoint was encoded (records found on disk
+    /// after the last checkpoint are closed by a `recovered` checkpoint at startup).
     oldest_unsigned: Option<Instant>,
     /// The end of the chain as encoded (pending records included)...
     encoded: ChainEnd,
@@ -729,6 +742,7 @@ impl Writer {
             ))
         })?;
         let (last_hash, end) = chain_end(path, key.is_some());
+        let last_hash_found = last_hash.is_some();
         let prev_hash = last_hash.unwrap_or_else(|| GENESIS.to_string());
         let file = open_append(path).map_err(|e| {
             Error::Manifest(format!(
@@ -748,13 +762,13 @@ impl Writer {
             key,
             every_records: settings.checkpoint_records.max(1),
             every: Duration::from_secs(settings.checkpoint_seconds.max(1)),
-            oldest_unsigned: (end.since_checkpoint > 0).then(Instant::now),
+            oldest_unsigned: None,
             encoded: end,
             written: end,
         });
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let max_pending = settings.max_record_bytes.saturating_mul(16).max(64 << 20);
-        Ok(Writer {
+        let mut writer = Writer {
             settings,
             counters,
             file,
@@ -767,7 +781,21 @@ impl Writer {
             max_pending,
             last_error_log: None,
             checkpoints,
-        })
+        };
+        if writer.checkpoints.is_some() && last_hash_found && !end.clean_end {
+            // Never sign what this process did not write: close the records found after the
+            // last checkpoint as unverified.
+            tracing::warn!(
+                path = %writer.settings.path.display(),
+                unverified = end.since_checkpoint,
+                "the inference log does not end with a shutdown checkpoint (an unclean stop, or \
+                 records written without signing_key): a recovered checkpoint marks the records \
+                 after the last checkpoint as not vouched for"
+            );
+            writer.checkpoint(Reason::Recovered);
+            writer.flush();
+        }
+        Ok(writer)
     }
 
     fn failing(&self) -> bool {
@@ -808,15 +836,22 @@ impl Writer {
     }
 
     /// Appends a signed checkpoint to the pending records (checkpoints are not counted as
-    /// records written or dropped).
+    /// records written or dropped). A `recovered` one counts the records since the last
+    /// checkpoint as `unverified`, the others as `records`.
     fn checkpoint(&mut self, reason: Reason) {
         let Some(c) = &mut self.checkpoints else {
             return;
         };
+        let since = c.encoded.since_checkpoint;
+        let (records, unverified) = match reason {
+            Reason::Recovered => (0, since),
+            _ => (since, 0),
+        };
         let (line, hash) = encode_checkpoint(
             &c.key,
             &self.prev_hash,
-            c.encoded.since_checkpoint,
+            records,
+            unverified,
             reason,
             SystemTime::now(),
         );
@@ -1083,9 +1118,65 @@ mod tests {
         (text, prev)
     }
 
+    /// A checkpoint covering `n` records, as the writer makes it (`unverified` for a recovered
+    /// one).
     fn checkpoint_line(key: &SigningKey, head: &str, n: u64, reason: Reason) -> (String, String) {
-        let (line, hash) = encode_checkpoint(key, head, n, reason, SystemTime::now());
+        let (records, unverified) = match reason {
+            Reason::Recovered => (0, n),
+            _ => (n, 0),
+        };
+        let (line, hash) =
+            encode_checkpoint(key, head, records, unverified, reason, SystemTime::now());
         (String::from_utf8(line).unwrap(), hash)
+    }
+
+    /// A checkpoint in the first format (no `unverified`, signed text `/1`), as earlier versions
+    /// wrote it.
+    fn checkpoint_line_v1(key: &SigningKey, head: &str, n: u64, reason: &str) -> (String, String) {
+        let ts = "2026-01-01T00:00:00Z";
+        let signature = key.sign_hex(&signing::checkpoint_message_v1(head, n, ts, reason));
+        let body = format!(
+            "{{\"format\":1,\"checkpoint\":{{\"reason\":\"{reason}\",\"records\":{n},\
+             \"head\":\"{head}\",\"key_id\":\"{}\",\"signature\":\"{signature}\"}},\
+             \"timestamp\":\"{ts}\",\"prev_hash\":\"{head}\"}}",
+            key.id()
+        );
+        let (line, hash) = seal(body.into_bytes());
+        (String::from_utf8(line).unwrap(), hash)
+    }
+
+    /// `text` with `edit` applied to line `from` (0-based) and the chain re-hashed from there,
+    /// as someone who can write the file can do (the chain is not keyed).
+    fn rewrite(text: &str, from: usize, edit: impl Fn(&str) -> String) -> String {
+        let mut out = String::new();
+        let mut prev: Option<String> = None;
+        for (ix, line) in text.lines().enumerate() {
+            if ix < from {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            let (mut body, _) = split_hash(line).unwrap();
+            if ix == from {
+                body = edit(&body);
+            }
+            if let Some(prev) = &prev {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let old = v["prev_hash"].as_str().unwrap();
+                body = body.replace(
+                    &format!("\"head\":\"{old}\""),
+                    &format!("\"head\":\"{prev}\""),
+                );
+                body = body.replace(
+                    &format!("\"prev_hash\":\"{old}\""),
+                    &format!("\"prev_hash\":\"{prev}\""),
+                );
+            }
+            let (line, hash) = seal(body.into_bytes());
+            out.push_str(std::str::from_utf8(&line).unwrap());
+            prev = Some(hash);
+        }
+        out
     }
 
     #[test]
@@ -1095,7 +1186,21 @@ mod tests {
         assert_eq!(private.id(), OPENSSL_KEY_ID);
         assert_eq!(public.id(), OPENSSL_KEY_ID);
         assert_eq!(private.public_key(), public);
-        let message = checkpoint_message(GENESIS, 0, "2026-01-01T00:00:00Z", "shutdown");
+        let message = checkpoint_message(
+            GENESIS,
+            0,
+            0,
+            OPENSSL_KEY_ID,
+            "2026-01-01T00:00:00Z",
+            "shutdown",
+        );
+        assert_eq!(
+            std::str::from_utf8(&message).unwrap(),
+            format!(
+                "oxinfer-inference-log-checkpoint/2 head={GENESIS} records=0 unverified=0 \
+                 key_id={OPENSSL_KEY_ID} timestamp=2026-01-01T00:00:00Z reason=shutdown"
+            )
+        );
         let signature = private.sign_hex(&message);
         assert_eq!(signature.len(), 128);
         assert!(public.verify_hex(&message, &signature));
@@ -1133,6 +1238,7 @@ mod tests {
         assert_eq!(v["checkpoint"]["head"], head.as_str());
         assert_eq!(v["prev_hash"], head.as_str());
         assert_eq!(v["checkpoint"]["records"], 3);
+        assert_eq!(v["checkpoint"]["unverified"], 0);
         assert_eq!(v["checkpoint"]["key_id"], OPENSSL_KEY_ID);
         assert_eq!(v["checkpoint"]["reason"], "records");
         assert_eq!(
@@ -1229,6 +1335,72 @@ mod tests {
         // `show` skips checkpoints.
         std::fs::write(&path, format!("{first}{cp}{tail}{end}")).unwrap();
         assert_eq!(find(files, "r4").unwrap().len(), 1);
+        // A recovered checkpoint: the records before it are counted, not vouched for.
+        let (recovered, after) = checkpoint_line(&key, &last, 2, Reason::Recovered);
+        let rv: serde_json::Value = serde_json::from_str(&recovered).unwrap();
+        assert_eq!(rv["checkpoint"]["records"], 0);
+        assert_eq!(rv["checkpoint"]["unverified"], 2);
+        let (more, more_head) = records(5, 1, &after);
+        let (end, _) = checkpoint_line(&key, &more_head, 1, Reason::Shutdown);
+        std::fs::write(&path, format!("{first}{cp}{tail}{recovered}{more}{end}")).unwrap();
+        let ok = verify(files, std::slice::from_ref(&public)).unwrap();
+        assert_eq!(
+            (ok.records, ok.checkpoints, ok.unsigned_tail, ok.unvouched),
+            (6, 3, 0, 2)
+        );
+        assert_eq!(ok.recovered.len(), 1);
+        let r = &ok.recovered[0];
+        assert_eq!(
+            (r.reason, r.records, r.unverified),
+            (Reason::Recovered, 0, 2)
+        );
+        assert!(r.at.ends_with("log.jsonl:7"), "{}", r.at);
+        // Its counts changed (to vouch for the records) and the chain re-hashed: the
+        // signature fails.
+        let text = format!("{first}{cp}{tail}{recovered}{more}{end}");
+        let vouched = rewrite(&text, 6, |b| {
+            b.replace(
+                "\"records\":0,\"unverified\":2",
+                "\"records\":2,\"unverified\":0",
+            )
+        });
+        std::fs::write(&path, &vouched).unwrap();
+        assert!(verify(files, &[]).is_ok());
+        let e = verify(files, std::slice::from_ref(&public)).unwrap_err();
+        assert!(e.contains("log.jsonl:7: bad checkpoint signature"), "{e}");
+        // Or `unverified` removed (the first format): first-format checkpoints cannot be
+        // recovered ones, and a current checkpoint read as the first format fails its
+        // signature.
+        let stripped = rewrite(&text, 6, |b| {
+            b.replace("\"records\":0,\"unverified\":2", "\"records\":2")
+        });
+        std::fs::write(&path, &stripped).unwrap();
+        let e = verify(files, &[]).unwrap_err();
+        assert!(e.contains("log.jsonl:7: malformed checkpoint"), "{e}");
+        let downgraded = rewrite(&text, 3, |b| b.replace(",\"unverified\":0", ""));
+        std::fs::write(&path, &downgraded).unwrap();
+        assert!(verify(files, &[]).is_ok());
+        let e = verify(files, std::slice::from_ref(&public)).unwrap_err();
+        assert!(e.contains("log.jsonl:4: bad checkpoint signature"), "{e}");
+        // Checkpoints of the first format, as earlier versions wrote them, still verify.
+        let (old, old_after) = checkpoint_line_v1(&key, &head, 3, "records");
+        let (tail, last) = records(3, 2, &old_after);
+        let (old_end, _) = checkpoint_line_v1(&key, &last, 2, "shutdown");
+        std::fs::write(&path, format!("{first}{old}{tail}{old_end}")).unwrap();
+        let ok = verify(files, std::slice::from_ref(&public)).unwrap();
+        assert_eq!(
+            (ok.records, ok.checkpoints, ok.unsigned_tail, ok.unvouched),
+            (5, 2, 0, 0)
+        );
+        let (bad, _) = checkpoint_line_v1(&key, &last, 2, "interval");
+        let bad = bad.replace("\"reason\":\"interval\"", "\"reason\":\"shutdown\"");
+        std::fs::write(
+            &path,
+            rewrite(&format!("{first}{old}{tail}{bad}"), 6, |b| b.into()),
+        )
+        .unwrap();
+        let e = verify(files, std::slice::from_ref(&public)).unwrap_err();
+        assert!(e.contains("log.jsonl:7: bad checkpoint signature"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1304,8 +1476,8 @@ mod tests {
         // A restart with nothing written adds no second shutdown checkpoint.
         open().finish();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
-        // Records written unsigned (signing off, or a crash), then signing resumes: the first
-        // checkpoint counts them.
+        // Records written unsigned (signing off, or a crash), then signing resumes: a recovered
+        // checkpoint closes them as unverified; the server signs only what it writes.
         let mut unsigned = Writer::open(
             InferenceLogSettings {
                 signing_key: None,
@@ -1329,10 +1501,21 @@ mod tests {
         writer.append(&event("w7", 0.0));
         writer.finish();
         let ok = verify(files, std::slice::from_ref(&public)).unwrap();
-        // u0, u1, w7: a checkpoint for the three, then a shutdown checkpoint covering none.
-        assert_eq!((ok.records, ok.checkpoints, ok.unsigned_tail), (10, 5, 0));
+        // u0, u1, a recovered checkpoint for them, w7, a shutdown checkpoint for it.
+        assert_eq!(
+            (ok.records, ok.checkpoints, ok.unsigned_tail, ok.unvouched),
+            (10, 5, 0, 2)
+        );
+        assert_eq!(
+            (
+                ok.recovered.len(),
+                ok.recovered[0].records,
+                ok.recovered[0].unverified
+            ),
+            (1, 0, 2)
+        );
         let last = ok.last_checkpoint.unwrap();
-        assert_eq!((last.reason, last.records), (Reason::Shutdown, 0));
+        assert_eq!((last.reason, last.records), (Reason::Shutdown, 1));
         // Rotated away: the count goes on across files.
         let mut writer = open();
         writer.append(&event("w8", 0.0));
@@ -1343,7 +1526,10 @@ mod tests {
         let mut all = rotated_files(&path);
         all.push(path.clone());
         let ok = verify(&all, std::slice::from_ref(&public)).unwrap();
-        assert_eq!((ok.records, ok.checkpoints, ok.unsigned_tail), (12, 6, 0));
+        assert_eq!(
+            (ok.records, ok.checkpoints, ok.unsigned_tail, ok.unvouched),
+            (12, 6, 0, 2)
+        );
         assert_eq!(ok.last_checkpoint.unwrap().records, 2);
         // A wrong key is refused at startup with the path and the reason.
         let bad = settings_with_key(&dir, "k.pub.pem");
@@ -1354,6 +1540,122 @@ mod tests {
 
     fn settings_with_key(dir: &Path, key: &str) -> InferenceLogSettings {
         settings(dir, Some(key.into()), 3)
+    }
+
+    #[test]
+    fn a_restart_after_an_unclean_stop_does_not_sign_the_tail_it_finds() {
+        let dir = temp_dir("recovered");
+        let (_, public) = openssl_keys(&dir);
+        let settings = settings(&dir, Some("k.pem".into()), 3);
+        let path = settings.path.clone();
+        let files = std::slice::from_ref(&path);
+        let open = || {
+            let key = load_signing_key(&settings).unwrap();
+            Writer::open(settings.clone(), Arc::default(), key).unwrap()
+        };
+        let reasons = || -> Vec<String> {
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let c = &v["checkpoint"];
+                    match c["reason"].as_str() {
+                        Some(r) => format!("{r}:{}+{}", c["records"], c["unverified"]),
+                        None => v["request_id"].as_str().unwrap().to_string(),
+                    }
+                })
+                .collect()
+        };
+        // A checkpoint after a0..a2, then a3 and a4 written and the process killed: no
+        // shutdown checkpoint.
+        let mut writer = open();
+        for i in 0..5 {
+            writer.append(&event(&format!("a{i}"), i as f32));
+        }
+        writer.write_out();
+        drop(writer);
+        // Someone who can write the file rewrites a3 and re-hashes the chain after it.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let forged = rewrite(&text, 4, |b| b.replace("\"a3\"", "\"f3\""));
+        std::fs::write(&path, &forged).unwrap();
+        let ok = verify(files, std::slice::from_ref(&public)).unwrap();
+        assert_eq!((ok.unsigned_tail, ok.unvouched), (2, 0));
+        // The restart closes them at once as unverified: its first checkpoint signs nothing
+        // it did not write.
+        let mut writer = open();
+        let after_open = std::fs::read_to_string(&path).unwrap();
+        assert!(after_open.starts_with(&forged));
+        assert_eq!(after_open.lines().count(), 7);
+        writer.append(&event("b0", 0.0));
+        writer.finish();
+        drop(writer);
+        assert_eq!(
+            reasons(),
+            [
+                "a0",
+                "a1",
+                "a2",
+                "records:3+0",
+                "f3",
+                "a4",
+                "recovered:0+2",
+                "b0",
+                "shutdown:1+0"
+            ]
+        );
+        let ok = verify(files, std::slice::from_ref(&public)).unwrap();
+        assert_eq!(
+            (ok.records, ok.checkpoints, ok.unsigned_tail, ok.unvouched),
+            (6, 3, 0, 2)
+        );
+        assert_eq!(ok.recovered.len(), 1);
+        assert!(ok.recovered[0].at.ends_with("log.jsonl:7"));
+        // A clean stop, then a restart: nothing to recover.
+        let clean = std::fs::read_to_string(&path).unwrap();
+        open().finish();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), clean);
+        // Killed right after a checkpoint: the unclean stop is still recorded, with nothing
+        // unverified.
+        let mut writer = open();
+        for i in 1..4 {
+            writer.append(&event(&format!("b{i}"), 0.0));
+        }
+        writer.write_out();
+        drop(writer);
+        open().finish();
+        assert_eq!(
+            reasons()[9..],
+            [
+                "b1",
+                "b2",
+                "b3",
+                "records:3+0",
+                "recovered:0+0",
+                "shutdown:0+0"
+            ]
+        );
+        let ok = verify(files, std::slice::from_ref(&public)).unwrap();
+        assert_eq!(
+            (ok.records, ok.checkpoints, ok.unsigned_tail, ok.unvouched),
+            (9, 6, 0, 2)
+        );
+        assert_eq!(ok.recovered.len(), 2);
+        // Without a key, nothing is signed and nothing recovered.
+        let mut unsigned = Writer::open(
+            InferenceLogSettings {
+                signing_key: None,
+                ..settings.clone()
+            },
+            Arc::default(),
+            None,
+        )
+        .unwrap();
+        unsigned.append(&event("u0", 0.0));
+        unsigned.write_out();
+        drop(unsigned);
+        assert_eq!(reasons().len(), 16);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

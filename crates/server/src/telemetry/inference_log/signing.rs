@@ -7,8 +7,10 @@
 //! - A key's id ([`key_id`]) is the first 16 hex digits of the SHA-256 of its public key's DER
 //!   (SubjectPublicKeyInfo) encoding:
 //!   `openssl pkey -pubin -in KEY.pub.pem -outform DER | sha256sum | cut -c1-16`.
-//! - A checkpoint signs [`checkpoint_message`]: one line of text naming the chain head, the
-//!   records since the previous checkpoint, the checkpoint's timestamp and why it was written.
+//! - A checkpoint signs [`checkpoint_message`]: one line of text naming every field of the
+//!   checkpoint: the chain head, the records since the previous checkpoint that the server
+//!   vouches for and those it does not, the key id, the timestamp and why it was written.
+//!   Checkpoints written by earlier versions signed [`checkpoint_message_v1`].
 
 use std::fmt;
 use std::io::Write;
@@ -30,15 +32,20 @@ pub enum Reason {
     Interval,
     /// The server shut down: the last record of a cleanly stopped server.
     Shutdown,
+    /// Written first at startup when the log did not end with a shutdown checkpoint (an unclean
+    /// stop, or records written without `signing_key`): it closes the records found after the
+    /// last checkpoint as `unverified`, records the server did not write and does not vouch for.
+    Recovered,
 }
 
 impl Reason {
-    /// The name in the record (`records`, `interval`, `shutdown`).
+    /// The name in the record (`records`, `interval`, `shutdown`, `recovered`).
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Records => "records",
             Reason::Interval => "interval",
             Reason::Shutdown => "shutdown",
+            Reason::Recovered => "recovered",
         }
     }
 
@@ -48,6 +55,7 @@ impl Reason {
             "records" => Some(Reason::Records),
             "interval" => Some(Reason::Interval),
             "shutdown" => Some(Reason::Shutdown),
+            "recovered" => Some(Reason::Recovered),
             _ => None,
         }
     }
@@ -59,15 +67,40 @@ impl fmt::Display for Reason {
     }
 }
 
-/// The bytes a checkpoint's signature covers: its chain head (the hash of the record before
-/// it), the records since the previous checkpoint, its timestamp and its reason, as one line:
+/// The bytes a checkpoint's signature covers: every field of its `checkpoint` object (but the
+/// signature) and its timestamp, as one line:
+///
+/// ```text
+/// oxinfer-inference-log-checkpoint/2 head=<64 hex> records=<n> unverified=<n> key_id=<16 hex> timestamp=<RFC 3339> reason=<reason>
+/// ```
+///
+/// (no trailing newline). `head` is the hash of the record before the checkpoint (its
+/// `prev_hash`), which commits to every record before it through the hash chain; `records` the
+/// records since the previous checkpoint that this server wrote and vouches for; `unverified`
+/// those it found on disk after an unclean stop and does not vouch for (0 but in a `recovered`
+/// checkpoint).
+pub fn checkpoint_message(
+    head: &str,
+    records: u64,
+    unverified: u64,
+    key_id: &str,
+    timestamp: &str,
+    reason: &str,
+) -> Vec<u8> {
+    format!(
+        "oxinfer-inference-log-checkpoint/2 head={head} records={records} \
+         unverified={unverified} key_id={key_id} timestamp={timestamp} reason={reason}"
+    )
+    .into_bytes()
+}
+
+/// The bytes signed by checkpoints of the first format (without `unverified`, written by
+/// earlier versions; still checked by `audit verify`):
 ///
 /// ```text
 /// oxinfer-inference-log-checkpoint/1 head=<64 hex> records=<n> timestamp=<RFC 3339> reason=<reason>
 /// ```
-///
-/// (no trailing newline). The head commits to every record before it through the hash chain.
-pub fn checkpoint_message(head: &str, records: u64, timestamp: &str, reason: &str) -> Vec<u8> {
+pub fn checkpoint_message_v1(head: &str, records: u64, timestamp: &str, reason: &str) -> Vec<u8> {
     format!(
         "oxinfer-inference-log-checkpoint/1 head={head} records={records} \
          timestamp={timestamp} reason={reason}"

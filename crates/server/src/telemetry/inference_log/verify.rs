@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::GENESIS;
-use super::signing::{PublicKey, Reason, checkpoint_message};
+use super::signing::{PublicKey, Reason, checkpoint_message, checkpoint_message_v1};
 
 /// Splits a record line into (the hashed text without the hash field, the hash).
 pub(crate) fn split_hash(line: &str) -> Option<(String, &str)> {
@@ -65,8 +65,11 @@ pub struct Checkpoint {
     pub timestamp: String,
     /// Why it was written.
     pub reason: Reason,
-    /// The records since the checkpoint before it.
+    /// The records since the checkpoint before it that the server vouches for.
     pub records: u64,
+    /// The records since the checkpoint before it that the server found on disk at a restart
+    /// after an unclean stop and does not vouch for (0 but in a `recovered` checkpoint).
+    pub unverified: u64,
     /// The id of the key that signed it.
     pub key_id: String,
 }
@@ -91,31 +94,67 @@ pub struct Verified {
     /// Records after the last checkpoint (all of them when there is none): no signature covers
     /// them.
     pub unsigned_tail: u64,
+    /// Records covered only as `unverified` (by a `recovered` checkpoint): written before an
+    /// unclean stop, after the last checkpoint before it; no signature vouches for them.
+    pub unvouched: u64,
+    /// The `recovered` checkpoints: where the server restarted after an unclean stop.
+    pub recovered: Vec<Checkpoint>,
 }
 
 /// The `checkpoint` object of a record, its fields checked for shape.
 struct CheckpointFields<'a> {
     reason: Reason,
     records: u64,
+    /// `None` in a checkpoint of the first format (signed text `/1`).
+    unverified: Option<u64>,
     head: &'a str,
     key_id: &'a str,
     signature: &'a str,
 }
 
 fn checkpoint_fields(value: &serde_json::Value) -> Option<CheckpointFields<'_>> {
+    let unverified = match value.get("unverified") {
+        None => None,
+        Some(n) => Some(n.as_u64()?),
+    };
+    let reason = Reason::parse(value["reason"].as_str()?)?;
+    // The first format had no recovered checkpoints.
+    if unverified.is_none() && reason == Reason::Recovered {
+        return None;
+    }
     Some(CheckpointFields {
-        reason: Reason::parse(value["reason"].as_str()?)?,
+        reason,
         records: value["records"].as_u64()?,
+        unverified,
         head: value["head"].as_str()?,
         key_id: value["key_id"].as_str()?,
         signature: value["signature"].as_str()?,
     })
 }
 
+impl CheckpointFields<'_> {
+    /// The text its signature covers.
+    fn message(&self, timestamp: &str) -> Vec<u8> {
+        match self.unverified {
+            Some(unverified) => checkpoint_message(
+                self.head,
+                self.records,
+                unverified,
+                self.key_id,
+                timestamp,
+                self.reason.as_str(),
+            ),
+            None => checkpoint_message_v1(self.head, self.records, timestamp, self.reason.as_str()),
+        }
+    }
+}
+
 /// Checks the hash chain of log files given oldest first, and each checkpoint: its head is the
-/// hash of the record before it, its record count matches the chain, and, when `keys` are
-/// given, it is signed by one of them. Returns the first broken record as an error that names
-/// the file, the line, the request id (or `checkpoint`) and what is wrong.
+/// hash of the record before it, its record counts (`records` + `unverified`) match the chain,
+/// and, when `keys` are given, it is signed by one of them. Records a checkpoint counts as
+/// `unverified` are reported as not vouched for ([`Verified::unvouched`]). Returns the first
+/// broken record as an error that names the file, the line, the request id (or `checkpoint`)
+/// and what is wrong.
 pub fn verify(files: &[PathBuf], keys: &[PublicKey]) -> std::result::Result<Verified, String> {
     let mut expected: Option<String> = None;
     let mut starts_from: Option<String> = None;
@@ -123,6 +162,8 @@ pub fn verify(files: &[PathBuf], keys: &[PublicKey]) -> std::result::Result<Veri
     let mut checkpoints = 0u64;
     let mut last_checkpoint: Option<Checkpoint> = None;
     let mut key_ids: Vec<String> = Vec::new();
+    let mut unvouched = 0u64;
+    let mut recovered: Vec<Checkpoint> = Vec::new();
     // Records since the last checkpoint (all records so far, before the first).
     let mut since = 0u64;
     for path in files {
@@ -169,8 +210,9 @@ pub fn verify(files: &[PathBuf], keys: &[PublicKey]) -> std::result::Result<Veri
             };
             let fields = checkpoint_fields(checkpoint).ok_or_else(|| {
                 format!(
-                    "{at}: malformed checkpoint: it needs reason (records, interval or shutdown), \
-                     records, head, key_id and signature"
+                    "{at}: malformed checkpoint: it needs reason (records, interval, shutdown or \
+                     recovered), records, unverified (a number; recovered checkpoints need it), \
+                     head, key_id and signature"
                 )
             })?;
             if fields.head != prev {
@@ -183,11 +225,12 @@ pub fn verify(files: &[PathBuf], keys: &[PublicKey]) -> std::result::Result<Veri
             // The count is exact from the previous checkpoint or the chain's first record ever;
             // otherwise records before the first file given may be counted too.
             let exact = last_checkpoint.is_some() || starts_from == GENESIS;
-            if fields.records != since && (exact || fields.records < since) {
+            let unverified = fields.unverified.unwrap_or(0);
+            let covers = fields.records.saturating_add(unverified);
+            if covers != since && (exact || covers < since) {
                 return Err(format!(
-                    "{at}: broken checkpoint: it covers {} record(s) since the previous \
-                     checkpoint, but the chain has {since}",
-                    fields.records
+                    "{at}: broken checkpoint: it covers {covers} record(s) since the previous \
+                     checkpoint, but the chain has {since}"
                 ));
             }
             let timestamp = value["timestamp"].as_str().unwrap_or_default();
@@ -200,13 +243,7 @@ pub fn verify(files: &[PathBuf], keys: &[PublicKey]) -> std::result::Result<Veri
                         keys.iter().map(PublicKey::id).collect::<Vec<_>>().join(", ")
                     )
                 })?;
-                let message = checkpoint_message(
-                    fields.head,
-                    fields.records,
-                    timestamp,
-                    fields.reason.as_str(),
-                );
-                if !key.verify_hex(&message, fields.signature) {
+                if !key.verify_hex(&fields.message(timestamp), fields.signature) {
                     return Err(format!(
                         "{at}: bad checkpoint signature (key {}): the checkpoint was altered or \
                          forged, or the records before it were altered and re-hashed",
@@ -215,17 +252,25 @@ pub fn verify(files: &[PathBuf], keys: &[PublicKey]) -> std::result::Result<Veri
                 }
             }
             checkpoints += 1;
+            // The oldest records it covers are the unverified ones (found on disk at a restart,
+            // before this server wrote any).
+            unvouched += since.saturating_sub(fields.records);
             since = 0;
             if !key_ids.iter().any(|id| id == fields.key_id) {
                 key_ids.push(fields.key_id.to_string());
             }
-            last_checkpoint = Some(Checkpoint {
+            let found = Checkpoint {
                 at,
                 timestamp: timestamp.to_string(),
                 reason: fields.reason,
                 records: fields.records,
+                unverified,
                 key_id: fields.key_id.to_string(),
-            });
+            };
+            if found.reason == Reason::Recovered {
+                recovered.push(found.clone());
+            }
+            last_checkpoint = Some(found);
         }
     }
     Ok(Verified {
@@ -237,6 +282,8 @@ pub fn verify(files: &[PathBuf], keys: &[PublicKey]) -> std::result::Result<Veri
         last_checkpoint,
         key_ids,
         unsigned_tail: since,
+        unvouched,
+        recovered,
     })
 }
 
