@@ -388,6 +388,10 @@ def security(tmp, seconds, results):
             client.infer("add", inputs, headers={k.lower(): v for k, v in headers.items()})
             client.close()
             lua = wrk_lua(json_file, {"Content-Type": "application/json", **headers})
+            # A second of each load first, not measured: every variant starts warm.
+            wrk(f"{scheme}://127.0.0.1:{http}/v2/models/add/infer", lua, 16, 1)
+            h2load_grpc(f"{scheme}://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer", grpc_body, 16, 1,
+                        {k.lower(): v for k, v in headers.items()})
             # The server's CPU time per request: what the checks cost, whatever share of the two
             # cores the load generator takes in a given run.
             def measured(run):
@@ -722,7 +726,7 @@ def report(results, seconds, out_path):
         "The tiny model, plaintext without `[auth]` against a bearer token checked on every call, TLS",
         "(rustls, ECDSA P-256 certificate, connections kept open), and both. REST JSON: `wrk -t1` (p50);",
         "gRPC: `h2load -t1 -m1` with the framed `ModelInferRequest` (mean latency; h2load reports no",
-        "percentiles). Server CPU: the server process's CPU time (all threads) divided by the requests",
+        "percentiles). Each server gets a second of each load, unmeasured, first. Server CPU: the server process's CPU time (all threads) divided by the requests",
         "it answered, which does not depend on how the two cores were shared with the load generator;",
         "throughput on this machine moves by about 10% from run to run. Changes are against plaintext,",
         "same protocol and c.",
