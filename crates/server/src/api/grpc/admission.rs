@@ -435,6 +435,15 @@ fn vec_bytes(n: usize, size: usize) -> usize {
     }
 }
 
+/// A decoded string or byte field of `len` bytes: a `Vec<u8>` that grows from empty takes at
+/// least 8 bytes (Rust's smallest non-zero capacity for bytes), however short the field.
+fn string_bytes(len: usize) -> usize {
+    match len {
+        0 => 0,
+        len => len.max(8),
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -443,7 +452,8 @@ fn text(bytes: &[u8]) -> String {
 /// hash table holds the pair and a control byte, with room to grow (at least 4 slots and 16
 /// control bytes for its first entry).
 fn map_entry_bytes(entry: &[u8]) -> usize {
-    (4 * (size_of::<(String, pb::InferParameter)>() + 1) + 16).saturating_add(entry.len())
+    // The key and a string value: each at least `string_bytes`' 8.
+    (4 * (size_of::<(String, pb::InferParameter)>() + 1) + 16 + 2 * 8).saturating_add(entry.len())
 }
 
 /// The number of values in a packed run of varints.
@@ -486,11 +496,11 @@ fn tensor_bytes(message: &[u8], input: &mut ScannedInput) -> Result<usize, Malfo
         bytes = bytes.saturating_add(match (number, value) {
             (1, Value::Len(s)) => {
                 input.name = text(s);
-                s.len()
+                string_bytes(s.len())
             }
             (2, Value::Len(s)) => {
                 input.datatype = text(s);
-                s.len()
+                string_bytes(s.len())
             }
             (3, Value::Len(run)) => {
                 let mut run = Fields(run);
@@ -535,7 +545,7 @@ pub(super) fn scan(message: &[u8]) -> Result<Scanned, Malformed> {
                     2 => scanned.model_version = text(s),
                     _ => {}
                 }
-                s.len()
+                string_bytes(s.len())
             }
             (4, Value::Len(entry)) => map_entry_bytes(entry),
             (5, Value::Len(tensor)) => {
