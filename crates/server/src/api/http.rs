@@ -64,8 +64,10 @@ fn rest_need_raw(path: &str) -> (Need, Option<&str>) {
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
+    if crate::listen::is_rest_probe(path) {
+        return (Need::Health, None);
+    }
     match path {
-        "/v2/health/live" | "/v2/health/ready" | "/health" => return (Need::Health, None),
         "/metrics" => return (Need::Scope(Scope::Metrics), None),
         "/v1/embeddings" | "/embed" | "/tokenize" => return (Need::Scope(Scope::Infer), None),
         "/v2/models/stats" => return (Need::Scope(Scope::Read), None),

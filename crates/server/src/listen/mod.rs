@@ -745,25 +745,35 @@ impl Accepted {
     }
 }
 
-/// REST paths served even when `max_concurrent_requests` is reached: probes (server and
-/// model readiness) and metrics.
-pub(crate) fn rest_uncounted(path: &str) -> bool {
-    matches!(
-        path,
-        "/v2/health/live" | "/v2/health/ready" | "/metrics" | "/health"
-    ) || (path.starts_with("/v2/models/") && path.ends_with("/ready"))
+/// The REST liveness and readiness probes: open to anyone unless `[auth] protect_health`,
+/// and never counted against `max_concurrent_requests`.
+pub(crate) fn is_rest_probe(path: &str) -> bool {
+    matches!(path, "/v2/health/live" | "/v2/health/ready" | "/health")
 }
 
-/// gRPC methods served even when `max_concurrent_requests` is reached: the health service and
-/// the OIP probes.
-fn grpc_uncounted(path: &str) -> bool {
+/// The gRPC liveness and readiness probes (the health service, OIP's ServerLive and
+/// ServerReady), treated as [`is_rest_probe`]'s paths are.
+pub(crate) fn is_grpc_probe(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
         || matches!(
             path,
             "/inference.GRPCInferenceService/ServerLive"
                 | "/inference.GRPCInferenceService/ServerReady"
-                | "/inference.GRPCInferenceService/ModelReady"
         )
+}
+
+/// REST paths served even when `max_concurrent_requests` is reached: probes, model readiness
+/// and metrics.
+pub(crate) fn rest_uncounted(path: &str) -> bool {
+    is_rest_probe(path)
+        || path == "/metrics"
+        || (path.starts_with("/v2/models/") && path.ends_with("/ready"))
+}
+
+/// gRPC methods served even when `max_concurrent_requests` is reached: probes and model
+/// readiness.
+fn grpc_uncounted(path: &str) -> bool {
+    is_grpc_probe(path) || path == "/inference.GRPCInferenceService/ModelReady"
 }
 
 /// The 429 answer over `max_concurrent_requests`.

@@ -16,14 +16,13 @@ use crate::state::AppState;
 
 /// What a gRPC method needs.
 fn need(path: &str) -> Need {
-    if path.starts_with("/grpc.health.v1.Health/") {
+    if crate::listen::is_grpc_probe(path) {
         return Need::Health;
     }
     let method = path
         .strip_prefix("/inference.GRPCInferenceService/")
         .unwrap_or_default();
     match method {
-        "ServerLive" | "ServerReady" => Need::Health,
         "ModelInfer" | "ModelStreamInfer" => Need::Scope(Scope::Infer),
         "ServerMetadata" | "ModelMetadata" | "ModelReady" | "ModelConfig" | "ModelStatistics" => {
             Need::Scope(Scope::Read)
