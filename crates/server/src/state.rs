@@ -27,11 +27,9 @@ pub struct Shared {
     pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) log: Option<InferenceLog>,
     pub(crate) metrics: Arc<ServerMetrics>,
-    /// Transport settings: TCP_NODELAY, HTTP/2 windows, gRPC compression, connection limits
-    /// (`[server]`).
-    pub(crate) transport: Transport,
-    /// What both listeners share: the same settings, TLS (`[server.tls]`), the server-wide
-    /// request limit and the connection counters.
+    /// What both listeners share: the transport settings (TCP_NODELAY, HTTP/2 windows, gRPC
+    /// compression, connection limits), TLS (`[server.tls]`), the server-wide request limit
+    /// and the connection counters.
     pub(crate) listening: Arc<crate::listen::Listening>,
     /// Access control (`[auth]`), replaced when the manifest is reloaded.
     pub(crate) access: Arc<crate::auth::Access>,
@@ -70,7 +68,6 @@ impl AppState {
             metrics: Arc::default(),
             cors_origins: Arc::new([]),
             loads: Arc::default(),
-            transport: Transport::default(),
             listening: Arc::new(crate::listen::Listening::new(Transport::default(), None)),
             access: Arc::default(),
         }))
@@ -84,7 +81,6 @@ impl AppState {
     /// The same state, with these transport settings.
     pub fn with_transport(mut self, transport: Transport) -> Self {
         let shared = self.building();
-        shared.transport = transport;
         shared.listening = Arc::new(crate::listen::Listening::new(
             transport,
             shared.listening.tls.clone(),
@@ -102,7 +98,10 @@ impl AppState {
     /// same `Arc`).
     pub fn with_tls(mut self, tls: Arc<crate::listen::tls::Tls>) -> Self {
         let shared = self.building();
-        shared.listening = Arc::new(crate::listen::Listening::new(shared.transport, Some(tls)));
+        shared.listening = Arc::new(crate::listen::Listening::new(
+            shared.listening.transport,
+            Some(tls),
+        ));
         self
     }
 

@@ -110,8 +110,8 @@ fn rest_need_raw(path: &str) -> (Need, Option<&str>) {
 /// marks the connection busy, until it has been sent. Probes and `/metrics` are not counted.
 pub(crate) async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let counted = !crate::listen::rest_uncounted(request.uri().path());
-    let peer = request.extensions().get::<crate::listen::Peer>().cloned();
-    let Some(guard) = state.listening.requests.admit(peer.as_ref(), counted) else {
+    let peer = request.extensions().get::<crate::listen::Peer>();
+    let Some(guard) = state.listening.requests.admit(peer, counted) else {
         return crate::listen::too_many_requests(&state.listening);
     };
     next.run(request)

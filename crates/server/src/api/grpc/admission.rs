@@ -258,7 +258,10 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        compression_rule(self.state.transport.grpc_compression, request.headers_mut());
+        compression_rule(
+            self.state.listening.transport.grpc_compression,
+            request.headers_mut(),
+        );
         let path = request.uri().path();
         if !(path.ends_with("/ModelInfer") || path.ends_with("/ModelStreamInfer")) {
             return Box::pin(self.inner.call(request));

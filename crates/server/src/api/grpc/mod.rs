@@ -377,7 +377,7 @@ pub async fn serve_grpc(
         .set_serving::<GrpcInferenceServiceServer<GrpcService>>()
         .await;
     let limit = state.max_request_bytes;
-    let transport = state.transport;
+    let transport = state.listening.transport;
     let service_state = state.clone();
     let service = GrpcInferenceServiceServer::new(GrpcService { state })
         .max_decoding_message_size(limit)
