@@ -7,10 +7,15 @@ target/debug/oxinfer. A missing binary is an error, never a skip.
 import os
 import pathlib
 import queue
+import re
+import socket
+import struct
 import subprocess
 import threading
+import time
 
 import pytest
+import requests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODELS = ROOT / "examples" / "models"
@@ -74,3 +79,49 @@ def server():
     yield s
     s.stop()
     assert s.proc.returncode == 0, "oxinfer should exit 0 on SIGTERM:\n" + "".join(s.log)
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    """Polls `predicate` until it returns something true, and returns that; fails on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def metric(url, name, verify=True, cert=None, headers=None, **labels):
+    """One series of GET {url}/metrics (labels given exactly); fails when it is absent."""
+    text = requests.get(f"{url}/metrics", timeout=5, verify=verify, cert=cert, headers=headers).text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = rf"^{name}{{{re.escape(want)}}} (\S+)$" if labels else rf"^{name} (\S+)$"
+    found = re.search(pattern, text, re.M)
+    assert found, f"{name} {labels} not in /metrics"
+    return float(found.group(1))
+
+
+def h2_handshake(address):
+    """The SETTINGS an HTTP/2 server sends a prior-knowledge client, and the connection window
+    it raises to with its first WINDOW_UPDATE."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + b"\x04\x00" + struct.pack(">I", 0))
+        settings, window = None, None
+        data = b""
+        while settings is None or window is None:
+            chunk = s.recv(65536)
+            assert chunk, "the server closed the connection"
+            data += chunk
+            while len(data) >= 9:
+                length = int.from_bytes(data[:3], "big")
+                if len(data) < 9 + length:
+                    break
+                kind, flags, stream = data[3], data[4], struct.unpack(">I", data[5:9])[0]
+                payload, data = data[9 : 9 + length], data[9 + length :]
+                if kind == 0x4 and not flags & 0x1:
+                    settings = dict(struct.unpack(">HI", payload[i : i + 6]) for i in range(0, len(payload), 6))
+                elif kind == 0x8 and stream == 0:
+                    window = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
+        return settings, window

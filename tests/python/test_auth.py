@@ -22,7 +22,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import MODELS, Server, run_oxinfer
+from conftest import MODELS, Server, metric, run_oxinfer
 
 SIMPLE = {
     "inputs": [
@@ -108,13 +108,6 @@ def served(tmp_path_factory):
     yield server, root
     server.stop()
     assert server.proc.returncode == 0, "".join(server.log)
-
-
-def metric(server, name, **labels):
-    text = requests.get(f"{server.url}/metrics", headers=bearer("ops"), timeout=5).text
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    found = re.search(rf"^{name}{{{re.escape(want)}}} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def test_rest_scopes_and_models_both_ways(served):
@@ -248,10 +241,10 @@ def test_identity_in_the_log_and_refusals_counted_and_logged(served):
     for request_id in ("auth-app", "auth-http", "auth-grpc"):
         assert by_id[request_id]["identity"] == "app", by_id[request_id]
     requests.get(f"{server.url}/v2/models/simple", timeout=5)  # no token
-    assert metric(server, "oxinfer_auth_failures_total", identity="", reason="missing") >= 1
-    assert metric(server, "oxinfer_auth_failures_total", identity="", reason="unknown") >= 1
-    assert metric(server, "oxinfer_auth_failures_total", identity="reader", reason="scope") >= 1
-    assert metric(server, "oxinfer_auth_failures_total", identity="app", reason="model") >= 1
+    assert metric(server.url, "oxinfer_auth_failures_total", headers=bearer("ops"), identity="", reason="missing") >= 1
+    assert metric(server.url, "oxinfer_auth_failures_total", headers=bearer("ops"), identity="", reason="unknown") >= 1
+    assert metric(server.url, "oxinfer_auth_failures_total", headers=bearer("ops"), identity="reader", reason="scope") >= 1
+    assert metric(server.url, "oxinfer_auth_failures_total", headers=bearer("ops"), identity="app", reason="model") >= 1
     log = "".join(server.log)
     assert re.search(r"refused .*127\.0\.0\.1", log), log[-2000:]
     for secret in SECRETS.values():

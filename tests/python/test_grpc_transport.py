@@ -3,13 +3,12 @@ are the documented ones, and responses are compressed only as `[server] grpc_com
 (counted on the wire by a relay between tritonclient and the server)."""
 
 import socket
-import struct
 import threading
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from conftest import MODELS, Server
+from conftest import MODELS, Server, h2_handshake
 
 
 def serve(tmp_path, extra=""):
@@ -21,25 +20,7 @@ def serve(tmp_path, extra=""):
 def test_the_announced_http2_windows_are_the_documented_ones(tmp_path):
     server = serve(tmp_path)
     try:
-        host, port = server.grpc_address.rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=5) as s:
-            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + b"\x04\x00" + struct.pack(">I", 0))
-            settings, window = None, None
-            data = b""
-            while settings is None or window is None:
-                chunk = s.recv(65536)
-                assert chunk, "the server closed the connection"
-                data += chunk
-                while len(data) >= 9:
-                    length = int.from_bytes(data[:3], "big")
-                    if len(data) < 9 + length:
-                        break
-                    kind, flags, stream = data[3], data[4], struct.unpack(">I", data[5:9])[0]
-                    payload, data = data[9 : 9 + length], data[9 + length :]
-                    if kind == 0x4 and not flags & 0x1:
-                        settings = dict(struct.unpack(">HI", payload[i : i + 6]) for i in range(0, len(payload), 6))
-                    elif kind == 0x8 and stream == 0:
-                        window = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
+        settings, window = h2_handshake(server.grpc_address)
         assert settings.get(0x4) == 16 * 1024 * 1024, settings  # SETTINGS_INITIAL_WINDOW_SIZE
         assert window == 32 * 1024 * 1024 - 65535  # the connection window, raised from 64 KiB
     finally:

@@ -8,7 +8,6 @@ limits both ports announce. Certificates are made here with the openssl CLI, nev
 import http.client
 import json
 import pathlib
-import re
 import signal
 import socket
 import ssl
@@ -24,7 +23,7 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import MODELS, Server, run_oxinfer
+from conftest import MODELS, Server, h2_handshake, metric, run_oxinfer, wait_for
 
 SIMPLE_INPUTS = [
     {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))},
@@ -92,23 +91,17 @@ def records(tmp_path):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+BODY = json.dumps({"inputs": SIMPLE_INPUTS}).encode()
 
 
-def metric(url, name, verify=True, cert=None, **labels):
-    text = requests.get(f"{url}/metrics", timeout=5, verify=verify, cert=cert).text
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    pattern = rf"^{name}{{{re.escape(want)}}} (\S+)$" if labels else rf"^{name} (\S+)$"
-    found = re.search(pattern, text, re.M)
-    assert found, f"{name} {labels} not in /metrics"
-    return float(found.group(1))
+def held_request(address, headers=""):
+    """A connection that sent an inference request's headers and the first 10 bytes of its
+    body (BODY), and holds the rest back: a request in flight. Send `BODY[10:]` to finish it."""
+    host, port = address.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"{headers}Content-Length: {len(BODY)}\r\n\r\n".encode() + BODY[:10])
+    return s
 
 
 def triton_http_inputs():
@@ -378,14 +371,11 @@ def test_idle_connections_are_closed_but_busy_ones_are_not(tmp_path):
         assert 1.5 < waited < 6, waited
         # A request whose body takes longer than the idle timeout to arrive, a piece every
         # second, is in flight, not idle.
-        busy = socket.create_connection((host, int(port)), timeout=10)
-        body = json.dumps({"inputs": SIMPLE_INPUTS}).encode()
-        busy.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        busy = held_request(server.address)
         for piece in range(4):
             time.sleep(1)
-            busy.sendall(body[10 + piece : 11 + piece])
-        busy.sendall(body[14:])
+            busy.sendall(BODY[10 + piece : 11 + piece])
+        busy.sendall(BODY[14:])
         answer = busy.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         busy.close()
@@ -393,9 +383,7 @@ def test_idle_connections_are_closed_but_busy_ones_are_not(tmp_path):
         assert metric(server.url, "oxinfer_connections_dropped_total", port="http", reason="idle_timeout") >= 1
         # A request in flight on which nothing moves for the idle timeout (a client that went
         # silent mid-body) is closed too.
-        stalled = socket.create_connection((host, int(port)), timeout=10)
-        stalled.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        stalled = held_request(server.address)
         t = time.monotonic()
         try:
             assert stalled.recv(65536) == b""  # closed, with no answer
@@ -444,14 +432,7 @@ def _try_get(url):
 def test_max_concurrent_requests_answers_429_and_resource_exhausted_at_once(tmp_path):
     server = serve(tmp_path, "max_concurrent_requests = 2", log=False)
     try:
-        host, port = server.address.rsplit(":", 1)
-        body = json.dumps({"inputs": SIMPLE_INPUTS}).encode()
-        holders = []
-        for _ in range(2):
-            s = socket.create_connection((host, int(port)), timeout=10)
-            s.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
-            holders.append(s)
+        holders = [held_request(server.address) for _ in range(2)]
         time.sleep(0.3)
         t = time.monotonic()
         refused = requests.post(f"{server.url}/v2/models/simple/infer", json={"inputs": SIMPLE_INPUTS}, timeout=5)
@@ -469,7 +450,7 @@ def test_max_concurrent_requests_answers_429_and_resource_exhausted_at_once(tmp_
         client.close()
         assert metric(server.url, "oxinfer_requests_over_limit_total") >= 2
         # One request finishes: the next is served.
-        holders[0].sendall(body[10:])
+        holders[0].sendall(BODY[10:])
         assert holders[0].recv(65536).startswith(b"HTTP/1.1 200")
         ok = requests.post(f"{server.url}/v2/models/simple/infer", json={"inputs": SIMPLE_INPUTS}, timeout=5)
         assert ok.status_code == 200, ok.text
@@ -479,31 +460,11 @@ def test_max_concurrent_requests_answers_429_and_resource_exhausted_at_once(tmp_
         server.stop()
 
 
-def h2_settings(address):
-    """The SETTINGS frame a server sends to an HTTP/2 (prior knowledge) client."""
-    host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + b"\x04\x00" + struct.pack(">I", 0))
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            assert chunk, "the server closed the connection"
-            data += chunk
-            while len(data) >= 9:
-                length = int.from_bytes(data[:3], "big")
-                if len(data) < 9 + length:
-                    break
-                kind, flags = data[3], data[4]
-                payload, data = data[9 : 9 + length], data[9 + length :]
-                if kind == 0x4 and not flags & 0x1:
-                    return dict(struct.unpack(">HI", payload[i : i + 6]) for i in range(0, len(payload), 6))
-
-
 def test_both_ports_announce_the_http2_limits(tmp_path):
     server = serve(tmp_path, "http2_max_concurrent_streams = 100\nhttp2_max_header_list_bytes = 32768", log=False)
     try:
         for address in (server.address, server.grpc_address):
-            settings = h2_settings(address)
+            settings, _ = h2_handshake(address)
             assert settings.get(0x3) == 100, (address, settings)  # SETTINGS_MAX_CONCURRENT_STREAMS
             assert settings.get(0x6) == 32768, (address, settings)  # SETTINGS_MAX_HEADER_LIST_SIZE
             assert settings.get(0x4) == 16 * 1024 * 1024, (address, settings)  # both ports' stream window
@@ -512,7 +473,7 @@ def test_both_ports_announce_the_http2_limits(tmp_path):
     server = serve(tmp_path, log=False)
     try:
         for address in (server.address, server.grpc_address):
-            settings = h2_settings(address)
+            settings, _ = h2_handshake(address)
             assert settings.get(0x3) == 256 and settings.get(0x6) == 65536, (address, settings)
     finally:
         server.stop()
@@ -529,14 +490,10 @@ def test_callers_without_a_token_hold_no_request_slot(tmp_path):
     manifest.write_text(manifest.read_text() + f'[[auth.tokens]]\nname = "t"\nsha256 = "{hashlib.sha256(secret.encode()).hexdigest()}"\nscopes = ["infer", "read"]\n')
     server = Server(manifest)
     try:
-        host, port = server.address.rsplit(":", 1)
-        body = json.dumps({"inputs": SIMPLE_INPUTS}).encode()
         # Tokenless calls first: none of them takes the one slot.
         for _ in range(5):
             assert requests.post(f"{server.url}/v2/models/simple/infer", json={"inputs": SIMPLE_INPUTS}, timeout=5).status_code == 401
-        holder = socket.create_connection((host, int(port)), timeout=10)
-        holder.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                       + f"Authorization: Bearer {secret}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        holder = held_request(server.address, f"Authorization: Bearer {secret}\r\n")
         time.sleep(0.3)
         assert requests.post(f"{server.url}/v2/models/simple/infer", json={"inputs": SIMPLE_INPUTS}, timeout=5).status_code == 401
         full = requests.post(f"{server.url}/v2/models/simple/infer", json={"inputs": SIMPLE_INPUTS},
@@ -547,7 +504,7 @@ def test_callers_without_a_token_hold_no_request_slot(tmp_path):
             client.infer("simple", triton_grpc_inputs(), client_timeout=5)
         assert "UNAUTHENTICATED" in str(caught.value)
         client.close()
-        holder.sendall(body[10:])
+        holder.sendall(BODY[10:])
         assert holder.recv(65536).startswith(b"HTTP/1.1 200")
         holder.close()
     finally:
