@@ -5,6 +5,7 @@
 //! - [`protocol`]: requests, responses, metadata, parameters, and the REST JSON codec;
 //! - [`runtime`]: the [`Runtime`] and [`Model`] traits that backends implement;
 //! - [`manifest`]: the TOML manifest that lists the models to serve;
+//! - [`source`]: model URIs (MLflow registry, S3, HTTPS) and the `[sources]` settings;
 //! - [`Error`]: one error enum, each variant mapped to a protocol status by [`Error::code`].
 //!
 //! This crate has no async runtime and no HTTP stack in it, so runtimes and plugins can depend on
@@ -16,6 +17,7 @@ pub mod layout;
 pub mod manifest;
 pub mod protocol;
 pub mod runtime;
+pub mod source;
 pub mod tensor;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -57,6 +57,9 @@ pub struct Manifest {
     /// Access control (`[auth]`): bearer tokens with scopes; off (anyone may call anything)
     /// when absent. Its `tokens_file` is read when the manifest is.
     pub auth: Option<AuthSettings>,
+    /// How models named by URI (`models:/`, `s3://`, `https://`) are fetched (`[sources]`).
+    #[serde(default)]
+    pub sources: crate::source::SourcesSettings,
     /// The file this manifest was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -138,6 +141,10 @@ pub struct ServerSettings {
     /// headers and 400 KiB.
     #[serde(default = "default_max_header_list")]
     pub http2_max_header_list_bytes: u32,
+    /// Where models fetched from a registry, an object store or a URL are kept, by content
+    /// digest (default `$XDG_CACHE_HOME/oxinfer`, else `~/.cache/oxinfer`). Served from here
+    /// when the source is unreachable.
+    pub model_cache: Option<PathBuf>,
 }
 
 /// The `[server.tls]` table: certificates for both ports (paths relative to the manifest).
@@ -228,6 +235,7 @@ impl Default for ServerSettings {
             max_concurrent_requests: default_max_concurrent_requests(),
             http2_max_concurrent_streams: default_max_concurrent_streams(),
             http2_max_header_list_bytes: default_max_header_list(),
+            model_cache: None,
         }
     }
 }
@@ -501,8 +509,13 @@ pub struct ModelEntry {
     /// The runtime that loads it (`tract`, `onnxruntime`, `candle`, `plugin`).
     pub runtime: String,
     /// The model file or directory; relative paths are resolved against the manifest's
-    /// directory by [`Manifest::load`].
+    /// directory by [`Manifest::load`]. Or a URI (`models:/NAME/VERSION`, `models:/NAME@ALIAS`,
+    /// `s3://BUCKET/KEY`, `https://...`), held in [`ModelEntry::uri`] and fetched when the
+    /// model is loaded.
     pub path: PathBuf,
+    /// The remote source `path` names, when it is a URI (not a TOML key).
+    #[serde(skip)]
+    pub uri: Option<crate::source::ModelUri>,
     /// Runtime-specific options.
     #[serde(default)]
     pub options: toml::Table,
@@ -780,7 +793,7 @@ impl Scheduling {
 }
 
 /// What the manifest says about where a model came from (all optional).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
     /// The registry entry or URL, e.g. `models:/fraud/3` or `https://...`.
@@ -793,14 +806,25 @@ pub struct Provenance {
     pub created: Option<String>,
     /// A model card: URL or path.
     pub model_card: Option<String>,
+    /// Where the files were fetched from: the registry version's artifact location, or the
+    /// object or URL (filled in for models named by URI).
+    pub artifact_location: Option<String>,
+    /// The registry's description of the version (or of the model).
+    pub description: Option<String>,
+    /// When the files were downloaded into the cache (RFC 3339).
+    pub downloaded: Option<String>,
     /// Free-form labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The registry's tags: the registered model's, then its version's over them.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 impl Provenance {
     /// The provenance as flat `provenance.<key>` string pairs (labels as
-    /// `provenance.labels.<name>`), for protocol `parameters`.
+    /// `provenance.labels.<name>`, registry tags as `provenance.tags.<name>`), for protocol
+    /// `parameters`.
     pub fn flatten(&self) -> Vec<(String, String)> {
         let fields = [
             ("source", &self.source),
@@ -808,6 +832,9 @@ impl Provenance {
             ("run_id", &self.run_id),
             ("created", &self.created),
             ("model_card", &self.model_card),
+            ("artifact_location", &self.artifact_location),
+            ("description", &self.description),
+            ("downloaded", &self.downloaded),
         ];
         fields
             .into_iter()
@@ -816,6 +843,11 @@ impl Provenance {
                 self.labels
                     .iter()
                     .map(|(k, v)| (format!("provenance.labels.{k}"), v.clone())),
+            )
+            .chain(
+                self.tags
+                    .iter()
+                    .map(|(k, v)| (format!("provenance.tags.{k}"), v.clone())),
             )
             .collect()
     }
@@ -971,6 +1003,24 @@ impl Manifest {
                 ));
             }
         }
+        let sources = &mut manifest.sources;
+        if let Some(file) = &mut sources.ca_file
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
+        }
+        if let Some(dir) = &mut manifest.server.model_cache
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
+        if !(1..=31_536_000).contains(&sources.timeout_seconds) || sources.retries > 100 {
+            return Err(fail(
+                "[sources]: timeout_seconds must be between 1 and 31536000, retries at most 100"
+                    .into(),
+            ));
+        }
+        let allow_http = sources.http.allow_http;
         for entry in &mut manifest.models {
             if entry.name.is_empty()
                 || !entry
@@ -998,7 +1048,34 @@ impl Manifest {
                     entry.path.display()
                 )));
             }
-            if entry.path.is_relative() {
+            if let Some(written) = entry.path.to_str()
+                && crate::source::ModelUri::is_uri(written)
+            {
+                let uri = crate::source::ModelUri::parse(written)
+                    .map_err(|e| fail(format!("{entry}: path: {e}")))?;
+                if entry.version_policy.is_some() {
+                    return Err(fail(format!(
+                        "{entry}: version_policy needs a local directory of versions; a model \
+                         from {uri} is one version (list one entry per version)"
+                    )));
+                }
+                if let crate::source::ModelUri::Http { url } = &uri {
+                    if entry.sha256.is_none() {
+                        return Err(fail(format!(
+                            "{entry}: a model fetched from a URL needs a pinned sha256, since \
+                             nothing else names its content (sha256sum the file, or take the \
+                             digest a server that loaded it reports)"
+                        )));
+                    }
+                    if url.starts_with("http://") && !allow_http {
+                        return Err(fail(format!(
+                            "{entry}: {url} is plain HTTP; use https://, or set [sources.http] \
+                             allow_http = true"
+                        )));
+                    }
+                }
+                entry.uri = Some(uri);
+            } else if entry.path.is_relative() {
                 entry.path = base.join(&entry.path);
             }
             if let Some(tokenizer) = entry.embeddings.as_mut().and_then(|e| e.tokenizer.as_mut())
@@ -1035,7 +1112,7 @@ impl Manifest {
                 .scheduler
                 .check()
                 .map_err(|e| fail(format!("{entry}: [models.scheduler]: {e}")))?;
-            if !entry.path.exists() {
+            if entry.uri.is_none() && !entry.path.exists() {
                 return Err(fail(format!(
                     "{entry}: file not found: {}",
                     entry.path.display()

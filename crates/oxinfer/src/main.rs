@@ -241,6 +241,11 @@ struct Sources {
     /// The name to serve --model-dir under.
     #[arg(long, requires = "model_dir")]
     model_name: Option<String>,
+    /// Never touch the network: models named by URI (`models:/`, `s3://`, `https://`) are
+    /// served from the model cache, or fail to load (`check` skips them). As `[sources]
+    /// offline = true`.
+    #[arg(long, env = "OXINFER_OFFLINE")]
+    offline: bool,
 }
 
 impl Sources {
@@ -284,6 +289,9 @@ impl Sources {
                 &config,
                 &detect_runtime,
             )?)?;
+        }
+        if self.offline {
+            manifest.sources.offline = true;
         }
         Ok(manifest)
     }
@@ -625,12 +633,53 @@ fn check(sources: &Sources) -> Result<()> {
     {
         println!("inference log checkpoints signed by key {}", key.id());
     }
+    let mut manifest = manifest;
+    if manifest.sources.offline && manifest.models.iter().any(|e| e.uri.is_some()) {
+        let sources = oxinfer_sources::ModelSources::new(
+            &manifest.sources,
+            manifest.server.model_cache.as_deref(),
+        )?;
+        manifest.models.retain(|entry| {
+            let Some(uri) = &entry.uri else { return true };
+            let cached = sources.cached(entry).is_some();
+            if !cached {
+                println!(
+                    "{entry}: {uri} skipped (--offline, and the model cache {} holds nothing \
+                     for it)",
+                    sources.cache_dir().display()
+                );
+            }
+            cached
+        });
+    }
     let repository = load(&manifest)?;
     for model in repository.ready_models() {
         println!(
             "{} (version {}, {}):",
             model.name, model.version, model.entry.runtime
         );
+        if let Some(uri) = &model.entry.uri {
+            let provenance = &model.entry.provenance;
+            println!(
+                "  source {uri}{}{}, sha256 {}{}",
+                provenance
+                    .registry_version
+                    .as_ref()
+                    .map(|v| format!(": registry version {v}"))
+                    .unwrap_or_default(),
+                provenance
+                    .artifact_location
+                    .as_ref()
+                    .map(|l| format!(" from {l}"))
+                    .unwrap_or_default(),
+                model.sha256,
+                if manifest.sources.offline {
+                    " (not contacted: --offline; from the model cache)"
+                } else {
+                    ""
+                }
+            );
+        }
         let signature = model.signature();
         for (kind, tensors) in [("input", &signature.inputs), ("output", &signature.outputs)] {
             for t in tensors {
@@ -961,7 +1010,13 @@ fn fingerprint(sources: &Sources, manifest: &Manifest) -> Fingerprint {
     let mut stack: Vec<PathBuf> = sources
         .watched()
         .into_iter()
-        .chain(manifest.models.iter().map(|e| e.path.clone()))
+        .chain(
+            manifest
+                .models
+                .iter()
+                .filter(|e| e.uri.is_none())
+                .map(|e| e.path.clone()),
+        )
         .chain(
             manifest
                 .models

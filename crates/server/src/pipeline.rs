@@ -224,6 +224,7 @@ pub(crate) async fn handle(
                 .or(call.version.map(str::to_string))
                 .unwrap_or_default(),
             sha256: model.as_ref().map(|m| m.sha256.clone()),
+            origin: model.as_ref().and_then(|m| m.origin.clone()),
             protocol: call.protocol.as_str(),
             client: call.caller.addr,
             identity: call.caller.identity.as_deref().map(str::to_string),

@@ -1,9 +1,8 @@
 //! The models being served: which runtimes are compiled in ([`registry`]), how a manifest
-//! entry is loaded ([`served`]), their content digests ([`digest`]), the repository of loaded
-//! versions with its load/unload semantics ([`repository`]), and the Triton model configuration
-//! they report ([`model_config`]).
+//! entry is loaded ([`served`]; models named by URI are fetched by `oxinfer-sources` first),
+//! the repository of loaded versions with its load/unload semantics ([`repository`]), and the
+//! Triton model configuration they report ([`model_config`]).
 
-pub(crate) mod digest;
 pub(crate) mod model_config;
 pub(crate) mod registry;
 pub(crate) mod repository;

@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use oxinfer_core::protocol::{ModelMetadata, Parameter, Parameters};
-use oxinfer_core::{Error, Manifest, Result};
+use oxinfer_core::{Error, Manifest, ModelEntry, Result};
 
-use crate::models::digest;
 use crate::models::registry::RuntimeRegistry;
 use crate::models::served::ServedModel;
+use oxinfer_sources::{ModelSources, digest};
 
 /// The state of one model version.
 #[derive(Debug, Clone)]
@@ -62,6 +62,61 @@ pub struct ModelRepository {
     /// Versions whose last reload failed: the next reload loads them again even when their
     /// entry looks unchanged (a changed `[runtimes.*]` table, say, is already in force).
     failed: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+    /// Where models named by URI are fetched from (made when first needed).
+    sources: SourcesSlot,
+}
+
+/// The model sources of the manifest in force: made on first use, and again when `[sources]`
+/// or `[server] model_cache` changed.
+#[derive(Debug, Default)]
+struct SourcesSlot(std::sync::Mutex<Option<Arc<ModelSources>>>);
+
+impl SourcesSlot {
+    fn get(&self, manifest: &Manifest) -> Result<Arc<ModelSources>> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = manifest
+            .server
+            .model_cache
+            .clone()
+            .unwrap_or_else(oxinfer_sources::default_cache_dir);
+        if let Some(sources) = held.as_ref()
+            && *sources.settings() == manifest.sources
+            && sources.cache_dir() == cache
+        {
+            return Ok(sources.clone());
+        }
+        let sources = Arc::new(ModelSources::new(&manifest.sources, Some(&cache))?);
+        *held = Some(sources.clone());
+        Ok(sources)
+    }
+
+    /// The entry as its runtime loads it: for a model named by URI, fetched (or found in the
+    /// cache), its path the local copy and its provenance the source's under the manifest's.
+    fn resolve<'a>(
+        &self,
+        manifest: &Manifest,
+        entry: &'a ModelEntry,
+    ) -> Result<std::borrow::Cow<'a, ModelEntry>> {
+        if entry.uri.is_none() {
+            return Ok(std::borrow::Cow::Borrowed(entry));
+        }
+        let resolved = self.get(manifest)?.resolve(entry)?;
+        if let Some(stale) = &resolved.stale {
+            tracing::warn!(model = %entry.name, version = %entry.version, "{stale}");
+        }
+        let mut local = entry.clone();
+        local.provenance = oxinfer_sources::merge_provenance(entry, &resolved.provenance);
+        local.path = resolved.path;
+        tracing::info!(
+            model = %entry.name,
+            version = %entry.version,
+            source = %entry.path.display(),
+            registry_version = local.provenance.registry_version.as_deref().unwrap_or("-"),
+            path = %local.path.display(),
+            "model source resolved"
+        );
+        Ok(std::borrow::Cow::Owned(local))
+    }
 }
 
 /// What applying a manifest changed ([`ModelRepository::apply`]).
@@ -101,6 +156,7 @@ impl ModelRepository {
             })?;
         }
         let mut models = Models::new();
+        let sources = SourcesSlot::default();
         for entry in &manifest.models {
             if let Some(reason) = &entry.excluded {
                 models
@@ -109,9 +165,12 @@ impl ModelRepository {
                     .insert(entry.version_number(), Slot::Unavailable(reason.clone()));
                 continue;
             }
-            let served = ServedModel::load(&registry, &manifest, entry).map_err(|e| {
-                Error::Manifest(format!("{}: {entry}: {e}", manifest.source.display()))
-            })?;
+            let served = sources
+                .resolve(&manifest, entry)
+                .and_then(|local| ServedModel::load(&registry, &manifest, &local))
+                .map_err(|e| {
+                    Error::Manifest(format!("{}: {entry}: {e}", manifest.source.display()))
+                })?;
             models
                 .entry(entry.name.clone())
                 .or_default()
@@ -124,6 +183,7 @@ impl ModelRepository {
             admin: std::sync::Mutex::new(()),
             reloads: Default::default(),
             failed: Default::default(),
+            sources,
         })
     }
 
@@ -204,15 +264,21 @@ impl ModelRepository {
                 .find(|e| e.name == entry.name && e.version_number() == key.1);
             let settings_same =
                 old.runtimes.get(&entry.runtime) == new.runtimes.get(&entry.runtime);
+            // A model named by URI is resolved again: an alias that moved is a change.
+            let local = match entry.excluded {
+                Some(_) => Ok(std::borrow::Cow::Borrowed(entry)),
+                None => self.sources.resolve(&new, entry),
+            };
             let unchanged = !retry.contains(&key)
-                && match (before, serving.get(&key)) {
-                    (Some(b), Some(Some(model))) => {
+                && match (before, serving.get(&key), &local) {
+                    (Some(b), Some(Some(model)), Ok(local)) => {
                         b == entry
                             && settings_same
-                            && digest::model_sha256(&entry.path).is_ok_and(|d| d == model.sha256)
+                            && local.provenance == model.entry.provenance
+                            && digest::model_sha256(&local.path).is_ok_and(|d| d == model.sha256)
                     }
                     // Unloaded through the repository API, and still listed as it was.
-                    (Some(b), Some(None)) => b == entry && settings_same,
+                    (Some(b), Some(None), _) => b == entry && settings_same,
                     _ => false,
                 };
             if unchanged {
@@ -230,7 +296,7 @@ impl ModelRepository {
                 effective.models.push(entry.clone());
                 continue;
             }
-            match ServedModel::load(&self.registry, &new, entry) {
+            match local.and_then(|local| ServedModel::load(&self.registry, &new, &local)) {
                 Ok(model) => {
                     if serving.contains_key(&key) {
                         report.changed.push(label);
@@ -438,6 +504,7 @@ impl ModelRepository {
         let mut dirs: Vec<String> = manifest
             .models
             .iter()
+            .filter(|e| e.uri.is_none())
             .filter_map(|e| e.path.parent())
             .chain(manifest.source.parent())
             .map(|d| format!("{}/", d.display()))
@@ -494,7 +561,10 @@ impl ModelRepository {
             .iter()
             .filter(|e| e.name == name && e.excluded.is_none())
         {
-            let loaded = ServedModel::load(&self.registry, &manifest, entry);
+            let loaded = self
+                .sources
+                .resolve(&manifest, entry)
+                .and_then(|local| ServedModel::load(&self.registry, &manifest, &local));
             let replaced = {
                 let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
                 let versions = models.entry(name.to_string()).or_default();

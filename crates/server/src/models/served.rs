@@ -9,10 +9,10 @@ use oxinfer_core::{
     DataType, Error, LoadRequest, Manifest, Model, ModelEntry, ModelSignature, Result,
 };
 
-use crate::models::digest;
 use crate::models::registry::RuntimeRegistry;
 use crate::scheduler::Scheduler;
 use crate::telemetry::ModelTelemetry;
+use oxinfer_sources::digest;
 
 /// One loaded model version, ready to serve.
 pub struct ServedModel {
@@ -22,14 +22,17 @@ pub struct ServedModel {
     pub version: String,
     /// The runtime's `platform` string.
     pub(crate) platform: &'static str,
-    /// The manifest entry it was loaded from.
+    /// The manifest entry it was loaded from (for a model named by URI: its path the local
+    /// copy, its provenance the source's merged with the manifest's).
     pub entry: ModelEntry,
     /// The loaded model (the first instance when the model is loaded once per instance).
     pub(crate) model: Arc<dyn Model>,
     /// The queue and worker threads that execute its requests.
     pub(crate) scheduler: Scheduler,
     /// The SHA-256 of the model's file (or the stable digest of its directory), as loaded.
-    pub(crate) sha256: String,
+    pub sha256: String,
+    /// Where it was fetched from, for a model named by URI (written into each log record).
+    pub(crate) origin: Option<Arc<crate::telemetry::inference_log::Origin>>,
     /// Its statistics and metrics.
     pub(crate) telemetry: Arc<ModelTelemetry>,
     /// How it is served over the embedding APIs, for a text-embedding model.
@@ -387,6 +390,12 @@ impl ServedModel {
             model,
             scheduler,
             sha256,
+            origin: entry.uri.as_ref().map(|uri| {
+                Arc::new(crate::telemetry::inference_log::Origin {
+                    source: uri.to_string(),
+                    registry_version: entry.provenance.registry_version.clone(),
+                })
+            }),
             telemetry,
             embedding,
             loaded_at: SystemTime::now(),

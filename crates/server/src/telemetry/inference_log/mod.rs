@@ -71,6 +71,8 @@ pub(crate) struct Event {
     pub(crate) version: String,
     /// The model's digest, when the model was found.
     pub(crate) sha256: Option<String>,
+    /// Where the model was fetched from, for a model named by URI.
+    pub(crate) origin: Option<Arc<Origin>>,
     /// `http` or `grpc`.
     pub(crate) protocol: &'static str,
     /// The client's address.
@@ -325,11 +327,22 @@ fn create_dirs(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// Where a model named by URI came from, as each of its records says: the URI as written and
+/// the registry version it resolved to.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub(crate) source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) registry_version: Option<String>,
+}
+
 #[derive(Serialize)]
 struct ModelRef<'a> {
     name: std::borrow::Cow<'a, str>,
     version: std::borrow::Cow<'a, str>,
     sha256: Option<&'a str>,
+    #[serde(flatten)]
+    origin: Option<&'a Origin>,
 }
 
 /// A tensor in a record: OIP JSON, or its digest when it is large (or not representable).
@@ -532,6 +545,7 @@ fn serialize(event: &Event, prev_hash: &str, detail: Detail) -> Vec<u8> {
             name: shortened(&event.model),
             version: shortened(&event.version),
             sha256: event.sha256.as_deref(),
+            origin: event.origin.as_deref(),
         },
         protocol: event.protocol,
         client: event.client.map(|c| c.to_string()),
@@ -1015,6 +1029,7 @@ mod tests {
             model: "m".into(),
             version: "1".into(),
             sha256: Some("ab".repeat(32)),
+            origin: None,
             protocol: "http",
             client: Some("127.0.0.1:9".parse().unwrap()),
             identity: None,

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use oxinfer_core::{Error, Result};
 
 /// The SHA-256 of a file's bytes, as lowercase hex.
-pub(crate) fn file_sha256(path: &Path) -> Result<String> {
+pub fn file_sha256(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path)
         .map_err(|e| Error::Load(format!("cannot read {}: {e}", path.display())))?;
     let mut hasher = Sha256::new();
@@ -85,18 +85,28 @@ fn files_under(
 }
 
 /// The digest of a model file or directory (see the module docs), as lowercase hex.
-pub(crate) fn model_sha256(path: &Path) -> Result<String> {
+pub fn model_sha256(path: &Path) -> Result<String> {
     if !path.is_dir() {
         return file_sha256(path);
     }
     let mut files = Vec::new();
     files_under(path, path, &mut Vec::new(), &mut files)?;
+    let mut listing = Vec::with_capacity(files.len());
+    for (relative, file) in files {
+        listing.push((relative, file_sha256(&file)?));
+    }
+    Ok(listing_sha256(&mut listing))
+}
+
+/// The digest of a directory from its files' relative paths (`/`-separated) and digests: what
+/// [`model_sha256`] gives for a directory holding exactly those files. Sorts `files`.
+pub fn listing_sha256(files: &mut [(String, String)]) -> String {
     files.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let mut listing = Sha256::new();
-    for (relative, file) in files {
-        listing.update(format!("{}  {relative}\n", file_sha256(&file)?).as_bytes());
+    for (relative, digest) in files.iter() {
+        listing.update(format!("{digest}  {relative}\n").as_bytes());
     }
-    Ok(hex::encode(listing.finalize()))
+    hex::encode(listing.finalize())
 }
 
 #[cfg(test)]
