@@ -56,13 +56,13 @@ COPY --from=build /out/oxinfer /usr/local/bin/oxinfer
 
 # The image runs with a read-only root filesystem. The only paths it writes are these two
 # (volumes in Kubernetes, --tmpfs / -v with docker run) and /tmp:
-#   /var/cache/oxinfer   model cache (XDG_CACHE_HOME)
+#   /var/cache/oxinfer   the model cache for models named by URI (XDG_CACHE_HOME/oxinfer)
 #   /var/lib/oxinfer     the inference log, when [inference_log] points there
 RUN mkdir -p /var/cache/oxinfer /var/lib/oxinfer \
     && chown 65532:65532 /var/cache/oxinfer /var/lib/oxinfer
 
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.${ORT_VERSION} \
-    XDG_CACHE_HOME=/var/cache/oxinfer \
+    XDG_CACHE_HOME=/var/cache \
     OXINFER_LOG_FORMAT=json
 
 # An unprivileged user by number (no passwd entry needed; Kubernetes' runAsNonRoot can check it).
