@@ -43,4 +43,4 @@ echo "==> cargo test"
 cargo test --workspace
 
 echo "==> conformance tests with real clients"
-OXINFER_BIN="$PWD/target/debug/oxinfer" "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python
+OXINFER_BIN="$PWD/target/debug/oxinfer" "$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=15 tests/python

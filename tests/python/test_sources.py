@@ -65,17 +65,18 @@ def leftovers(cache):
 class Registry:
     """`mlflow server` with a SQLite backend and proxied artifacts, and a client for it."""
 
-    def __init__(self, root):
+    def __init__(self, root, artifacts=None, env=None):
+        """`artifacts`: the server's artifact options (default: proxied, under root/artifacts)."""
         import mlflow
 
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        artifacts = artifacts or ["--artifacts-destination", str(root / "artifacts"), "--serve-artifacts"]
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-             "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
+            [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", *artifacts,
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=open(root / "mlflow.log", "w"),
+            stdout=subprocess.DEVNULL, stderr=open(root / "mlflow.log", "w"), env=env,
         )
 
         def healthy():
@@ -94,12 +95,14 @@ class Registry:
         """Logs an ONNX file with mlflow.onnx.log_model and registers it; returns (version, run id)."""
         import onnx
 
+        self.mlflow.set_tracking_uri(self.url)
         with self.mlflow.start_run() as run:
             info = self.mlflow.onnx.log_model(onnx.load(str(path)), name="model", registered_model_name=name)
         return info.registered_model_version, run.info.run_id
 
     def log_directory(self, name, directory):
         """Logs a directory as it is (its own MLmodel) and registers it; returns the version."""
+        self.mlflow.set_tracking_uri(self.url)
         with self.mlflow.start_run() as run:
             self.mlflow.log_artifacts(str(directory), "model")
         version = self.client.create_model_version(name if self._exists(name) else self._create(name),
@@ -490,6 +493,37 @@ def test_s3_objects_and_prefixes_from_the_environment_and_the_manifest(s3, tmp_p
                        f'[sources.s3]\nendpoint = "{s3.endpoint}"\nallow_http = true')
     result = run_oxinfer("check", "--manifest", str(missing), env=env)
     assert result.returncode != 0 and "s3://models/none.onnx" in result.stderr, result.stderr
+
+
+def test_registry_artifacts_in_s3_are_downloaded_from_the_store(s3, tmp_path, monkeypatch):
+    """The common production set-up: the tracking server does not proxy artifacts, the version's
+    artifact location is s3://..., and oxinfer downloads the directory from the store itself."""
+    s3.client.create_bucket(Bucket="mlflow")
+    env = {**s3.env, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "registry").mkdir()
+    registry = Registry(tmp_path / "registry", ["--default-artifact-root", "s3://mlflow/", "--no-serve-artifacts"],
+                        env={**os.environ, **env})
+    try:
+        version, _ = registry.log_onnx("in-s3", MODELS / "mlp.onnx")
+        location = registry.client.get_model_version_download_uri("in-s3", version)
+        assert location.startswith("s3://mlflow/"), location
+        path = manifest(tmp_path, f'[[models]]\nname = "m"\nruntime = "tract"\npath = "models:/in-s3/{version}"\n',
+                        f'[sources.mlflow]\ntracking_uri = "{registry.url}"\n'
+                        f'[sources.s3]\nendpoint = "{s3.endpoint}"\nallow_http = true\n')
+        s = Server(path, env={**os.environ, **s3.env})
+        try:
+            p = parameters(s, "m")
+            assert p["provenance.artifact_location"] == location
+            assert p["sha256"] == hashlib.sha256(
+                s3.client.get_object(Bucket="mlflow", Key=location.removeprefix("s3://mlflow/") + "/model.onnx")["Body"].read()
+            ).hexdigest()
+            infer(s, "m")
+        finally:
+            s.stop()
+    finally:
+        registry.stop()
 
 
 # --- HTTPS --------------------------------------------------------------------------------------

@@ -139,7 +139,8 @@ impl ModelSources {
     /// What the cache holds for `entry` without touching the network (`None`: nothing).
     pub fn cached(&self, entry: &ModelEntry) -> Option<Resolved> {
         let uri = entry.uri.as_ref()?;
-        self.last_resolved(entry, uri, "not contacted (offline)").ok()
+        self.last_resolved(entry, uri, "not contacted (offline)")
+            .ok()
     }
 
     /// The cache key of a source: what it is resolved against, so that two registries or
