@@ -463,6 +463,10 @@ def test_s3_objects_and_prefixes_from_the_environment_and_the_manifest(s3, tmp_p
     s3.put("fraud/model.onnx", MODELS / "mlp.onnx")
     s3.put("ranker/v2/model.onnx", MODELS / "mlp_v2.onnx")
     s3.put("ranker/v2/README.md", MODELS / "make_models.py")
+    # Zero-byte folder markers, as consoles and file system adapters leave them.
+    for marker in ["ranker/v2/", "ranker/v2/docs/"]:
+        s3.client.put_object(Bucket="models", Key=marker, Body=b"")
+    s3.put("ranker/v2/docs/notes.txt", MODELS / "make_models.py")
     models = ('[[models]]\nname = "object"\nruntime = "tract"\npath = "s3://models/fraud/model.onnx"\n'
               '[[models]]\nname = "prefix"\nruntime = "tract"\npath = "s3://models/ranker/v2/"\n')
     env = {**os.environ, **s3.env, "AWS_ENDPOINT_URL": s3.endpoint, "AWS_ALLOW_HTTP": "true"}

@@ -7,7 +7,7 @@
 //! model_cache = "/var/cache/oxinfer"   # default: $XDG_CACHE_HOME/oxinfer, else ~/.cache/oxinfer
 //!
 //! [sources]
-//! timeout_seconds = 60                 # per HTTP request (a download's whole transfer: 1 hour)
+//! timeout_seconds = 60                 # to connect, and for each read (a stalled transfer)
 //! retries = 3                          # on transient errors (connect, timeout, 429, 5xx)
 //! ca_file = "certs/internal-ca.pem"    # extra roots to trust for HTTPS sources
 //! offline = false                      # as --offline: never touch the network
@@ -151,6 +151,14 @@ impl ModelUri {
             if rest.is_empty() || rest.starts_with('/') {
                 return Err(format!("'{uri}' names no host"));
             }
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+            if authority.contains('@') {
+                return Err(
+                    "a model URL may not carry credentials (user:password@): they would be \
+                     reported with the model's provenance"
+                        .to_string(),
+                );
+            }
             return Ok(ModelUri::Http {
                 url: uri.to_string(),
             });
@@ -184,7 +192,8 @@ impl fmt::Display for ModelUri {
                 MlflowVersion::Latest => write!(f, "models:/{name}/latest"),
             },
             ModelUri::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
-            ModelUri::Http { url } => f.write_str(url),
+            // Without the query: a signed URL's signature is a credential, not a name.
+            ModelUri::Http { url } => f.write_str(url.split(['?', '#']).next().unwrap_or(url)),
         }
     }
 }
@@ -193,8 +202,9 @@ impl fmt::Display for ModelUri {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourcesSettings {
-    /// Seconds one HTTP request may take to connect and answer (default 60). A download's
-    /// transfer may take up to an hour, but no more than this between two chunks.
+    /// Seconds a request may take to connect, and to answer or deliver its next chunk
+    /// (default 60): a stalled transfer fails, a slow but steady download of a large model
+    /// does not.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
     /// Retries after a transient error (connection refused or reset, timeout, HTTP 429 or
@@ -328,6 +338,12 @@ mod tests {
             assert_eq!(uri.to_string(), text);
             assert!(ModelUri::is_uri(text));
         }
+        assert_eq!(
+            ModelUri::parse("https://h/m.onnx?X-Amz-Signature=s")
+                .unwrap()
+                .to_string(),
+            "https://h/m.onnx"
+        );
         assert!(ModelUri::parse("models:/fraud/3").unwrap().exact());
         assert!(!ModelUri::parse("models:/fraud@a").unwrap().exact());
     }
@@ -343,6 +359,7 @@ mod tests {
             ("s3://bucket/", "s3://BUCKET/KEY"),
             ("s3://b/a/../k", "'..'"),
             ("https://", "no host"),
+            ("https://u:p@host/m.onnx", "credentials"),
             ("gs://b/k", "not a model source"),
             ("file:///m.onnx", "not a model source"),
         ] {

@@ -350,6 +350,8 @@ fn load(manifest: &Manifest) -> Result<ModelRepository> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Every HTTPS client in the process (model sources, the OTLP exporter) uses ring.
+    oxinfer_sources::install_crypto_provider();
     // `serve` reads the manifest first: its [telemetry] section shapes the logging set-up.
     let telemetry = match &cli.command {
         Command::Serve { sources, .. } => match sources.load() {

@@ -72,12 +72,10 @@ impl Cache {
         let tmp = root.join("tmp");
         if let Ok(entries) = std::fs::read_dir(&tmp) {
             for entry in entries.flatten() {
-                let stale = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
+                // A directory being downloaded into is in use while any file in it is written.
+                let stale = newest(&entry.path(), 0)
                     .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_some_and(|age| age > STALE);
+                    .is_none_or(|age| age > STALE);
                 if stale {
                     let path = entry.path();
                     let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
@@ -155,7 +153,12 @@ impl Cache {
     pub(crate) fn read_ref(&self, key: &str) -> Option<Ref> {
         let text = std::fs::read(self.ref_path(key)).ok()?;
         let found: Ref = serde_json::from_slice(&text).ok()?;
-        (found.key == key && self.has(found.kind, &found.digest)).then_some(found)
+        let digest_like = found.digest.len() == 64
+            && found
+                .digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (found.key == key && digest_like && self.has(found.kind, &found.digest)).then_some(found)
     }
 
     /// Records a resolution of `key` (atomically: written aside, then renamed).
@@ -169,6 +172,22 @@ impl Cache {
             io("write", &target)(e)
         })
     }
+}
+
+/// The latest modification time of `path` and (for a directory) everything under it.
+fn newest(path: &Path, depth: usize) -> Option<SystemTime> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let own = meta.modified().ok();
+    if !meta.is_dir() || depth > 32 {
+        return own;
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .take(100_000)
+        .filter_map(|e| newest(&e.path(), depth + 1))
+        .chain(own)
+        .max()
 }
 
 /// Removes a file or directory, ignoring errors (cleaning up after a failed download).

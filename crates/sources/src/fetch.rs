@@ -104,14 +104,33 @@ fn describe(e: &reqwest::Error) -> String {
 }
 
 fn transport(e: reqwest::Error) -> Failure {
+    let message = describe(&e);
     // Anything that is not an answer from the server (no connection, reset, timeout, a body
-    // cut short) may go better next time.
-    Failure {
-        transient: e
-            .status()
-            .is_none_or(|s| s.as_u16() == 429 || s.is_server_error()),
-        message: describe(&e),
+    // cut short) may go better next time; a certificate that does not verify, a redirect loop
+    // or a request that cannot be built will not, and must not be papered over by the cache.
+    let transient = !e.is_builder()
+        && !e.is_redirect()
+        && !tls_refused(&e, &message)
+        && e.status()
+            .is_none_or(|s| s.as_u16() == 429 || s.is_server_error());
+    Failure { message, transient }
+}
+
+/// Whether a transport error is TLS refusing the peer (a rustls error among its causes).
+pub(crate) fn tls_refused(e: &(dyn std::error::Error + 'static), message: &str) -> bool {
+    use tokio_rustls::rustls;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<rustls::Error>().is_some()
+            || c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        cause = c.source();
     }
+    message.contains("certificate")
 }
 
 /// Installs ring as the process's TLS crypto provider, once (the HTTP clients' TLS needs one).
@@ -187,6 +206,7 @@ impl Http {
                 return Err(status_failure(status, &url, &body));
             }
             let declared = response.content_length();
+            let limit = declared.into_iter().chain(expected_len).min();
             let mut sink = Sink::create(to)?;
             while let Some(chunk) = response.chunk().await.map_err(|e| {
                 transport(e).context(format!(
@@ -196,6 +216,14 @@ impl Http {
                 ))
             })? {
                 sink.write(&chunk)?;
+                if let Some(limit) = limit
+                    && sink.len > limit
+                {
+                    return Err(Failure::permanent(format!(
+                        "GET {}: more than the {limit} bytes announced arrived",
+                        redact(&url)
+                    )));
+                }
             }
             let (digest, len) = sink.finish()?;
             for (expected, by) in [(declared, "Content-Length"), (expected_len, "the listing")] {

@@ -33,6 +33,13 @@ use crate::cache::{Cache, Kind, Ref};
 use crate::fetch::{Failure, Http, Sink};
 use crate::mlflow::Registry;
 
+/// Installs ring as the process's default TLS crypto provider (once; later calls do nothing).
+/// The HTTP clients of this crate, and any other `reqwest` client in the process (the OTLP
+/// exporter's), build their TLS on it: call it before making one.
+pub fn install_crypto_provider() {
+    fetch::install_crypto();
+}
+
 /// A model fetched (or found in the cache) for one manifest entry.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -167,7 +174,7 @@ impl ModelSources {
                     .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
                     .unwrap_or_default()
             ),
-            ModelUri::Http { url } => format!("http {url}"),
+            ModelUri::Http { .. } => format!("http {uri}"),
         }
     }
 
@@ -179,7 +186,11 @@ impl ModelSources {
             }
             _ => None,
         };
-        let record = self.cache.read_ref(&self.key(uri));
+        // A URL's content is its pinned digest: nothing else may stand in for it.
+        let record = match uri {
+            ModelUri::Http { .. } => None,
+            _ => self.cache.read_ref(&self.key(uri)),
+        };
         let (path, provenance, identity) = match (pinned_blob, record) {
             (Some(blob), record) => (
                 blob,
@@ -199,7 +210,7 @@ impl ModelSources {
                 };
                 let identity = match &record.provenance.registry_version {
                     Some(v) => format!("version {v}"),
-                    None => format!("content {}", &record.digest[..12]),
+                    None => format!("content {}", record.digest.get(..12).unwrap_or("")),
                 };
                 (
                     path,
@@ -291,7 +302,7 @@ impl ModelSources {
         };
         let provenance = Provenance {
             source: Some(uri.to_string()),
-            artifact_location: Some(url.to_string()),
+            artifact_location: Some(uri.to_string()),
             downloaded: Some(now_rfc3339()),
             ..Provenance::default()
         };
@@ -372,7 +383,7 @@ impl ModelSources {
                 }
             }
             let digest = digest::listing_sha256(&mut files);
-            self.cache.commit(Kind::Tree, &temp, &digest)?;
+            self.commit_tree(&temp, &digest)?;
             (Kind::Tree, digest)
         };
         let provenance = Provenance {
@@ -503,7 +514,7 @@ impl ModelSources {
         match result {
             Ok(mut files) => {
                 let digest = digest::listing_sha256(&mut files);
-                self.cache.commit(Kind::Tree, &temp, &digest)?;
+                self.commit_tree(&temp, &digest)?;
                 Ok(digest)
             }
             Err(e) => {
@@ -570,6 +581,15 @@ impl ModelSources {
             .strip_prefix("file://")
             .or_else(|| location.starts_with('/').then_some(location))
         {
+            // A path on this machine: only a registry on this machine may name one, or a remote
+            // one could have the server copy any file it can read into the cache.
+            if !registry.is_local() {
+                return Err(SourceError::Failed(Error::Load(format!(
+                    "the artifact location {location} is a local path, and the registry at {} is \
+                     not on this machine; serve the tracking server with --serve-artifacts",
+                    registry.base()
+                ))));
+            }
             copy_tree(Path::new(dir), temp, &mut files)?;
         } else {
             return Err(SourceError::Failed(Error::Load(format!(
@@ -579,6 +599,26 @@ impl ModelSources {
             ))));
         }
         Ok(files)
+    }
+
+    /// Stores a downloaded directory once what is on disk is what was downloaded (so that
+    /// nothing removed or added meanwhile is stored as whole).
+    fn commit_tree(&self, temp: &Path, digest: &str) -> Result<PathBuf> {
+        match digest::model_sha256(temp) {
+            Ok(on_disk) if on_disk == digest => self.cache.commit(Kind::Tree, temp, digest),
+            other => {
+                cache::remove(temp);
+                Err(Error::Load(format!(
+                    "model cache: the download in {} changed while it was written ({}); \
+                     nothing was stored",
+                    temp.display(),
+                    match other {
+                        Ok(d) => format!("its digest is {d}, the files downloaded make {digest}"),
+                        Err(e) => e.to_string(),
+                    }
+                )))
+            }
+        }
     }
 
     /// Records a resolution in the cache (a failure to write it is logged, not fatal: the
@@ -678,9 +718,20 @@ fn copy_tree(from: &Path, to: &Path, files: &mut Vec<(String, String)>) -> Resul
             let kind = entry
                 .file_type()
                 .map_err(|e| Error::Load(format!("cannot read {}: {e}", path.display())))?;
-            if kind.is_dir() && depth < 32 {
+            if kind.is_dir() {
+                if depth >= 32 {
+                    return Err(Error::Load(format!(
+                        "{} nests deeper than 32 directories",
+                        from.display()
+                    )));
+                }
                 pending.push((path, relative, depth + 1));
-            } else if kind.is_file() {
+            } else if !kind.is_file() {
+                return Err(Error::Load(format!(
+                    "{} is not a regular file or directory; a model directory holds only those",
+                    path.display()
+                )));
+            } else {
                 if files.len() >= mlflow::MAX_FILES {
                     return Err(Error::Load(format!(
                         "{} holds more than {} files",

@@ -125,6 +125,16 @@ impl Registry {
         Ok(Registry { base, auth })
     }
 
+    /// Whether the tracking server is on this machine (a loopback address or `localhost`).
+    pub(crate) fn is_local(&self) -> bool {
+        let host = self.base.host_str().unwrap_or("");
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// The tracking server, for provenance and cache keys (no credentials).
     pub(crate) fn base(&self) -> String {
         redact(&self.base)
@@ -291,7 +301,15 @@ impl Registry {
     pub(crate) async fn list(&self, http: &Http, root: &str) -> Fetched<Vec<Listed>> {
         let mut out = Vec::new();
         let mut pending = vec![(String::new(), 0usize)];
+        let mut listed = 0usize;
         while let Some((dir, depth)) = pending.pop() {
+            // Every directory listed counts, so that a listing of ever more directories ends.
+            listed += 1;
+            if listed > MAX_FILES {
+                return Err(Failure::permanent(format!(
+                    "the model directory holds more than {MAX_FILES} directories"
+                )));
+            }
             let path = if dir.is_empty() {
                 root.to_string()
             } else {

@@ -25,6 +25,13 @@ impl MlModel {
         if !file.is_file() {
             return Ok(None);
         }
+        let size = std::fs::metadata(&file).map_or(0, |m| m.len());
+        if size > 1 << 20 {
+            return Err(Error::Load(format!(
+                "MLmodel is {size} bytes; an MLflow model file is a few hundred (at most 1 MiB \
+                 is read)"
+            )));
+        }
         let text = std::fs::read_to_string(&file)
             .map_err(|e| Error::Load(format!("cannot read {}: {e}", file.display())))?;
         serde_yaml_ng::from_str(&text)

@@ -33,7 +33,7 @@ pub(crate) struct Bucket {
 }
 
 fn failure(e: object_store::Error, what: &str) -> Failure {
-    let transient = !matches!(
+    let definite = matches!(
         e,
         object_store::Error::NotFound { .. }
             | object_store::Error::PermissionDenied { .. }
@@ -51,6 +51,11 @@ fn failure(e: object_store::Error, what: &str) -> Failure {
         }
         source = cause.source();
     }
+    // object_store reports a listing's error answer as `Generic`: a 4xx (no such bucket,
+    // access denied) is as definite as a 404 on an object, and TLS refusing the endpoint too.
+    let transient = !definite
+        && !message.contains("status code: 4")
+        && !crate::fetch::tls_refused(&e, &message);
     Failure {
         message: format!("{what}: {message}"),
         transient,
@@ -154,6 +159,11 @@ impl Bucket {
                         .join("/")
                 })
                 .unwrap_or_default();
+            // A zero-byte "folder" marker (`prefix/`) that consoles and file system adapters
+            // create is not a file of the model.
+            if meta.size == 0 && (relative.is_empty() || meta.location.as_ref().ends_with('/')) {
+                continue;
+            }
             check_relative(&relative).map_err(|f| f.context(&what))?;
             objects.push(Object {
                 relative,
@@ -167,12 +177,24 @@ impl Bucket {
                 )));
             }
         }
+        // Markers of subfolders (`prefix/sub/`, listed as an empty `sub`) neither.
+        let folders: std::collections::HashSet<String> = objects
+            .iter()
+            .filter_map(|o| o.relative.rsplit_once('/').map(|(dir, _)| dir.to_string()))
+            .flat_map(|dir| {
+                let parts: Vec<&str> = dir.split('/').collect();
+                (1..=parts.len())
+                    .map(|n| parts[..n].join("/"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        objects.retain(|o| !(o.size == 0 && folders.contains(&o.relative)));
+        objects.sort_by(|a, b| a.relative.cmp(&b.relative));
         if objects.is_empty() {
             return Err(Failure::permanent(format!(
                 "{what}: no object under this prefix"
             )));
         }
-        objects.sort_by(|a, b| a.relative.cmp(&b.relative));
         Ok(objects)
     }
 
@@ -195,6 +217,12 @@ impl Bucket {
                 let mut sink = Sink::create(to)?;
                 while let Some(chunk) = stream.next().await {
                     sink.write(&chunk.map_err(|e| failure(e, &what))?)?;
+                    if sink.len > object.size {
+                        return Err(Failure::permanent(format!(
+                            "{what}: more than the {} bytes listed arrived",
+                            object.size
+                        )));
+                    }
                 }
                 sink.finish()
             }

@@ -90,6 +90,12 @@ impl SourcesSlot {
         Ok(sources)
     }
 
+    /// The cache directory, once sources were made.
+    fn cache_dir(&self) -> Option<std::path::PathBuf> {
+        let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref().map(|s| s.cache_dir().to_path_buf())
+    }
+
     /// The entry as its runtime loads it: for a model named by URI, fetched (or found in the
     /// cache), its path the local copy and its provenance the source's under the manifest's.
     fn resolve<'a>(
@@ -265,9 +271,10 @@ impl ModelRepository {
             let settings_same =
                 old.runtimes.get(&entry.runtime) == new.runtimes.get(&entry.runtime);
             // A model named by URI is resolved again: an alias that moved is a change.
+            // The cache in force ([server] changes need a restart), the new [sources].
             let local = match entry.excluded {
                 Some(_) => Ok(std::borrow::Cow::Borrowed(entry)),
-                None => self.sources.resolve(&new, entry),
+                None => self.sources.resolve(&effective, entry),
             };
             let unchanged = !retry.contains(&key)
                 && match (before, serving.get(&key), &local) {
@@ -508,6 +515,11 @@ impl ModelRepository {
             .filter_map(|e| e.path.parent())
             .chain(manifest.source.parent())
             .map(|d| format!("{}/", d.display()))
+            .chain(
+                self.sources
+                    .cache_dir()
+                    .map(|d| format!("{}/", d.display())),
+            )
             .filter(|d| d.len() > 1)
             .collect();
         // Longest first, so that a directory is cut before one of its parents.
