@@ -457,6 +457,13 @@ pub struct InferenceLogSettings {
     /// many seconds old (default 60). A checkpoint is also written at shutdown.
     #[serde(default = "default_checkpoint_seconds")]
     pub checkpoint_seconds: u64,
+    /// Records are written to the file as soon as the writer has drained its queue (from
+    /// then on a crash of the process loses none of them); they are synced to the disk
+    /// (`fdatasync`, surviving a crash of the machine) at most this many milliseconds later
+    /// (default 100), and at rotation and shutdown. 0 syncs every time the queue drains, at a
+    /// large cost in throughput.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_ms: u64,
 }
 
 /// What to do while the inference log cannot be written. Either way the file keeps only whole
@@ -494,6 +501,9 @@ fn default_checkpoint_records() -> u64 {
 }
 fn default_checkpoint_seconds() -> u64 {
     60
+}
+fn default_sync_interval() -> u64 {
+    100
 }
 
 /// One `[[models]]` entry.
@@ -995,6 +1005,11 @@ impl Manifest {
                 && key.is_relative()
             {
                 *key = base.join(&*key);
+            }
+            if log.sync_interval_ms > 60_000 {
+                return Err(fail(
+                    "[inference_log]: sync_interval_ms is at most 60000 (a minute)".into(),
+                ));
             }
             if log.checkpoint_records == 0 || log.checkpoint_seconds == 0 {
                 return Err(fail(

@@ -181,18 +181,28 @@ impl InferenceLog {
                         None => break,
                     }
                     if rx.is_empty() {
-                        writer.flush();
+                        writer.drained();
+                        // Let records gather before waiting for the next one: a sender wakes
+                        // the writer (a futex call on a request thread) only while it waits,
+                        // so under load one wake-up carries a batch instead of a record.
+                        std::thread::sleep(GATHER);
                     }
                 }
                 writer.finish();
             })
             .map_err(|e| Error::Internal(format!("cannot start the inference log writer: {e}")))?;
-        if key_id.is_some() {
-            // Time-based checkpoints: a tick at most every second, dropped when the queue is
-            // full (the writer then checks the time at its next record). The weak sender lets
-            // the channel close when the log is dropped.
+        {
+            // Ticks for the sync interval and time-based checkpoints: at most every second,
+            // dropped when the queue is full (the writer then checks the time at its next
+            // record). The weak sender lets the channel close when the log is dropped.
             let weak = tx.downgrade();
-            let period = Duration::from_secs(settings.checkpoint_seconds).min(TICK);
+            let mut period = TICK;
+            if key_id.is_some() {
+                period = period.min(Duration::from_secs(settings.checkpoint_seconds));
+            }
+            if settings.sync_interval_ms > 0 {
+                period = period.min(Duration::from_millis(settings.sync_interval_ms));
+            }
             std::thread::Builder::new()
                 .name("oxinfer-inference-log-ticks".into())
                 .spawn(move || {
@@ -301,6 +311,8 @@ pub fn load_signing_key(settings: &InferenceLogSettings) -> Result<Option<Signin
 
 /// How often the ticks thread asks the writer whether a time-based checkpoint is due (at most).
 const TICK: Duration = Duration::from_secs(1);
+/// How long the writer lets records gather after draining its queue.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// Opens a log file for appending, creating it with mode 0600 (Unix).
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -593,6 +605,9 @@ struct Writer {
     last_error_log: Option<Instant>,
     /// Signed checkpoints, with `signing_key`.
     checkpoints: Option<Checkpoints>,
+    /// Whether everything written is synced to the disk, and when it last was.
+    synced: bool,
+    last_sync: Instant,
 }
 
 /// The checkpoint side of the writer.
@@ -795,6 +810,8 @@ impl Writer {
             max_pending,
             last_error_log: None,
             checkpoints,
+            synced: true,
+            last_sync: Instant::now(),
         };
         if writer.checkpoints.is_some() && last_hash_found && !end.clean_end {
             // Never sign what this process did not write: close the records found after the
@@ -879,13 +896,35 @@ impl Writer {
     }
 
     /// A time-based checkpoint, when one is due: the oldest record not covered by a checkpoint
-    /// is `checkpoint_seconds` old.
+    /// is `checkpoint_seconds` old. And the sync that the interval has made due.
     fn tick(&mut self) {
         if let Some(c) = &self.checkpoints
             && c.encoded.since_checkpoint > 0
             && c.oldest_unsigned.is_some_and(|t| t.elapsed() >= c.every)
         {
             self.checkpoint(Reason::Interval);
+        }
+        self.drained();
+    }
+
+    /// The queue is empty: write what is pending, and sync when the interval has passed.
+    fn drained(&mut self) {
+        if !self.write_out() {
+            return;
+        }
+        let due = self.last_sync.elapsed() >= Duration::from_millis(self.settings.sync_interval_ms);
+        if !self.synced && due {
+            self.sync();
+        }
+    }
+
+    fn sync(&mut self) {
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.synced = true;
+                self.last_sync = Instant::now();
+            }
+            Err(e) => tracing::error!("cannot flush the inference log: {e}"),
         }
     }
 
@@ -906,6 +945,7 @@ impl Writer {
         }
         match self.file.write_all(&self.pending) {
             Ok(()) => {
+                self.synced = false;
                 self.size += self.pending.len() as u64;
                 self.counters
                     .written
@@ -967,11 +1007,10 @@ impl Writer {
         }
     }
 
+    /// Writes what is pending and syncs it to the disk.
     fn flush(&mut self) {
-        if self.write_out()
-            && let Err(e) = self.file.sync_data()
-        {
-            tracing::error!("cannot flush the inference log: {e}");
+        if self.write_out() && !self.synced {
+            self.sync();
         }
     }
 
@@ -999,6 +1038,8 @@ impl Writer {
             rotated = PathBuf::from(format!("{}.{stamp}-{n}", path.display()));
             n += 1;
         }
+        // The file being closed is synced whole before it is renamed.
+        self.file.sync_data()?;
         std::fs::rename(path, &rotated)?;
         self.file = open_append(path)?;
         self.size = 0;
@@ -1674,23 +1715,63 @@ mod tests {
     }
 
     #[test]
+    fn records_are_written_at_once_and_synced_within_the_interval() {
+        let dir = temp_dir("sync");
+        let settings = settings(&dir, None, 1000);
+        assert_eq!(settings.sync_interval_ms, 100);
+        let mut writer = Writer::open(settings.clone(), Arc::default(), None).unwrap();
+        writer.last_sync = Instant::now();
+        writer.append(&event("a", 0.0));
+        writer.drained();
+        // In the file (a crash of the process loses nothing), not yet synced to the disk.
+        assert_eq!(
+            std::fs::read_to_string(&settings.path)
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+        assert!(!writer.synced);
+        writer.last_sync -= Duration::from_millis(150);
+        writer.tick();
+        assert!(writer.synced, "synced once the interval passed");
+        // sync_interval_ms = 0: synced every time the queue drains.
+        let mut eager = Writer::open(
+            InferenceLogSettings {
+                sync_interval_ms: 0,
+                ..settings.clone()
+            },
+            Arc::default(),
+            None,
+        )
+        .unwrap();
+        eager.append(&event("b", 0.0));
+        eager.drained();
+        assert!(eager.synced);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_checkpoint_is_due_after_the_interval_only_with_new_records() {
         let dir = temp_dir("interval");
         openssl_keys(&dir);
         let settings = settings(&dir, Some("k.pem".into()), 1000);
         let key = load_signing_key(&settings).unwrap();
         let mut writer = Writer::open(settings.clone(), Arc::default(), key).unwrap();
+        // A tick writes out what is pending (and syncs when the interval has passed).
+        let written = || std::fs::read_to_string(&settings.path).unwrap_or_default();
         writer.tick();
-        assert!(writer.pending.is_empty(), "nothing written, no checkpoint");
+        assert!(written().is_empty(), "nothing written, no checkpoint");
         writer.append(&event("a", 0.0));
         writer.tick();
-        assert_eq!(writer.pending.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(written().lines().count(), 1);
+        assert!(writer.pending.is_empty());
         // Pretend the interval passed since the record.
         let c = writer.checkpoints.as_mut().unwrap();
         c.oldest_unsigned = c.oldest_unsigned.map(|t| t - Duration::from_secs(61));
         writer.tick();
         writer.tick();
-        let text = String::from_utf8(writer.pending.clone()).unwrap();
+        let text = written();
         assert_eq!(text.lines().count(), 2);
         assert_eq!(
             checkpoint_reason(text.lines().nth(1).unwrap()),
