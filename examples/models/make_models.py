@@ -4,6 +4,8 @@
 Usage:
     python examples/models/make_models.py            # (re)write the models beside this script
     python examples/models/make_models.py --check    # fail if the committed files differ
+    python examples/models/make_models.py --memory-bound target/models/wide.onnx
+                                                      # the benchmark's 128 MB model (not committed)
 
 Needs only the `onnx` and `numpy` packages (pinned in tests/python/requirements.txt). The output
 is deterministic, so the committed models can be checked against this script in CI.
@@ -27,6 +29,13 @@ Models:
                    text [-1] -> FP32 embedding [-1,4] = id(text) * [1,2,3,4] + [1,0,0,0], where
                    id is 1 for "cat", 2 for "dog", 3 for "car", 0 otherwise. It opts in to the
                    embedding APIs through [models.embeddings] (it has no tokenizer).
+
+And, written only on request (--memory-bound PATH) since it is 128 MB:
+    wide.onnx      FP32 x [-1,4096] -> MatMul(4096x4096) -> ReLU -> MatMul(4096x4096) -> y [-1,4096]:
+                   weights four times this machine's 32 MiB last-level cache, so that at batch 1
+                   every request streams all 128 MB from memory (matrix-vector products), while a
+                   batch of N reuses each weight N times: the model dynamic batching is for
+                   (bench/run.py section 7).
 """
 
 import argparse
@@ -256,6 +265,26 @@ MODELS = {
 }
 
 
+def wide(size=4096):
+    rng = np.random.default_rng(7)
+    scale = np.float32(1.0 / np.sqrt(size))
+    w1 = (rng.standard_normal((size, size), dtype=np.float32) * scale).astype(np.float32)
+    w2 = (rng.standard_normal((size, size), dtype=np.float32) * scale).astype(np.float32)
+    return model(
+        helper.make_graph(
+            [
+                helper.make_node("MatMul", ["x", "w1"], ["h"]),
+                helper.make_node("Relu", ["h"], ["r"]),
+                helper.make_node("MatMul", ["r", "w2"], ["y"]),
+            ],
+            "wide",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", size])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", size])],
+            [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+        )
+    )
+
+
 def write(directory):
     for name, build in MODELS.items():
         (directory / name).write_bytes(build().SerializeToString())
@@ -265,7 +294,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with the committed files")
     parser.add_argument("--out", type=pathlib.Path, default=HERE, help="output directory")
+    parser.add_argument("--memory-bound", type=pathlib.Path, metavar="PATH",
+                        help="write only the 128 MB memory-bound model (wide.onnx) to PATH")
     args = parser.parse_args()
+    if args.memory_bound:
+        args.memory_bound.parent.mkdir(parents=True, exist_ok=True)
+        args.memory_bound.write_bytes(wide().SerializeToString())
+        return 0
     if not args.check:
         args.out.mkdir(parents=True, exist_ok=True)
         write(args.out)
