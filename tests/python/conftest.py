@@ -125,3 +125,62 @@ def h2_handshake(address):
                 elif kind == 0x8 and stream == 0:
                     window = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
         return settings, window
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now (for servers that must be told their port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Relay:
+    """A TCP relay on a free port in front of a server (`target`: "host:port"). It counts the
+    bytes the server sends back (`from_server`); `close()` closes the listener and every relayed
+    connection, so that the server is unreachable through it from then on."""
+
+    def __init__(self, target):
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.from_server = 0
+        self.open = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.open += [client, upstream]
+            threading.Thread(target=self.pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self.pump, args=(upstream, client, True), daemon=True).start()
+
+    def pump(self, source, sink, count):
+        try:
+            while chunk := source.recv(65536):
+                if count:
+                    self.from_server += len(chunk)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self):
+        try:
+            # A listener closed while accept() waits in another thread keeps listening; shut
+            # it down first.
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        for s in self.open:
+            try:
+                s.close()
+            except OSError:
+                pass

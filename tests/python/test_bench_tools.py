@@ -6,13 +6,12 @@ grpc-load must complete requests without errors against oxinfer's gRPC API.
 
 import json
 import pathlib
-import socket
 import subprocess
 import time
 
 import requests
 
-from conftest import Server
+from conftest import Server, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "target" / "debug"
@@ -23,12 +22,6 @@ REQUEST = {"inputs": [
     {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": A},
     {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": B},
 ]}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_floor_adds_like_oxinfer(tmp_path):

@@ -2,13 +2,11 @@
 are the documented ones, and responses are compressed only as `[server] grpc_compression` says
 (counted on the wire by a relay between tritonclient and the server)."""
 
-import socket
-import threading
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from conftest import MODELS, Server, h2_handshake
+from conftest import MODELS, Relay, Server, h2_handshake
 
 
 def serve(tmp_path, extra=""):
@@ -25,42 +23,6 @@ def test_the_announced_http2_windows_are_the_documented_ones(tmp_path):
         assert window == 32 * 1024 * 1024 - 65535  # the connection window, raised from 64 KiB
     finally:
         server.stop()
-
-
-class Relay:
-    """A TCP relay in front of the server that counts the bytes the server sends back."""
-
-    def __init__(self, target):
-        host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.from_server = 0
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            threading.Thread(target=self.pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self.pump, args=(upstream, client, True), daemon=True).start()
-
-    def pump(self, source, sink, count):
-        try:
-            while chunk := source.recv(65536):
-                if count:
-                    self.from_server += len(chunk)
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            sink.close()
-
-    def close(self):
-        self.listener.close()
 
 
 def received(server, **infer_args):

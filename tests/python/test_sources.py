@@ -10,7 +10,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -23,17 +22,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from conftest import MODELS, Server, run_oxinfer, wait_for
+from conftest import MODELS, Relay, Server, free_port, run_oxinfer, wait_for
 from test_security import Pki
 
 VENV_BIN = pathlib.Path(sys.executable).parent
 X = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.5, 1.0, -0.25, 2.0]}]}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sha256(path):
@@ -141,51 +134,6 @@ def registry(tmp_path_factory):
     r = Registry(tmp_path_factory.mktemp("mlflow"))
     yield r
     r.stop()
-
-
-class Forwarder:
-    """A TCP forwarder in front of a server, which can be closed to make the server unreachable."""
-
-    def __init__(self, upstream_port):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.upstream = upstream_port
-        self.open = []
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            self.open += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def pump(a, b):
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self):
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for s in self.open:
-            try:
-                s.close()
-            except OSError:
-                pass
 
 
 class S3:
@@ -403,7 +351,7 @@ def test_a_sentence_transformers_directory_is_served_by_candle(registry, tmp_pat
 def test_registry_down_is_served_from_the_cache_and_offline_never_calls_it(registry, tmp_path):
     version, _ = registry.log_onnx("outage", MODELS / "mlp.onnx")
     registry.client.set_registered_model_alias("outage", "live", version)
-    forwarder = Forwarder(registry.port)
+    forwarder = Relay(f"127.0.0.1:{registry.port}")
     path = manifest(tmp_path, '[[models]]\nname = "o"\nruntime = "tract"\npath = "models:/outage@live"\n',
                     f'[sources.mlflow]\ntracking_uri = "http://127.0.0.1:{forwarder.port}"')
     result = run_oxinfer("check", "--manifest", str(path))
