@@ -180,57 +180,45 @@ impl ModelSources {
 
     /// The model as last resolved, from the cache; `why` says why the source was not asked.
     fn last_resolved(&self, entry: &ModelEntry, uri: &ModelUri, why: &str) -> Result<Resolved> {
-        let pinned_blob = match (uri, &entry.sha256) {
-            (ModelUri::Http { .. }, Some(pin)) if self.cache.has(Kind::File, pin) => {
-                Some(self.cache.path(Kind::File, pin))
-            }
-            _ => None,
+        let nothing = || {
+            Error::Load(format!(
+                "{uri}: {why}, and the model cache ({}) holds nothing for it",
+                self.cache.root().display()
+            ))
         };
-        // A URL's content is its pinned digest: nothing else may stand in for it.
-        let record = match uri {
-            ModelUri::Http { .. } => None,
-            _ => self.cache.read_ref(&self.key(uri)),
-        };
-        let (path, provenance, identity) = match (pinned_blob, record) {
-            (Some(blob), record) => (
-                blob,
-                record.map(|r| r.provenance).unwrap_or_else(|| Provenance {
-                    source: Some(uri.to_string()),
-                    ..Provenance::default()
-                }),
-                entry.sha256.clone().unwrap_or_default(),
-            ),
-            (None, Some(mut record)) => {
+        let (resolved, identity) = match uri {
+            // A URL's content is its pinned digest: nothing else may stand in for it.
+            ModelUri::Http { .. } => match &entry.sha256 {
+                Some(pin) if self.cache.has(Kind::File, pin) => (
+                    Resolved {
+                        path: self.cache.path(Kind::File, pin),
+                        provenance: Provenance {
+                            source: Some(uri.to_string()),
+                            ..Provenance::default()
+                        },
+                        stale: None,
+                    },
+                    pin.clone(),
+                ),
+                _ => return Err(nothing()),
+            },
+            _ => {
+                let mut record = self.cache.read_ref(&self.key(uri)).ok_or_else(nothing)?;
                 // A record shared by a version and an alias names the URI first resolved.
                 record.provenance.source = Some(uri.to_string());
-                let stored = self.cache.path(record.kind, &record.digest);
-                let path = match record.kind {
-                    Kind::File => stored,
-                    Kind::Tree => mlmodel::served_path(&stored, &entry.runtime)?,
-                };
                 let identity = match &record.provenance.registry_version {
                     Some(v) => format!("version {v}"),
                     None => format!("content {}", record.digest.get(..12).unwrap_or("")),
                 };
-                (
-                    path,
-                    record.provenance,
-                    format!("{identity} (resolved at {})", record.resolved_at),
-                )
-            }
-            (None, None) => {
-                return Err(Error::Load(format!(
-                    "{uri}: {why}, and the model cache ({}) holds nothing for it",
-                    self.cache.root().display()
-                )));
+                let identity = format!("{identity} (resolved at {})", record.resolved_at);
+                (self.stored(entry, record)?, identity)
             }
         };
         Ok(Resolved {
-            path,
-            provenance,
             stale: Some(format!(
                 "{uri}: {why}; serving {identity} from the model cache"
             )),
+            ..resolved
         })
     }
 
@@ -365,25 +353,8 @@ impl ModelSources {
             (Kind::File, digest)
         } else {
             let temp = self.cache.temp("tree");
-            let mut files = Vec::with_capacity(objects.len());
-            for object in &objects {
-                let file = match prepare(&temp, &object.relative) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        cache::remove(&temp);
-                        return Err(SourceError::Failed(e));
-                    }
-                };
-                match store.download(object, &file).await {
-                    Ok(d) => files.push((object.relative.clone(), d)),
-                    Err(f) => {
-                        cache::remove(&temp);
-                        return Err(SourceError::from_failure(f));
-                    }
-                }
-            }
-            let digest = digest::listing_sha256(&mut files);
-            self.commit_tree(&temp, &digest)?;
+            let filled = download_objects(&store, &objects, &temp).await;
+            let digest = self.store_tree(&temp, filled)?;
             (Kind::Tree, digest)
         };
         let provenance = Provenance {
@@ -510,15 +481,21 @@ impl ModelSources {
     /// returns the directory's digest.
     async fn download_mlflow(&self, registry: &Registry, location: &str) -> Fetch<String> {
         let temp = self.cache.temp("tree");
-        let result = self.download_location(registry, location, &temp).await;
-        match result {
+        let filled = self.download_location(registry, location, &temp).await;
+        self.store_tree(&temp, filled)
+    }
+
+    /// Stores the directory downloaded into `temp` (its files and their digests in `filled`)
+    /// and returns its digest; when the download failed, removes what it left.
+    fn store_tree(&self, temp: &Path, filled: Fetch<Vec<(String, String)>>) -> Fetch<String> {
+        match filled {
             Ok(mut files) => {
                 let digest = digest::listing_sha256(&mut files);
-                self.commit_tree(&temp, &digest)?;
+                self.commit_tree(temp, &digest)?;
                 Ok(digest)
             }
             Err(e) => {
-                cache::remove(&temp);
+                cache::remove(temp);
                 Err(e)
             }
         }
@@ -565,18 +542,11 @@ impl ModelSources {
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
             let store = s3::Bucket::open(&self.settings, bucket)?;
             let prefix = format!("{}/", key.trim_end_matches('/'));
-            for object in store
+            let objects = store
                 .list(&prefix)
                 .await
-                .map_err(SourceError::from_failure)?
-            {
-                let to = prepare(temp, &object.relative)?;
-                let digest = store
-                    .download(&object, &to)
-                    .await
-                    .map_err(SourceError::from_failure)?;
-                files.push((object.relative, digest));
-            }
+                .map_err(SourceError::from_failure)?;
+            files = download_objects(&store, &objects, temp).await?;
         } else if let Some(dir) = location
             .strip_prefix("file://")
             .or_else(|| location.starts_with('/').then_some(location))
@@ -683,6 +653,25 @@ impl From<Error> for SourceError {
     fn from(e: Error) -> SourceError {
         SourceError::Failed(e)
     }
+}
+
+/// Downloads S3 objects into `dir` at their paths relative to the prefix; returns each one's
+/// path and digest.
+async fn download_objects(
+    store: &s3::Bucket,
+    objects: &[s3::Object],
+    dir: &Path,
+) -> Fetch<Vec<(String, String)>> {
+    let mut files = Vec::with_capacity(objects.len());
+    for object in objects {
+        let to = prepare(dir, &object.relative)?;
+        let digest = store
+            .download(object, &to)
+            .await
+            .map_err(SourceError::from_failure)?;
+        files.push((object.relative.clone(), digest));
+    }
+    Ok(files)
 }
 
 /// A new file at `relative` (checked) under `dir`, its parent directories made.

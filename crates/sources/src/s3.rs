@@ -11,7 +11,7 @@ use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use oxinfer_core::source::SourcesSettings;
 use oxinfer_core::{Error, Result};
 
-use crate::fetch::{Failure, Fetched, Sink};
+use crate::fetch::{Failure, Fetched, Sink, retrying};
 use crate::mlflow::{MAX_FILES, check_relative};
 
 /// One object to download.
@@ -30,6 +30,8 @@ pub(crate) struct Bucket {
     store: AmazonS3,
     pub(crate) endpoint: String,
     bucket: String,
+    /// `[sources] retries`, for a transfer cut in the middle.
+    retries: u32,
 }
 
 fn failure(e: object_store::Error, what: &str) -> Failure {
@@ -124,6 +126,7 @@ impl Bucket {
             store,
             endpoint,
             bucket: bucket.to_string(),
+            retries: settings.retries,
         })
     }
 
@@ -204,43 +207,33 @@ impl Bucket {
             "s3://{}/{} ({})",
             self.bucket, object.location, self.endpoint
         );
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result: Fetched<(String, u64)> = async {
-                let got = self
-                    .store
-                    .get(&object.location)
-                    .await
-                    .map_err(|e| failure(e, &what))?;
-                let mut stream = got.into_stream();
-                let mut sink = Sink::create(to)?;
-                while let Some(chunk) = stream.next().await {
-                    sink.write(&chunk.map_err(|e| failure(e, &what))?)?;
-                    if sink.len > object.size {
-                        return Err(Failure::permanent(format!(
-                            "{what}: more than the {} bytes listed arrived",
-                            object.size
-                        )));
-                    }
-                }
-                sink.finish()
-            }
-            .await;
-            match result {
-                Ok((digest, len)) if len == object.size => return Ok(digest),
-                Ok((_, len)) => {
+        // object_store retries each request; a stream cut in the middle is retried here, with
+        // the same `retries` and backoff as every other source.
+        retrying(self.retries, &what, || async {
+            let got = self
+                .store
+                .get(&object.location)
+                .await
+                .map_err(|e| failure(e, &what))?;
+            let mut stream = got.into_stream();
+            let mut sink = Sink::create(to)?;
+            while let Some(chunk) = stream.next().await {
+                sink.write(&chunk.map_err(|e| failure(e, &what))?)?;
+                if sink.len > object.size {
                     return Err(Failure::permanent(format!(
-                        "{what}: {len} bytes arrived, the listing says {}",
+                        "{what}: more than the {} bytes listed arrived",
                         object.size
                     )));
                 }
-                // object_store retries requests; a stream cut in the middle is retried here.
-                Err(f) if f.transient && attempt <= 2 => {
-                    tracing::warn!("{}; downloading again", f.message);
-                }
-                Err(f) => return Err(f),
             }
-        }
+            match sink.finish()? {
+                (digest, len) if len == object.size => Ok(digest),
+                (_, len) => Err(Failure::permanent(format!(
+                    "{what}: {len} bytes arrived, the listing says {}",
+                    object.size
+                ))),
+            }
+        })
+        .await
     }
 }
