@@ -1,7 +1,8 @@
 """The benchmark tools answer correctly, so that bench/run.py's numbers come from real work.
 
-bench-floor (the bare axum handler) must compute the same sums as oxinfer serving add.onnx, and
-grpc-load must complete requests without errors against oxinfer's gRPC API.
+bench-floor (the bare axum handler, the bare tonic service) must compute the same sums as oxinfer
+serving add.onnx and echo what it is sent, and grpc-load must complete requests without errors
+against oxinfer's gRPC API.
 """
 
 import json
@@ -9,6 +10,7 @@ import pathlib
 import subprocess
 import time
 
+import pytest
 import requests
 
 from conftest import Server, free_port
@@ -69,3 +71,41 @@ def test_grpc_load_completes_requests_without_errors(tmp_path):
         assert stats["inference_stats"]["fail"]["count"] == 0
     finally:
         s.stop()
+
+
+def test_floor_echoes_bodies_and_answers_grpc_like_oxinfer(tmp_path):
+    """The echo floor returns what it read over REST, and the gRPC floor answers ModelInfer
+    through a real client: the sum for add (as oxinfer does), the inputs for anything else."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    port, grpc_port = free_port(), free_port()
+    floor = subprocess.Popen([str(DEBUG / "bench-floor"), f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert "floor listening on" in floor.stderr.readline()
+        assert "gRPC floor listening on" in floor.stderr.readline()
+        body = bytes(range(256)) * 4096  # 1 MiB, above any default body limit
+        r = requests.post(f"http://127.0.0.1:{port}/echo", data=body, timeout=10)
+        assert r.status_code == 200 and r.content == body
+
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        inputs = [grpcclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
+        inputs[0].set_data_from_numpy(np.array([A], dtype=np.float32))
+        inputs[1].set_data_from_numpy(np.array([B], dtype=np.float32))
+        result = client.infer("add", inputs)
+        assert result.as_numpy("OUTPUT0").tolist() == [[a + b for a, b in zip(A, B)]]
+
+        image = np.arange(3 * 224 * 224, dtype=np.float32).reshape(1, 3, 224, 224)
+        x = grpcclient.InferInput("x", list(image.shape), "FP32")
+        x.set_data_from_numpy(image)
+        echoed = client.infer("tensor", [x]).as_numpy("x")
+        assert echoed.shape == image.shape and np.array_equal(echoed, image)
+
+        # Every other method of the service is refused, not answered with something made up.
+        with pytest.raises(Exception, match="UNIMPLEMENTED|ModelInfer only"):
+            client.get_server_metadata()
+        client.close()
+    finally:
+        floor.terminate()
+        floor.wait()
