@@ -112,6 +112,32 @@ def test_cpp_client_style_json_with_header(server):
     assert json.loads(response.read())["id"] == "cpp"
 
 
+def test_binary_outputs_follow_the_header_with_an_exact_content_length(server):
+    """Binary outputs go out as their own buffers after the JSON header (not joined into one
+    body); an HTTP/1.1 client still gets one Content-Length body, in output order."""
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.full((1, 16), 3, dtype=np.int32)
+    header = json.dumps({"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "parameters": {"binary_data_size": 64}},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "parameters": {"binary_data_size": 64}}],
+        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}},
+                    {"name": "OUTPUT1", "parameters": {"binary_data": True}}]}).encode()
+    host, port = server.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port))
+    conn.request("POST", "/v2/models/simple/infer", header + a.tobytes() + b.tobytes(),
+                 {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 200, body
+    assert response.getheader("Transfer-Encoding") is None
+    assert int(response.getheader("Content-Length")) == len(body)
+    json_len = int(response.getheader("Inference-Header-Content-Length"))
+    outputs = json.loads(body[:json_len])["outputs"]
+    assert [o["name"] for o in outputs] == ["OUTPUT0", "OUTPUT1"]
+    assert [o["parameters"]["binary_data_size"] for o in outputs] == [64, 64]
+    assert body[json_len:] == (a + b).tobytes() + (a - b).tobytes()
+
+
 def test_model_config(triton):
     config = triton.get_model_config("simple")
     assert config["name"] == "simple"

@@ -549,14 +549,40 @@ impl BinaryOutputs {
     }
 }
 
-/// An encoded REST response.
+/// An encoded REST response: the JSON, then the binary outputs' bytes, each its own buffer
+/// (the output tensors' own bytes, not copied into the body; they go out as separate frames).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedResponse {
-    /// The body: JSON, followed by the binary outputs' bytes when there are any.
-    pub body: Vec<u8>,
+    /// The JSON.
+    pub json: Vec<u8>,
+    /// The binary outputs' bytes, in output order, to follow the JSON (empty for a pure JSON
+    /// body).
+    pub binary: Vec<Bytes>,
     /// The JSON's length when binary data follows it (the `Inference-Header-Content-Length`
     /// header, with `Content-Type: application/octet-stream`); `None` for a pure JSON body.
     pub json_len: Option<usize>,
+}
+
+impl EncodedResponse {
+    /// The body's length: the JSON and the binary outputs.
+    pub fn len(&self) -> usize {
+        self.json.len() + self.binary.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// Whether the body is empty (never, for an encoded response).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole body in one buffer (a copy; for tests and small bodies).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.len());
+        body.extend_from_slice(&self.json);
+        for blob in &self.binary {
+            body.extend_from_slice(blob);
+        }
+        body
+    }
 }
 
 /// Serializes a tensor as an OIP JSON tensor: `{"name", "datatype", "shape", "data"}` with flat
@@ -681,14 +707,15 @@ pub fn encode_infer_response(
         .filter(|t| !binary.is_binary(t.name()))
         .map(|t| t.raw().map_or(16 * t.element_count(), |b| 4 * b.len()))
         .sum();
-    let blob_len: usize = blobs.iter().map(Bytes::len).sum();
-    let mut body = Vec::with_capacity(128 + json_estimate + blob_len);
-    serde_json::to_writer(&mut body, &wire).map_err(|e| Error::invalid(without_position(&e)))?;
-    let json_len = (blob_len > 0).then_some(body.len());
-    for blob in &blobs {
-        body.extend_from_slice(blob);
-    }
-    Ok(EncodedResponse { body, json_len })
+    let mut json = Vec::with_capacity(128 + json_estimate);
+    serde_json::to_writer(&mut json, &wire).map_err(|e| Error::invalid(without_position(&e)))?;
+    blobs.retain(|b| !b.is_empty());
+    let json_len = (!blobs.is_empty()).then_some(json.len());
+    Ok(EncodedResponse {
+        json,
+        binary: blobs,
+        json_len,
+    })
 }
 
 #[cfg(test)]
@@ -827,7 +854,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(
             &encode_infer_response(&resp, &BinaryOutputs::default())
                 .unwrap()
-                .body,
+                .json,
         )
         .unwrap();
         assert_eq!(
@@ -943,7 +970,9 @@ mod tests {
         };
         let encoded = encode_infer_response(&resp, &choice).unwrap();
         let len = encoded.json_len.unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&encoded.body[..len]).unwrap();
+        assert_eq!(len, encoded.json.len());
+        let body = encoded.to_vec();
+        let json: serde_json::Value = serde_json::from_slice(&body[..len]).unwrap();
         assert_eq!(
             json["outputs"][0]["parameters"],
             serde_json::json!({"binary_data_size": 4})
@@ -953,9 +982,11 @@ mod tests {
         assert!(json["outputs"][1].get("parameters").is_none());
         assert_eq!(json["outputs"][2]["parameters"]["binary_data_size"], 7);
         assert_eq!(json["outputs"][3]["parameters"]["binary_data_size"], 0);
+        assert_eq!(&body[len..], b"\x01\x00\x02\x00\x03\x00\x00\x00h\xc3\xa9");
+        // The binary outputs are the tensors' own bytes, not copies.
         assert_eq!(
-            &encoded.body[len..],
-            b"\x01\x00\x02\x00\x03\x00\x00\x00h\xc3\xa9"
+            encoded.binary[0].as_ptr(),
+            resp.outputs[0].raw().unwrap().as_ptr()
         );
         // Only zero-size binary outputs: a pure JSON body, no header.
         let empty = InferResponse {

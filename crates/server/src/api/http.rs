@@ -26,6 +26,48 @@ pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     response
 }
 
+/// A response body sent as the buffers it is made of, in order, without joining them: the
+/// binary tensor extension's JSON header, then each binary output's own bytes (hyper writes
+/// them with vectored writes). Its exact length is known, so HTTP/1.1 gets a `Content-Length`.
+pub(crate) struct Frames {
+    frames: std::collections::VecDeque<bytes::Bytes>,
+    remaining: u64,
+}
+
+impl Frames {
+    pub(crate) fn new(frames: impl IntoIterator<Item = bytes::Bytes>) -> Self {
+        let frames: std::collections::VecDeque<_> =
+            frames.into_iter().filter(|b| !b.is_empty()).collect();
+        let remaining = frames.iter().map(|b| b.len() as u64).sum();
+        Frames { frames, remaining }
+    }
+}
+
+impl http_body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = this.frames.pop_front().map(|b| {
+            this.remaining -= b.len() as u64;
+            Ok(http_body::Frame::data(b))
+        });
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
 /// Reserves an inference request's bytes against the in-flight budget as its body arrives
 /// (after decompression), chunk by chunk: a declared length is not reserved up front, so a
 /// client that announces a large body and sends nothing holds nothing (a declared length over

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::Extension;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
@@ -25,7 +25,7 @@ use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::admin;
 use crate::api::embeddings;
-use crate::api::http::{hold_budget, json_response};
+use crate::api::http::{Frames, hold_budget, json_response};
 use crate::auth::Grant;
 use crate::budget::{self, Reservation};
 use crate::models::ServedModel;
@@ -428,13 +428,14 @@ async fn infer(
         result => result.and_then(|r| json::encode_infer_response(&r, &binary)),
     };
     if let Ok(encoded) = &encoded {
-        held.add(encoded.body.len());
+        held.add(encoded.len());
     }
     let mut response = match encoded {
         Ok(encoded) => match encoded.json_len {
-            None => json_response(StatusCode::OK, encoded.body),
+            None => json_response(StatusCode::OK, encoded.json),
             Some(len) => {
-                let mut response = (StatusCode::OK, encoded.body).into_response();
+                let frames = std::iter::once(Bytes::from(encoded.json)).chain(encoded.binary);
+                let mut response = (StatusCode::OK, Body::new(Frames::new(frames))).into_response();
                 let headers = response.headers_mut();
                 headers.insert(
                     header::CONTENT_TYPE,
