@@ -10,8 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -349,20 +348,79 @@ async fn model_config(State(state): State<AppState>, path: ModelPath) -> ApiResu
     ok(&ModelConfig::of(&served))
 }
 
+/// An inference request's body in one buffer, or why it could not be read (over
+/// `max_request_bytes`, over the in-flight budget, or the connection failed).
+///
+/// With a `Content-Length`, the buffer is allocated at that size when the first bytes arrive
+/// and each chunk is copied into it and dropped, so a body is never held twice while it is
+/// assembled (axum's `Bytes` extractor keeps every chunk until the end, then copies them all
+/// into one buffer: twice the body at that moment). A client that declares a length and sends
+/// nothing allocates nothing; the declared length is at most `max_request_bytes`
+/// (`refuse_declared_oversize`), and pages not yet written are not resident.
+struct InferBody(Result<Bytes, Error>);
+
+impl FromRequest<AppState> for InferBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        use http_body_util::BodyExt;
+        let limit = state.max_request_bytes;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .filter(|&n| n <= limit);
+        let mut body = request.into_body();
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut single: Option<Bytes> = None;
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+                Err(e) => {
+                    let error = budget::refusal_in(&e).unwrap_or_else(|| {
+                        Error::invalid(format!("cannot read request body: {e}"))
+                    });
+                    return Ok(InferBody(Err(error)));
+                }
+            };
+            let held = buffer.len() + single.as_ref().map_or(0, Bytes::len);
+            if held + data.len() > limit {
+                return Ok(InferBody(Err(too_large(limit).0)));
+            }
+            // A body that arrives in one chunk is kept as it is: no copy at all.
+            if held == 0 && single.is_none() {
+                single = Some(data);
+                continue;
+            }
+            if let Some(first) = single.take() {
+                buffer.reserve_exact(declared.unwrap_or(0).max(first.len() + data.len()));
+                buffer.extend_from_slice(&first);
+            }
+            buffer.extend_from_slice(&data);
+        }
+        Ok(InferBody(Ok(match single {
+            Some(only) => only,
+            None => Bytes::from(buffer),
+        })))
+    }
+}
+
 async fn infer(
     State(state): State<AppState>,
     path: ModelPath,
     caller: crate::listen::Caller,
     Extension(held): Extension<Reservation>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    InferBody(body): InferBody,
 ) -> Response {
     // Large bodies are parsed on a blocking thread, so that a few big JSON requests cannot hold
     // up the I/O threads (and with them liveness probes and small requests).
     // Nothing of the body is decoded for a model that is not served (the pipeline reports the
     // lookup's error), and each input is checked against the model before its data is decoded.
     let json_len = inference_header_length(&headers);
-    let limit = state.max_request_bytes;
     let body_for_id = body.as_ref().ok().cloned();
     let json_len_for_id = json_len.as_ref().ok().copied().flatten();
     let target = state.repository.get(path.name(), path.version.as_deref());
@@ -376,12 +434,12 @@ async fn infer(
                 let model = model.clone();
                 let held = held.clone();
                 tokio::task::spawn_blocking(move || {
-                    decode_body(&model, &held, limit, json_len, Ok(body))
+                    decode_body(&model, &held, json_len, Ok(body))
                 })
                 .await
                 .unwrap_or_else(|e| Err(Error::Internal(format!("decoding panicked: {e}"))))
             }
-            body => decode_body(model, &held, limit, json_len, body),
+            body => decode_body(model, &held, json_len, body),
         },
     };
     let decoded = decoded.and_then(|request| {
@@ -476,19 +534,10 @@ fn inference_header_length(headers: &HeaderMap) -> Result<Option<usize>, Error> 
 fn decode_body(
     model: &ServedModel,
     held: &Reservation,
-    limit: usize,
     json_len: Result<Option<usize>, Error>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, Error>,
 ) -> Result<InferRequest, Error> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large(limit).0
-        } else if let Some(refused) = budget::refusal_in(&rejection) {
-            refused
-        } else {
-            Error::invalid(format!("cannot read request body: {rejection}"))
-        }
-    })?;
+    let body = body?;
     json::decode_infer_request_checked(&body, json_len?, &|name, datatype, shape, copied| {
         pipeline::check_before_decoding(model, name, datatype, shape)?;
         // Binary extension data is a view of the body, which is already held.
