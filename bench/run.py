@@ -20,7 +20,8 @@ Needs `wrk` and `h2load` (Debian packages wrk, nghttp2-client) and the openssl C
    embeddings/s for batch sizes 1, 8, 32 and load time.
 3. Embedding APIs: the candle MiniLM through OIP, OpenAI's /v1/embeddings (float and base64) and
    TEI's /embed, batch 1 and 32, sequential: embeddings/s and p50 per request.
-4. Memory and startup: peak RSS and time-to-ready with MiniLM loaded, oxinfer and MLServer.
+4. Memory and startup against MLServer: time to ready, RSS idle and under load, on the tiny
+   model and on MiniLM.
 5. The cost of TLS and tokens: the tiny model over REST JSON (wrk) and gRPC (h2load, which also
    speaks TLS and sends headers), c=1 and c=16, plaintext without [auth] against a token check,
    TLS, and both.
@@ -31,6 +32,13 @@ Needs `wrk` and `h2load` (Debian packages wrk, nghttp2-client) and the openssl C
 7. Batching where it pays: a memory-bound model (examples/models/make_models.py --memory-bound:
    two 4096x4096 FP32 layers, 128 MB, four times the last-level cache) over REST binary at c=32,
    with and without dynamic batching, against MiniLM (section 2) as the compute-bound case.
+8. Big tensors: one FP32 [1,3,224,224] image (602 KB) through an identity model: tritonclient
+   HTTP (binary extension) against gRPC, sequential and 4 threads, oxinfer and MLServer; wrk
+   (REST binary) and h2load (gRPC, 64 KB and 1 GB client windows) against echo floors (bare
+   axum and bare tonic returning what they read).
+9. How cost grows: with connections (1..256, tiny model, REST JSON and gRPC), with tensor size
+   (1 KB..64 MB, identity model, memory high-water per request), with models loaded (1, 100,
+   1000): tables and one SVG plot each.
 
 Every server runs on this machine with the load generator beside it (2 cores here): the numbers
 are for comparison within one run, not absolute capacity.
@@ -55,7 +63,7 @@ import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "target" / "release"
-PORTS = {"oxinfer": (8380, 8381), "mlserver": (8180, 8181), "floor": (8280, None)}
+PORTS = {"oxinfer": (8380, 8381), "mlserver": (8180, 8181), "floor": (8280, 8281)}
 CONCURRENCY = [1, 16, 64]
 
 
@@ -145,8 +153,8 @@ def mlserver(*models):
 
 
 def floor():
-    http, _ = PORTS["floor"]
-    argv = [str(RELEASE / "bench-floor"), f"127.0.0.1:{http}"]
+    http, grpc = PORTS["floor"]
+    argv = [str(RELEASE / "bench-floor"), f"127.0.0.1:{http}", f"127.0.0.1:{grpc}"]
     proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     p = Proc.__new__(Proc)
@@ -244,6 +252,148 @@ def minilm_tokens(tokenizer_path, length=128):
     return enc.ids, sentence
 
 
+def frame_grpc(tmp, name, model, inputs):
+    """A `ModelInferRequest` for `model` with `inputs` [(name, shape, datatype, raw bytes)] in
+    raw_input_contents, framed for h2load (uncompressed flag + 4-byte length + message)."""
+    from tritonclient.grpc import service_pb2
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for input_name, shape, datatype, _ in inputs:
+        t = request.inputs.add()
+        t.name, t.datatype = input_name, datatype
+        t.shape.extend(shape)
+    request.raw_input_contents.extend([raw for *_, raw in inputs])
+    payload = request.SerializeToString()
+    path = tmp / f"{name}.grpc"
+    path.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)
+    return path
+
+
+def write_grpc_add(tmp):
+    import numpy as np
+    return frame_grpc(tmp, "add", "add", [
+        ("INPUT0", [1, 16], "FP32", np.arange(16, dtype=np.float32).tobytes()),
+        ("INPUT1", [1, 16], "FP32", np.ones(16, dtype=np.float32).tobytes()),
+    ])
+
+
+def write_binary_rest(tmp, name, inputs, outputs):
+    """A REST body in Triton's binary tensor extension: the JSON header, then each input's bytes;
+    `outputs` are asked for as binary. Returns the wrk script that sends it."""
+    header = json.dumps({
+        "inputs": [{"name": n, "shape": s, "datatype": d, "parameters": {"binary_data_size": len(raw)}}
+                   for n, s, d, raw in inputs],
+        "outputs": [{"name": o, "parameters": {"binary_data": True}} for o in outputs],
+    }, separators=(",", ":")).encode()
+    path = tmp / f"{name}.bin"
+    with open(path, "wb") as f:
+        f.write(header)
+        for *_, raw in inputs:
+            f.write(raw)
+    return wrk_lua(path, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+
+
+def tensor_model():
+    """FP32 x [a,b,c,d] -> y = Identity(x), every dimension dynamic: the model for big tensors,
+    whatever their size (written to target/models, not committed)."""
+    path = ROOT / "target" / "models" / "tensor.onnx"
+    if not path.exists():
+        sys.path.insert(0, str(ROOT / "examples" / "models"))
+        import make_models
+        from onnx import TensorProto, helper
+        dims = ["a", "b", "c", "d"]
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])], "tensor",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(make_models.model(graph).SerializeToString())
+    return path
+
+
+def tensor_manifest(runtime="tract", extra=""):
+    return (f'[server]\nmax_request_bytes = 268435456\n{extra}'
+            f'[[models]]\nname = "tensor"\nruntime = "{runtime}"\npath = "{tensor_model()}"\n')
+
+
+def rss_mib(proc):
+    """Current RSS (VmRSS) of a server and its children, MiB."""
+    total = 0
+    for pid in [proc.pid] + children(proc.pid):
+        try:
+            total += int(re.search(r"VmRSS:\s+(\d+) kB", pathlib.Path(f"/proc/{pid}/status").read_text()).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total / 1024
+
+
+class RssSampler:
+    """The highest RSS of a server seen while a load runs (sampled every 50 ms)."""
+
+    def __init__(self, proc):
+        self.proc, self.max, self._stop = proc, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.max = max(self.max, rss_mib(self.proc))
+            self._stop.wait(0.05)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        return self.max
+
+
+def tritonclient_rate(protocol, address, model, array, seconds, threads):
+    """Requests/s and mean latency of tritonclient sending `array` as input "x" and reading "y",
+    `threads` client threads, each its own client, each request after the previous answer (the
+    way the issue's user measured it). HTTP uses the binary tensor extension both ways."""
+    import numpy as np
+    if protocol == "http":
+        import tritonclient.http as tc
+    else:
+        import tritonclient.grpc as tc
+    done, errors = [0] * threads, []
+
+    def worker(i, deadline):
+        try:
+            client = tc.InferenceServerClient(address)
+            x = tc.InferInput("x", list(array.shape), "FP32")
+            if protocol == "http":
+                x.set_data_from_numpy(array, binary_data=True)
+                outputs = [tc.InferRequestedOutput("y", binary_data=True)]
+            else:
+                x.set_data_from_numpy(array)
+                outputs = [tc.InferRequestedOutput("y")]
+            first = client.infer(model, [x], outputs=outputs).as_numpy("y")
+            if first.shape != array.shape or not np.array_equal(first, array):
+                raise RuntimeError(f"{model} over {protocol} did not return its input")
+            while time.monotonic() < deadline[0]:
+                client.infer(model, [x], outputs=outputs)
+                done[i] += 1
+            client.close()
+        except Exception as e:  # reported after the threads join
+            errors.append(e)
+
+    deadline = [float("inf")]
+    workers = [threading.Thread(target=worker, args=(i, deadline)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)  # connections made and the first answer checked
+    start = time.monotonic()
+    count0 = sum(done)
+    deadline[0] = start + seconds
+    for w in workers:
+        w.join()
+    if errors:
+        raise RuntimeError(f"tritonclient {protocol} against {address}: {errors[0]!r}")
+    rps = (sum(done) - count0) / (time.monotonic() - start)
+    # A closed loop: each thread has one request in flight at all times.
+    return {"rps": rps, "mean_ms": 1000 * threads / rps}
+
+
 # ---------------------------------------------------------------- sections
 
 
@@ -266,9 +416,20 @@ def tiny(tmp, seconds, results):
             log(server, "gRPC", f"c={c}", r)
             rows.append({"server": server, "protocol": "gRPC", "c": c, **r})
 
+    grpc_body = write_grpc_add(tmp)
+    h2 = results["tiny_h2load"] = {}
+
+    def run_h2load(server, port):
+        url = f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
+        h2load_grpc(url, grpc_body, 16, 1, {})
+        h2[server] = h2load_grpc(url, grpc_body, 16, seconds, {})
+        log(server, "gRPC (h2load) c=16", h2[server])
+
     p = floor()
     try:
         run_rest("floor", PORTS["floor"][0], "REST JSON", json_lua)
+        run_grpc("floor", PORTS["floor"][1])
+        run_h2load("floor", PORTS["floor"][1])
     finally:
         p.stop()
 
@@ -277,6 +438,7 @@ def tiny(tmp, seconds, results):
         run_rest("oxinfer", PORTS["oxinfer"][0], "REST JSON", json_lua)
         run_rest("oxinfer", PORTS["oxinfer"][0], "REST binary", binary_lua)
         run_grpc("oxinfer", PORTS["oxinfer"][1])
+        run_h2load("oxinfer", PORTS["oxinfer"][1])
     finally:
         p.stop()
     # The same file through oxinfer's onnxruntime runtime: MLServer's engine, one thread.
@@ -296,15 +458,21 @@ def tiny(tmp, seconds, results):
             log("MLServer does not take the binary extension:", str(e).splitlines()[0])
             results["mlserver_binary"] = "not supported (MLServer 1.7.1 answers the binary tensor extension with an error)"
         run_grpc("MLServer", PORTS["mlserver"][1])
+        run_h2load("MLServer", PORTS["mlserver"][1])
     finally:
         p.stop()
     results["tiny"] = rows
 
 
-def h2load_grpc(url, body_file, connections, seconds, headers):
-    """gRPC unary calls with h2load: the framed message in `body_file`, one stream per connection."""
-    argv = ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{seconds}", "-d", str(body_file),
+def h2load_grpc(url, body_file, connections, seconds, headers, window_bits=None, requests=None):
+    """gRPC unary calls with h2load: the framed message in `body_file`, one stream per connection.
+    `window_bits`: the client's stream and connection windows, 2^bits - 1 bytes each (h2load's
+    own default is 2^30 - 1 for the connection and 2^16 - 1 for a stream)."""
+    argv = ["h2load", "-t1", f"-c{connections}", "-m1", "-d", str(body_file),
             "-H", "content-type: application/grpc", "-H", "te: trailers"]
+    argv += [f"-n{requests}"] if requests else [f"-D{seconds}"]
+    if window_bits:
+        argv += [f"-w{window_bits}", f"-W{window_bits}"]
     for k, v in headers.items():
         argv += ["-H", f"{k}: {v}"]
     out = subprocess.run(argv + [url], capture_output=True, text=True, check=True, timeout=seconds + 120).stdout
@@ -348,7 +516,6 @@ def security(tmp, seconds, results):
     """TLS and [auth] against plaintext on the tiny model: what the checks cost."""
     import numpy as np
     import tritonclient.grpc as grpcclient
-    from tritonclient.grpc import service_pb2
     json_file, _, _ = write_tiny_requests(tmp)
     # A CA and a server certificate for 127.0.0.1, made here.
     for args in (
@@ -364,16 +531,7 @@ def security(tmp, seconds, results):
     secret = "oxi_" + "b" * 64
     import hashlib
     digest = hashlib.sha256(secret.encode()).hexdigest()
-    # The gRPC message, framed (uncompressed flag + length), for h2load.
-    request = service_pb2.ModelInferRequest(model_name="add")
-    for name in ("INPUT0", "INPUT1"):
-        t = request.inputs.add()
-        t.name, t.datatype = name, "FP32"
-        t.shape.extend([1, 16])
-    request.raw_input_contents.extend([np.arange(16, dtype=np.float32).tobytes(), np.ones(16, dtype=np.float32).tobytes()])
-    payload = request.SerializeToString()
-    grpc_body = tmp / "add.grpc"
-    grpc_body.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)
+    grpc_body = write_grpc_add(tmp)
     add = ROOT / "examples" / "models" / "add.onnx"
     rows = []
     for variant, tls, auth in (("plaintext", False, False), ("token", False, True), ("TLS", True, False), ("TLS + token", True, True)):
@@ -631,33 +789,201 @@ def embeddings(seconds, results, model_dir):
     results["embeddings"] = out
 
 
-def memory(results, onnx):
+IMAGE_SHAPE = [1, 3, 224, 224]
+
+
+def big_tensors(tmp, seconds, results):
+    """One FP32 [1,3,224,224] image (602 KB) through an identity model, so that the time is the
+    server's handling of the bytes: tritonclient HTTP (binary extension) against gRPC, sequential
+    and 4 threads, as a user first tries it; then wrk (REST binary) and h2load (gRPC, 64 KB and
+    1 GB client windows) against the floors that return what they read."""
+    import numpy as np
+    image = (np.arange(int(np.prod(IMAGE_SHAPE)), dtype=np.float32) % 251 / 251).reshape(IMAGE_SHAPE)
+    raw = image.tobytes()
+    inputs = [("x", IMAGE_SHAPE, "FP32", raw)]
+    rest_lua = write_binary_rest(tmp, "image", inputs, ["y"])
+    grpc_body = frame_grpc(tmp, "image", "tensor", inputs)
+    rows = []
+
+    def add(server, client, c, r, window=None):
+        row = {"server": server, "client": client, "c": c, "window": window, "rps": r["rps"],
+               "latency_us": r.get("p50_us") or r.get("mean_us") or 1000 * r["mean_ms"],
+               "latency": "p50" if "p50_us" in r else "mean", "mb_s": r["rps"] * 2 * len(raw) / 1e6}
+        log("big tensors", server, client, f"c={c}", window or "", row)
+        rows.append(row)
+
+    def h2load_all(server, port):
+        url = f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
+        h2load_grpc(url, grpc_body, 4, 1, {}, window_bits=30)
+        for bits, window in ((16, "64 KB"), (30, "1 GB")):
+            for c in (1, 4):
+                add(server, "h2load gRPC", c, h2load_grpc(url, grpc_body, c, seconds, {}, window_bits=bits), window)
+
+    p = floor()
+    try:
+        echo = f"http://127.0.0.1:{PORTS['floor'][0]}/echo"
+        wrk(echo, rest_lua, 4, 1)
+        for c in (1, 4):
+            add("echo floor", "wrk REST binary", c, wrk(echo, rest_lua, c, seconds))
+        h2load_all("echo floor", PORTS["floor"][1])
+    finally:
+        p.stop()
+    p = oxinfer(tensor_manifest())
+    try:
+        http, grpc = PORTS["oxinfer"]
+        for c in (1, 4):
+            add("oxinfer", "tritonclient HTTP binary", c, tritonclient_rate("http", f"127.0.0.1:{http}", "tensor", image, seconds, c))
+            add("oxinfer", "tritonclient gRPC", c, tritonclient_rate("grpc", f"127.0.0.1:{grpc}", "tensor", image, seconds, c))
+        url = f"http://127.0.0.1:{http}/v2/models/tensor/infer"
+        wrk(url, rest_lua, 4, 1)
+        for c in (1, 4):
+            add("oxinfer", "wrk REST binary", c, wrk(url, rest_lua, c, seconds))
+        h2load_all("oxinfer", grpc)
+    finally:
+        p.stop()
+    p = mlserver(f"tensor={tensor_model()}")
+    try:
+        for c in (1, 4):
+            add("MLServer", "tritonclient gRPC", c, tritonclient_rate("grpc", f"127.0.0.1:{PORTS['mlserver'][1]}", "tensor", image, seconds, c))
+        h2load_all("MLServer", PORTS["mlserver"][1])
+    finally:
+        p.stop()
+    results["big_tensors"] = {"payload_bytes": len(raw), "rows": rows}
+
+
+GROWTH_CONNECTIONS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+GROWTH_SIZES = [1 << 10, 16 << 10, 256 << 10, 4 << 20, 64 << 20]
+GROWTH_MODELS = [1, 100, 1000]
+
+
+def growth(tmp, seconds, results):
+    """How cost grows: with connections (the tiny model), with tensor size (the identity model,
+    one request at a time, a fresh server per size so that its memory high-water mark is that
+    size's), and with the number of models loaded."""
+    import numpy as np
+    out = results["growth"] = {"connections": [], "sizes": [], "models": []}
+    json_file, _, _ = write_tiny_requests(tmp)
+    json_lua = wrk_lua(json_file, {"Content-Type": "application/json"})
+    grpc_add = write_grpc_add(tmp)
+    add_onnx = ROOT / "examples" / "models" / "add.onnx"
+    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add_onnx}"\n')
+    try:
+        http, grpc = PORTS["oxinfer"]
+        url = f"http://127.0.0.1:{http}/v2/models/add/infer"
+        grpc_url = f"http://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer"
+        wrk(url, json_lua, 16, 1)
+        for c in GROWTH_CONNECTIONS:
+            rest = wrk(url, json_lua, c, seconds)
+            g = h2load_grpc(grpc_url, grpc_add, c, seconds, {})
+            row = {"c": c, "rest_rps": rest["rps"], "rest_p50_us": rest["p50_us"], "grpc_rps": g["rps"], "grpc_mean_us": g["mean_us"]}
+            log("growth connections", row)
+            out["connections"].append(row)
+    finally:
+        p.stop()
+
+    for size in GROWTH_SIZES:
+        n = size // 4
+        data = (np.arange(n, dtype=np.float32) % 251).tobytes()
+        inputs = [("x", [1, 1, 1, n], "FP32", data)]
+        lua = write_binary_rest(tmp, f"size-{size}", inputs, ["y"])
+        rest_body = tmp / f"size-{size}.bin"
+        header_len = rest_body.stat().st_size - size
+        body = frame_grpc(tmp, f"size-{size}", "tensor", inputs)
+        row = {"bytes": size}
+        for protocol in ("REST binary", "gRPC"):
+            p = oxinfer(tensor_manifest())
+            try:
+                http, grpc = PORTS["oxinfer"]
+                rest_url = f"http://127.0.0.1:{http}/v2/models/tensor/infer"
+                grpc_url = f"http://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer"
+                time.sleep(0.3)
+                idle = rss_mib(p.proc)
+                # One request on the fresh server: what one request in flight costs at its peak.
+                if protocol == "REST binary":
+                    subprocess.run(["curl", "-sf", "-o", "/dev/null", "--data-binary", f"@{rest_body}",
+                                    "-H", "Content-Type: application/octet-stream",
+                                    "-H", f"Inference-Header-Content-Length: {header_len}", rest_url],
+                                   check=True, timeout=120)
+                else:
+                    h2load_grpc(grpc_url, body, 1, 1, {}, window_bits=30, requests=1)
+                one = p.peak_rss_mib()
+                # Then requests back to back for `seconds`: throughput, and the peak RSS once
+                # the allocator has seen many of them.
+                if protocol == "REST binary":
+                    r = wrk(rest_url, lua, 1, seconds)
+                    latency = r["p50_us"]
+                else:
+                    r = h2load_grpc(grpc_url, body, 1, seconds, {}, window_bits=30)
+                    latency = r["mean_us"]
+                peak = p.peak_rss_mib()
+            finally:
+                p.stop()
+            row[protocol] = {"rps": r["rps"], "latency_us": latency, "mb_s": r["rps"] * 2 * size / 1e6,
+                             "idle_rss_mib": idle, "one_request_peak_rss_mib": one, "peak_rss_mib": peak,
+                             "high_water_per_payload": (one - idle) * (1 << 20) / size,
+                             "sustained_high_water_per_payload": (peak - idle) * (1 << 20) / size}
+        log("growth size", row)
+        out["sizes"].append(row)
+
+    for count in GROWTH_MODELS:
+        manifest = "".join(f'[[models]]\nname = "m{i}"\nruntime = "tract"\npath = "{add_onnx}"\n' for i in range(count))
+        p = oxinfer(manifest)
+        try:
+            time.sleep(0.5)
+            row = {"models": count, "ready_s": p.ready_s, "rss_mib": rss_mib(p.proc)}
+            for which in ("first", "last"):
+                model = "m0" if which == "first" else f"m{count - 1}"
+                r = wrk(f"http://127.0.0.1:{PORTS['oxinfer'][0]}/v2/models/{model}/infer", json_lua, 1, seconds)
+                row[f"{which}_p50_us"], row[f"{which}_rps"] = r["p50_us"], r["rps"]
+        finally:
+            p.stop()
+        log("growth models", row)
+        out["models"].append(row)
+
+
+def memory(tmp, seconds, results, onnx):
+    """RSS idle and under load, and time to ready, oxinfer against MLServer on the same models:
+    the tiny model (wrk c=16, REST JSON) and MiniLM (batches of 8, wrk c=4). The second of two
+    starts of each (the first warms the page cache)."""
+    json_file, _, _ = write_tiny_requests(tmp)
+    add_onnx = ROOT / "examples" / "models" / "add.onnx"
+    n = 128
+    minilm_body = tmp / "minilm-b8.json"
+    minilm_body.write_text(json.dumps({"inputs": [
+        {"name": name, "shape": [8, n], "datatype": "INT64",
+         "data": [101] + [2000] * (8 * n - 2) + [102] if name == "input_ids" else [1 if name == "attention_mask" else 0] * (8 * n)}
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    ]}))
+    models = {
+        "add": (add_onnx, wrk_lua(json_file, {"Content-Type": "application/json"}), 16),
+        "minilm": (onnx, wrk_lua(minilm_body, {"Content-Type": "application/json"}), 4),
+    }
     out = {}
-    for attempt in range(2):  # the first start warms the page cache for both
-        p = oxinfer(f'[[models]]\nname = "minilm"\nruntime = "onnxruntime"\npath = "{onnx}"\n')
-        out["oxinfer"] = {"ready_s": p.ready_s}
-        exercise(PORTS["oxinfer"][0])
-        out["oxinfer"]["peak_rss_mib"] = p.peak_rss_mib()
-        p.stop()
-        p = mlserver(f"minilm={onnx}")
-        out["mlserver"] = {"ready_s": p.ready_s}
-        exercise(PORTS["mlserver"][0])
-        out["mlserver"]["peak_rss_mib"] = p.peak_rss_mib()
-        p.stop()
-        time.sleep(1)
-    log("memory/startup", out)
+    for model, (path, lua, c) in models.items():
+        # The model load alone: the same file's onnxruntime session made in-process.
+        import onnxruntime as ort
+        started = time.monotonic()
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out[model] = {"load_s": time.monotonic() - started}
+        for _attempt in range(2):
+            for server in ("oxinfer", "MLServer"):
+                if server == "oxinfer":
+                    p = oxinfer(f'[[models]]\nname = "{model}"\nruntime = "onnxruntime"\npath = "{path}"\n')
+                else:
+                    p = mlserver(f"{model}={path}")
+                try:
+                    port = PORTS["oxinfer" if server == "oxinfer" else "mlserver"][0]
+                    time.sleep(0.5)
+                    row = {"ready_s": p.ready_s, "idle_rss_mib": rss_mib(p.proc)}
+                    sampler = RssSampler(p.proc)
+                    r = wrk(f"http://127.0.0.1:{port}/v2/models/{model}/infer", lua, c, seconds)
+                    row["load_rss_mib"], row["peak_rss_mib"], row["rps"] = sampler.stop(), p.peak_rss_mib(), r["rps"]
+                finally:
+                    p.stop()
+                out[model][server] = row
+        log("memory/startup", model, out[model])
     results["memory"] = out
 
-
-def exercise(port):
-    """A few MiniLM requests, so that peak RSS includes serving, not just loading."""
-    n = 128
-    body = json.dumps({"inputs": [
-        {"name": name, "shape": [8, n], "datatype": "INT64", "data": [101] + [2000] * (8 * n - 2) + [102] if name == "input_ids" else [1 if name == "attention_mask" else 0] * (8 * n)}
-        for name in ("input_ids", "attention_mask", "token_type_ids")
-    ]}).encode()
-    for _ in range(5):
-        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/minilm/infer", body, {"Content-Type": "application/json"})).read()
 
 
 # ---------------------------------------------------------------- report
@@ -667,41 +993,55 @@ def fmt_us(us):
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
 
-def svg_plot(rows, path):
-    """Throughput vs concurrency, one line per server/protocol (log-scale y), as a plain SVG."""
+def svg_chart(series, path, xlabel, ylabel, xfmt=lambda x: f"{x:,}"):
+    """Lines on log-log axes as a plain SVG: `series` maps a name to [(x, y)]."""
     import math
-    series = {}
-    for r in rows:
-        series.setdefault(f"{r['server']} {r['protocol']}", []).append((r["c"], r["rps"]))
     w, h, left, bottom, top, right = 760, 420, 70, 50, 20, 230
-    ys = [v for s in series.values() for _, v in s]
+    xs = sorted({x for pts in series.values() for x, _ in pts})
+    ys = [v for pts in series.values() for _, v in pts if v > 0]
     lo, hi = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
-    xi = {c: i for i, c in enumerate(CONCURRENCY)}
-    X = lambda c: left + xi[c] * (w - left - right) / (len(CONCURRENCY) - 1)
+    hi = max(hi, lo + 1)
+    xlo, xhi = math.log10(xs[0]), math.log10(xs[-1])
+    X = lambda x: left + (math.log10(x) - xlo) / max(xhi - xlo, 1e-9) * (w - left - right)
     Y = lambda v: h - bottom - (math.log10(v) - lo) / (hi - lo) * (h - bottom - top)
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
            f'<rect width="{w}" height="{h}" fill="white"/>']
     for e in range(lo, hi + 1):
         y = Y(10 ** e)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{w - right}" y2="{y:.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{10 ** e:,}</text>')
-    for c in CONCURRENCY:
-        out.append(f'<text x="{X(c):.1f}" y="{h - bottom + 18}" text-anchor="middle">{c}</text>')
-    out.append(f'<text x="{(left + w - right) / 2:.0f}" y="{h - 12}" text-anchor="middle">concurrent connections</text>')
-    out.append(f'<text x="16" y="{(h - bottom + top) / 2:.0f}" transform="rotate(-90 16 {(h - bottom + top) / 2:.0f})" text-anchor="middle">requests/s (log scale)</text>')
-    for i, (name, pts) in enumerate(sorted(series.items())):
+    for x in xs:
+        out.append(f'<text x="{X(x):.1f}" y="{h - bottom + 18}" text-anchor="middle">{xfmt(x)}</text>')
+    out.append(f'<text x="{(left + w - right) / 2:.0f}" y="{h - 12}" text-anchor="middle">{xlabel}</text>')
+    out.append(f'<text x="16" y="{(h - bottom + top) / 2:.0f}" transform="rotate(-90 16 {(h - bottom + top) / 2:.0f})" text-anchor="middle">{ylabel}</text>')
+    for i, (name, pts) in enumerate(series.items()):
         color = colors[i % len(colors)]
-        pts = sorted(pts)
-        path_d = " ".join(f"{'M' if j == 0 else 'L'}{X(c):.1f},{Y(v):.1f}" for j, (c, v) in enumerate(pts))
+        pts = sorted(pt for pt in pts if pt[1] > 0)
+        path_d = " ".join(f"{'M' if j == 0 else 'L'}{X(x):.1f},{Y(v):.1f}" for j, (x, v) in enumerate(pts))
         out.append(f'<path d="{path_d}" fill="none" stroke="{color}" stroke-width="2"/>')
-        for c, v in pts:
-            out.append(f'<circle cx="{X(c):.1f}" cy="{Y(v):.1f}" r="3" fill="{color}"/>')
+        for x, v in pts:
+            out.append(f'<circle cx="{X(x):.1f}" cy="{Y(v):.1f}" r="3" fill="{color}"/>')
         ly = top + 10 + i * 20
         out.append(f'<line x1="{w - right + 15}" y1="{ly}" x2="{w - right + 35}" y2="{ly}" stroke="{color}" stroke-width="2"/>')
         out.append(f'<text x="{w - right + 40}" y="{ly + 4}">{name}</text>')
     out.append("</svg>")
     path.write_text("\n".join(out) + "\n")
+
+
+def svg_plot(rows, path):
+    """Throughput vs concurrency, one line per server/protocol (section 1)."""
+    series = {}
+    for r in rows:
+        series.setdefault(f"{r['server']} {r['protocol']}", []).append((r["c"], r["rps"]))
+    svg_chart(dict(sorted(series.items())), path, "concurrent connections", "requests/s (log scale)")
+
+
+def fmt_bytes(n):
+    for unit, size in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} B"
 
 
 def machine():
@@ -712,6 +1052,128 @@ def machine():
             break
     mem = int(re.search(r"MemTotal:\s+(\d+)", pathlib.Path("/proc/meminfo").read_text()).group(1)) / 1024 / 1024
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def big_tensors_report(big, docs):
+    rows = big["rows"]
+    at = lambda server, client, c, window=None: next(r for r in rows if (r["server"], r["client"], r["c"], r["window"]) == (server, client, c, window))
+    lines = [
+        "",
+        "## 8. Big tensors: one image through an identity model",
+        "",
+        f"FP32 `[1,3,224,224]` ({big['payload_bytes']:,} bytes) in and the same out: `target/models/tensor.onnx`",
+        "(Identity, every dimension dynamic, made by bench/run.py), tract runtime; MLServer serves the",
+        "same file. tritonclient: each thread its own client, a request after each answer (HTTP with",
+        "the binary tensor extension both ways; gRPC with `raw_input_contents`); its latency is",
+        "threads / throughput. wrk and h2load send one prepared body (h2load with `-w/-W`: the",
+        "client's stream and connection windows, 64 KB as many gRPC clients start with, or 1 GB).",
+        "The echo floor is bench-floor's: axum returning the body it read (REST), tonic + prost",
+        "returning the inputs it decoded as outputs (gRPC). MB/s counts tensor bytes in and out.",
+        "",
+        "| server | client | c | client window | requests/s | latency | MB/s |",
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['server']} | {r['client']} | {r['c']} | {r['window'] or ''} | {r['rps']:,.0f} | "
+                     f"{fmt_us(r['latency_us'])} ({r['latency']}) | {r['mb_s']:,.0f} |")
+    checks = []
+    for c in (1, 4):
+        tc_http, tc_grpc = at("oxinfer", "tritonclient HTTP binary", c), at("oxinfer", "tritonclient gRPC", c)
+        checks.append((f"tritonclient gRPC within 10% of tritonclient HTTP binary, c={c}", tc_grpc["rps"] / tc_http["rps"], 0.9, "x HTTP"))
+        checks.append((f"tritonclient gRPC >= 10x MLServer's gRPC, c={c}", tc_grpc["rps"] / at("MLServer", "tritonclient gRPC", c)["rps"], 10, "x"))
+    rest4 = at("oxinfer", "wrk REST binary", 4)
+    for window in ("64 KB", "1 GB"):
+        g = at("oxinfer", "h2load gRPC", 4, window)
+        checks.append((f"h2load gRPC ({window} windows) within 10% of REST binary (wrk), c=4", g["rps"] / rest4["rps"], 0.9, "x REST"))
+        checks.append((f"h2load gRPC ({window} windows) >= 10x MLServer's gRPC, c=4", g["rps"] / at("MLServer", "h2load gRPC", 4, window)["rps"], 10, "x"))
+    checks.append(("REST binary >= 60% of the echo floor's MB/s, c=4", 100 * rest4["mb_s"] / at("echo floor", "wrk REST binary", 4)["mb_s"], 60, "%"))
+    for window in ("64 KB", "1 GB"):
+        checks.append((f"gRPC ({window} windows) >= 60% of the echo floor's MB/s, c=4",
+                       100 * at("oxinfer", "h2load gRPC", 4, window)["mb_s"] / at("echo floor", "h2load gRPC", 4, window)["mb_s"], 60, "%"))
+    lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
+    lines += [target_row(*c) for c in checks]
+    return lines
+
+
+def growth_report(g, docs):
+    lines = [
+        "",
+        "## 9. How cost grows",
+        "",
+        "### With connections",
+        "",
+        "The tiny model (section 1), one oxinfer: REST JSON by `wrk -t1 -cN` (p50), gRPC by",
+        "`h2load -t1 -cN -m1` (mean).",
+        "",
+        "| connections | REST JSON requests/s | p50 | gRPC requests/s | mean |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in g["connections"]:
+        lines.append(f"| {r['c']} | {r['rest_rps']:,.0f} | {fmt_us(r['rest_p50_us'])} | {r['grpc_rps']:,.0f} | {fmt_us(r['grpc_mean_us'])} |")
+    svg_chart({"REST JSON (wrk)": [(r["c"], r["rest_rps"]) for r in g["connections"]],
+               "gRPC (h2load)": [(r["c"], r["grpc_rps"]) for r in g["connections"]]},
+              docs / "benchmarks-connections.svg", "concurrent connections", "requests/s (log scale)")
+    lines += [
+        "",
+        "![requests/s vs connections](benchmarks-connections.svg)",
+        "",
+        "### With tensor size",
+        "",
+        "The identity model of section 8 on FP32 `[1,1,1,n]`, one request at a time (REST binary by wrk,",
+        "gRPC by h2load with 1 GB windows), a fresh server for each size and protocol. Memory: first one",
+        "request alone (curl, or h2load -n1) on the fresh server: high-water per payload = (peak RSS -",
+        "idle RSS) / request tensor bytes, what one in-flight request costs at its worst, for a payload",
+        "in and the same out. Then the load run, and the peak RSS after it (sustained: the allocator",
+        "has seen thousands of such requests, on several threads).",
+        "",
+        "| tensor | protocol | requests/s | latency | MB/s | idle RSS | peak, one request | high-water / payload | peak after the load run | sustained / payload |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in g["sizes"]:
+        for protocol in ("REST binary", "gRPC"):
+            x = r[protocol]
+            lines.append(f"| {fmt_bytes(r['bytes'])} | {protocol} | {x['rps']:,.0f} | {fmt_us(x['latency_us'])} | {x['mb_s']:,.1f} | "
+                         f"{x['idle_rss_mib']:,.1f} MiB | {x['one_request_peak_rss_mib']:,.1f} MiB | {x['high_water_per_payload']:.2f} | "
+                         f"{x['peak_rss_mib']:,.1f} MiB | {x['sustained_high_water_per_payload']:.2f} |")
+    svg_chart({f"{protocol} MB/s": [(r["bytes"], r[protocol]["mb_s"]) for r in g["sizes"]] for protocol in ("REST binary", "gRPC")},
+              docs / "benchmarks-tensor-size.svg", "tensor bytes per request", "MB/s in + out (log scale)", fmt_bytes)
+    biggest = g["sizes"][-1]
+    lines += [
+        "",
+        "![MB/s vs tensor size](benchmarks-tensor-size.svg)",
+        "",
+        "| target | measured | met |",
+        "|---|---:|:---:|",
+    ]
+    for protocol in ("REST binary", "gRPC"):
+        lines.append(target_row(f"memory high-water per in-flight request <= 2.5x its payload, {protocol}, {fmt_bytes(biggest['bytes'])}",
+                                biggest[protocol]["high_water_per_payload"], 2.5, "x (lower is better)"))
+    base = g["models"][0]
+    lines += [
+        "",
+        "### With the number of models",
+        "",
+        "N copies of the tiny model under different names (tract), one manifest: time to ready, RSS",
+        "half a second after ready, and REST JSON at c=1 (`wrk`) on the first and on the last model.",
+        "",
+        "| models | ready | RSS | RSS per added model | p50, first model | p50, last model |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in g["models"]:
+        per = (r["rss_mib"] - base["rss_mib"]) * 1024 / (r["models"] - base["models"]) if r["models"] > base["models"] else 0
+        lines.append(f"| {r['models']:,} | {r['ready_s']:.2f} s | {r['rss_mib']:,.1f} MiB | {per:,.0f} KiB | "
+                     f"{fmt_us(r['first_p50_us'])} | {fmt_us(r['last_p50_us'])} |")
+    svg_chart({"p50, first model": [(r["models"], r["first_p50_us"]) for r in g["models"]],
+               "p50, last model": [(r["models"], r["last_p50_us"]) for r in g["models"]],
+               "ready (ms)": [(r["models"], 1000 * r["ready_s"]) for r in g["models"]]},
+              docs / "benchmarks-models.svg", "models loaded", "µs (p50) or ms (ready), log scale")
+    lines += ["", "![latency and startup vs models loaded](benchmarks-models.svg)"]
+    return lines
+
+
+def target_row(name, value, goal, unit):
+    met = value <= goal if "lower" in unit else value >= goal
+    return f"| {name} | {value:,.2f} {unit} | {'yes' if met else 'no'} |"
 
 
 def report(results, seconds, out_path):
@@ -736,8 +1198,9 @@ def report(results, seconds, out_path):
         "`oxinfer` runs it with its default runtime (tract); `oxinfer-ort` with its onnxruntime runtime,",
         "MLServer's engine (ONNX Runtime 1.31.1, one intra-op thread), REST JSON only. The floor is",
         "`bench/tools/src/bin/bench-floor.rs`: axum + serde_json parsing the same OIP request, adding the",
-        "tensors and writing an OIP response, nothing else. REST: `wrk -t1 -cN`; gRPC: `grpc-load`",
-        "(bench/tools, tonic, one client thread), the same client for both servers.",
+        "tensors and writing an OIP response, nothing else; its gRPC floor is tonic + prost decoding the",
+        "`ModelInferRequest` and answering the sum, with oxinfer's HTTP/2 settings. REST: `wrk -t1 -cN`;",
+        "gRPC: `grpc-load` (bench/tools, tonic, one client thread), the same client for every server.",
         "",
         "| server | protocol | c | requests/s | p50 | p99 |",
         "|---|---|---:|---:|---:|---:|",
@@ -746,7 +1209,19 @@ def report(results, seconds, out_path):
         lines.append(f"| {r['server']} | {r['protocol']} | {r['c']} | {r['rps']:,.0f} | {fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} |")
     if "mlserver_binary" in results:
         lines += ["", f"MLServer REST binary: {results['mlserver_binary']}."]
-    lines += ["", "![throughput vs concurrency](benchmarks-throughput.svg)", "", "### Against the targets", ""]
+    lines += ["", "![throughput vs concurrency](benchmarks-throughput.svg)", ""]
+    h2 = results["tiny_h2load"]
+    lines += [
+        "`grpc-load` is a tonic client: it spends more CPU per request than the server it measures, on",
+        "the same two cores. The same gRPC calls from `h2load -t1 -c16 -m1` (C, nghttp2; the framed",
+        "`ModelInferRequest` sent as is), c=16:",
+        "",
+        "| server | gRPC requests/s (h2load, c=16) | mean latency |",
+        "|---|---:|---:|",
+    ]
+    for server in ("floor", "oxinfer", "MLServer"):
+        lines.append(f"| {server} | {h2[server]['rps']:,.0f} | {fmt_us(h2[server]['mean_us'])} |")
+    lines += ["", "### Against the targets", ""]
     ox16, ml16, fl16 = by[("oxinfer", "REST JSON", 16)], by[("MLServer", "REST JSON", 16)], by[("floor", "REST JSON", 16)]
     ox1, fl1 = by[("oxinfer", "REST JSON", 1)], by[("floor", "REST JSON", 1)]
     g16, mg16 = by[("oxinfer", "gRPC", 16)], by[("MLServer", "gRPC", 16)]
@@ -755,15 +1230,17 @@ def report(results, seconds, out_path):
         ("REST JSON c=16: >= 50% of the floor", 100 * ox16["rps"] / fl16["rps"], 50, "%"),
         ("REST JSON c=1: p50 within 2x of the floor's", ox1["p50_us"] / fl1["p50_us"], 2, "x (lower is better)"),
         ("gRPC c=16: >= 20x MLServer", g16["rps"] / mg16["rps"], 20, "x"),
+        ("REST JSON c=16: >= 80% of the floor", 100 * ox16["rps"] / fl16["rps"], 80, "%"),
+        ("REST JSON c=1: p50 <= 1.3x the floor's", ox1["p50_us"] / fl1["p50_us"], 1.3, "x (lower is better)"),
+        ("gRPC c=16 (h2load): >= 75% of the gRPC floor", 100 * h2["oxinfer"]["rps"] / h2["floor"]["rps"], 75, "%"),
+        ("gRPC c=16 (h2load): >= 40x MLServer's gRPC", h2["oxinfer"]["rps"] / h2["MLServer"]["rps"], 40, "x"),
+        ("gRPC c=16 (h2load): not slower than oxinfer's REST JSON c=16", h2["oxinfer"]["rps"] / ox16["rps"], 1, "x"),
     ]
     m = results["minilm"]
     checks.append(("MiniLM batch 1: end-to-end p50 within 10% of in-process", 100 * (m["oxinfer_b1"]["p50_us"] / m["inprocess_b1"]["p50_us"] - 1), 10, "% slower (lower is better)"))
     checks.append(("MiniLM c=32: dynamic batching >= 1.5x without", m["c32_minilm-batched"]["rps"] / m["c32_minilm"]["rps"], 1.5, "x"))
     lines += ["| target | measured | met |", "|---|---:|:---:|"]
-    for name, value, goal, unit in checks:
-        lower_better = "lower" in unit
-        met = value <= goal if lower_better else value >= goal
-        lines.append(f"| {name} | {value:,.2f} {unit} | {'yes' if met else 'no'} |")
+    lines += [target_row(*c) for c in checks]
     lines += [
         "",
         "## 2. A real model: all-MiniLM-L6-v2",
@@ -805,15 +1282,32 @@ def report(results, seconds, out_path):
         lines.append(f"| {name} | {batch} | {r['embeddings_per_s']:,.1f} | {r['p50_ms']:,.1f} ms |")
     lines += [
         "",
-        "## 4. Memory and startup (MiniLM loaded)",
+        "## 4. Memory and startup, against MLServer",
         "",
-        "Time from process start to `GET /v2/health/ready` = 200, and peak RSS (VmHWM, server and",
-        "children) after five batch-8 requests; second of two starts (warm page cache).",
+        "The same ONNX file in each server (oxinfer's onnxruntime runtime; MLServer's runtime in",
+        "bench/mlserver), the second of two starts (the first warms the page cache). Ready: process start",
+        "to `GET /v2/health/ready` = 200. Idle: RSS (server and children) half a second after ready.",
+        "Under load: the highest RSS sampled every 50 ms during `wrk` (tiny model: REST JSON, c=16;",
+        "MiniLM: batches of 8 x 128 tokens, c=4). Model load: the same file's onnxruntime session made",
+        "in-process by Python, for reference.",
         "",
-        "| server | time to ready | peak RSS |",
-        "|---|---:|---:|",
-        f"| oxinfer (onnxruntime runtime) | {mem['oxinfer']['ready_s']:.2f} s | {mem['oxinfer']['peak_rss_mib']:,.0f} MiB |",
-        f"| MLServer 1.7.1 (parallel_workers 0) | {mem['mlserver']['ready_s']:.2f} s | {mem['mlserver']['peak_rss_mib']:,.0f} MiB |",
+        "| model | server | ready | idle RSS | RSS under load | requests/s under load |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    mem_targets = []
+    for model, m in mem.items():
+        for server in ("oxinfer", "MLServer"):
+            r = m[server]
+            lines.append(f"| {model} | {server} | {r['ready_s']:.3f} s | {r['idle_rss_mib']:,.0f} MiB | {r['load_rss_mib']:,.0f} MiB | {r['rps']:,.0f} |")
+        ox, ml = m["oxinfer"], m["MLServer"]
+        mem_targets += [
+            (f"{model}: idle RSS <= 1/5 of MLServer's", ox["idle_rss_mib"] / ml["idle_rss_mib"], 0.2, "of MLServer's (lower is better)"),
+            (f"{model}: RSS under load <= 1/5 of MLServer's", ox["load_rss_mib"] / ml["load_rss_mib"], 0.2, "of MLServer's (lower is better)"),
+            (f"{model}: ready < 100 ms + model load ({1000 * m['load_s']:.0f} ms)", 1000 * (ox["ready_s"] - m["load_s"]), 100, "ms beyond the load (lower is better)"),
+        ]
+    lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
+    lines += [target_row(*c) for c in mem_targets]
+    lines += [
         "",
     ]
     sec = results["security"]
@@ -902,6 +1396,8 @@ def report(results, seconds, out_path):
         f"Dynamic batching multiplies the memory-bound model's throughput by {gain:.1f}x and the",
         f"compute-bound MiniLM's by {minilm_gain:.2f}x.",
     ]
+    lines += big_tensors_report(results["big_tensors"], out_path.parent)
+    lines += growth_report(results["growth"], out_path.parent)
     lines += [
         "",
         "Raw results: `docs/benchmarks.json`.",
@@ -916,7 +1412,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5, help="duration of each load run")
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--only", choices=["tiny", "minilm", "embeddings", "memory", "security", "log", "batching"], help="run one section (no report)")
+    ap.add_argument("--only", choices=["tiny", "minilm", "embeddings", "memory", "security", "log", "batching", "big", "growth"], help="run one section (no report)")
     args = ap.parse_args()
     for tool in [RELEASE / "oxinfer", RELEASE / "bench-floor", RELEASE / "grpc-load"]:
         if not tool.exists():
@@ -941,13 +1437,17 @@ def main():
         if args.only in (None, "embeddings"):
             embeddings(args.seconds, results, model_dir)
         if args.only in (None, "memory"):
-            memory(results, onnx)
+            memory(tmp, args.seconds, results, onnx)
         if args.only in (None, "security"):
             security(tmp, args.seconds, results)
         if args.only in (None, "log"):
             inference_log(tmp, args.seconds, results)
         if args.only in (None, "batching"):
             batching(tmp, args.seconds, results)
+        if args.only in (None, "big"):
+            big_tensors(tmp, args.seconds, results)
+        if args.only in (None, "growth"):
+            growth(tmp, args.seconds, results)
     if args.only:
         print(json.dumps(results, indent=1))
         return
