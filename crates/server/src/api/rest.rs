@@ -357,7 +357,15 @@ async fn model_config(State(state): State<AppState>, path: ModelPath) -> ApiResu
 /// into one buffer: twice the body at that moment). A client that declares a length and sends
 /// nothing allocates nothing; the declared length is at most `max_request_bytes`
 /// (`refuse_declared_oversize`), and pages not yet written are not resident.
+///
+/// With the binary tensor extension, the buffer starts with up to [`BINARY_ALIGN`] - 1 bytes of
+/// padding (sliced off) so that the binary data after the JSON header is aligned: a runtime
+/// that reads tensors in place (onnxruntime) then needs no aligned copy of them.
 struct InferBody(Result<Bytes, Error>);
+
+/// The alignment of the binary data in an assembled REST body (a cache line; more than any
+/// element type needs).
+const BINARY_ALIGN: usize = 64;
 
 impl FromRequest<AppState> for InferBody {
     type Rejection = std::convert::Infallible;
@@ -370,8 +378,13 @@ impl FromRequest<AppState> for InferBody {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .filter(|&n| n <= limit);
+        let json_len = inference_header_length(request.headers())
+            .ok()
+            .flatten()
+            .filter(|&n| n <= limit);
         let mut body = request.into_body();
         let mut buffer: Vec<u8> = Vec::new();
+        let mut pad = 0;
         let mut single: Option<Bytes> = None;
         while let Some(frame) = body.frame().await {
             let data = match frame {
@@ -386,7 +399,7 @@ impl FromRequest<AppState> for InferBody {
                     return Ok(InferBody(Err(error)));
                 }
             };
-            let held = buffer.len() + single.as_ref().map_or(0, Bytes::len);
+            let held = buffer.len() - pad + single.as_ref().map_or(0, Bytes::len);
             if held + data.len() > limit {
                 return Ok(InferBody(Err(too_large(limit).0)));
             }
@@ -396,14 +409,20 @@ impl FromRequest<AppState> for InferBody {
                 continue;
             }
             if let Some(first) = single.take() {
-                buffer.reserve_exact(declared.unwrap_or(0).max(first.len() + data.len()));
+                let expected = declared.unwrap_or(0).max(first.len() + data.len());
+                buffer.reserve_exact(expected + BINARY_ALIGN);
+                if let Some(json_len) = json_len {
+                    let at = buffer.as_ptr() as usize + json_len;
+                    pad = (BINARY_ALIGN - at % BINARY_ALIGN) % BINARY_ALIGN;
+                    buffer.resize(pad, 0);
+                }
                 buffer.extend_from_slice(&first);
             }
             buffer.extend_from_slice(&data);
         }
         Ok(InferBody(Ok(match single {
             Some(only) => only,
-            None => Bytes::from(buffer),
+            None => Bytes::from(buffer).slice(pad..),
         })))
     }
 }
@@ -433,11 +452,9 @@ async fn infer(
             Ok(body) if body.len() > OFFLOAD_BYTES => {
                 let model = model.clone();
                 let held = held.clone();
-                tokio::task::spawn_blocking(move || {
-                    decode_body(&model, &held, json_len, Ok(body))
-                })
-                .await
-                .unwrap_or_else(|e| Err(Error::Internal(format!("decoding panicked: {e}"))))
+                tokio::task::spawn_blocking(move || decode_body(&model, &held, json_len, Ok(body)))
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Internal(format!("decoding panicked: {e}"))))
             }
             body => decode_body(model, &held, json_len, body),
         },
@@ -661,4 +678,68 @@ async fn repository_unload(
     )
     .await?;
     ok(&serde_json::json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ModelRepository, RuntimeRegistry};
+
+    fn state(limit: usize) -> AppState {
+        let manifest =
+            oxinfer_core::Manifest::parse("", std::path::Path::new("test.toml")).unwrap();
+        let repository = ModelRepository::load(RuntimeRegistry::new(), manifest).unwrap();
+        AppState::new(repository, limit)
+    }
+
+    /// A request whose body arrives in `chunks`, with the given headers.
+    fn request(chunks: Vec<Vec<u8>>, headers: &[(&str, String)]) -> Request {
+        let stream = tokio_stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::io::Error>(Bytes::from(c))),
+        );
+        let mut builder = Request::builder().method("POST").uri("/v2/models/m/infer");
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        builder.body(Body::from_stream(stream)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_chunked_binary_body_is_assembled_once_with_its_tensor_data_aligned() {
+        let json = br#"{"inputs":[]}"#.to_vec(); // 13 bytes: the data would start unaligned
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let whole = [json.clone(), data.clone()].concat();
+        let chunks = whole.chunks(1000).map(<[u8]>::to_vec).collect();
+        let headers = [
+            ("content-length", whole.len().to_string()),
+            (INFERENCE_HEADER_CONTENT_LENGTH, json.len().to_string()),
+        ];
+        let InferBody(body) = InferBody::from_request(request(chunks, &headers), &state(1 << 20))
+            .await
+            .unwrap();
+        let body = body.unwrap();
+        assert_eq!(&body[..], &whole[..]);
+        assert_eq!(body[json.len()..].as_ptr() as usize % BINARY_ALIGN, 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_chunk_is_kept_as_it_came() {
+        let whole = b"{\"inputs\":[]}".to_vec();
+        let InferBody(body) =
+            InferBody::from_request(request(vec![whole.clone()], &[]), &state(64))
+                .await
+                .unwrap();
+        assert_eq!(&body.unwrap()[..], &whole[..]);
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_over_the_limit_is_refused_as_too_large() {
+        let chunks = vec![vec![b' '; 40], vec![b' '; 40]];
+        let InferBody(body) = InferBody::from_request(request(chunks, &[]), &state(64))
+            .await
+            .unwrap();
+        assert!(matches!(body, Err(Error::TooLarge(_))), "{body:?}");
+    }
 }
