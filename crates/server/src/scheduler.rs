@@ -414,9 +414,14 @@ fn run(shared: &Shared, model: &dyn Model, batch: Vec<Job>, started: Instant) {
         Err(e) => return fail_all(batch, &e),
     };
     shared.telemetry.executed(total as u64);
+    // Each job's inputs (and with them the request body or message they are views of) are
+    // dropped before its answer is sent: the front end encodes the response as soon as it is
+    // woken, and a request still held while its response is encoded would count one payload
+    // more in the server's memory high-water mark.
     if batch.len() == 1 {
-        let job = batch.into_iter().next().expect("one job");
-        let _ = job.reply.send(Ok(outputs));
+        let Job { reply, inputs, .. } = batch.into_iter().next().expect("one job");
+        drop(inputs);
+        let _ = reply.send(Ok(outputs));
         return;
     }
     // Split every output back by each job's rows: per job, one tensor per output.
@@ -434,7 +439,9 @@ fn run(shared: &Shared, model: &dyn Model, batch: Vec<Job>, started: Instant) {
         }
     }
     for (job, outputs) in batch.into_iter().zip(per_job) {
-        let _ = job.reply.send(Ok(outputs));
+        let Job { reply, inputs, .. } = job;
+        drop(inputs);
+        let _ = reply.send(Ok(outputs));
     }
 }
 
