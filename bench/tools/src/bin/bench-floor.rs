@@ -99,7 +99,7 @@ fn model_infer(request: pb::ModelInferRequest) -> Result<pb::ModelInferResponse,
     let sum = request.inputs.len() == 2
         && request.inputs.iter().all(|i| i.datatype == "FP32")
         && raw[0].len() == raw[1].len()
-        && raw[0].len() % 4 == 0;
+        && raw[0].len().is_multiple_of(4);
     let (outputs, raw_output_contents) = if sum {
         let floats = |b: &[u8]| {
             b.chunks_exact(4)
