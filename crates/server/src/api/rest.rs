@@ -266,17 +266,20 @@ async fn refuse_declared_oversize(
     request: Request,
     next: Next,
 ) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
+    match declared_length(request.headers()) {
         Some(n) if n > state.max_request_bytes as u64 => {
             too_large(state.max_request_bytes).into_response()
         }
         _ => next.run(request).await,
     }
+}
+
+/// The body's length as the client declared it (`Content-Length`), if it is a number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -358,9 +361,10 @@ async fn model_config(State(state): State<AppState>, path: ModelPath) -> ApiResu
 /// nothing allocates nothing; the declared length is at most `max_request_bytes`
 /// (`refuse_declared_oversize`), and pages not yet written are not resident.
 ///
-/// With the binary tensor extension, the buffer starts with up to [`BINARY_ALIGN`] - 1 bytes of
-/// padding (sliced off) so that the binary data after the JSON header is aligned: a runtime
-/// that reads tensors in place (onnxruntime) then needs no aligned copy of them.
+/// With the binary tensor extension and a `Content-Length`, the buffer starts with up to
+/// [`BINARY_ALIGN`] - 1 bytes of padding (sliced off) so that the binary data after the JSON
+/// header is aligned: a runtime that reads tensors in place (onnxruntime) then needs no aligned
+/// copy of them. (A body without a declared length grows its buffer, which may move it.)
 struct InferBody(Result<Bytes, Error>);
 
 /// The alignment of the binary data in an assembled REST body (a cache line; more than any
@@ -373,10 +377,8 @@ impl FromRequest<AppState> for InferBody {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         use http_body_util::BodyExt;
         let limit = state.max_request_bytes;
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        let declared = declared_length(request.headers())
+            .and_then(|n| usize::try_from(n).ok())
             .filter(|&n| n <= limit);
         let json_len = inference_header_length(request.headers())
             .ok()
