@@ -106,14 +106,7 @@ class Proc:
 
     def peak_rss_mib(self):
         """VmHWM of the server and its children (MLServer may fork helpers)."""
-        total = 0
-        for pid in [self.proc.pid] + children(self.proc.pid):
-            try:
-                status = pathlib.Path(f"/proc/{pid}/status").read_text()
-                total += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
-            except (OSError, AttributeError):
-                pass
-        return total / 1024
+        return status_mib(self.proc, "VmHWM")
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -218,18 +211,11 @@ def write_tiny_requests(tmp):
     ]}
     json_file = tmp / "add.json"
     json_file.write_text(json.dumps(request, separators=(",", ":")))
-    header = json.dumps({
-        "inputs": [
-            {"name": n, "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}
-            for n in ("INPUT0", "INPUT1")
-        ],
-        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}],
-    }, separators=(",", ":")).encode()
     import struct
-    raw = struct.pack("<16f", *a) + struct.pack("<16f", *b)
-    binary_file = tmp / "add.bin"
-    binary_file.write_bytes(header + raw)
-    return json_file, binary_file, len(header)
+    _, binary_file, header_len = write_binary_rest(
+        tmp, "add", [("INPUT0", [1, 16], "FP32", struct.pack("<16f", *a)), ("INPUT1", [1, 16], "FP32", struct.pack("<16f", *b))],
+        ["OUTPUT0"])
+    return json_file, binary_file, header_len
 
 
 def minilm_tokens(tokenizer_path, length=128):
@@ -278,7 +264,8 @@ def write_grpc_add(tmp):
 
 def write_binary_rest(tmp, name, inputs, outputs):
     """A REST body in Triton's binary tensor extension: the JSON header, then each input's bytes;
-    `outputs` are asked for as binary. Returns the wrk script that sends it."""
+    `outputs` are asked for as binary. Returns the wrk script that sends it, the body's file and
+    the header's length."""
     header = json.dumps({
         "inputs": [{"name": n, "shape": s, "datatype": d, "parameters": {"binary_data_size": len(raw)}}
                    for n, s, d, raw in inputs],
@@ -289,7 +276,8 @@ def write_binary_rest(tmp, name, inputs, outputs):
         f.write(header)
         for *_, raw in inputs:
             f.write(raw)
-    return wrk_lua(path, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+    lua = wrk_lua(path, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+    return lua, path, len(header)
 
 
 def tensor_model():
@@ -316,15 +304,21 @@ def tensor_manifest(runtime="tract", extra=""):
             f'[[models]]\nname = "tensor"\nruntime = "{runtime}"\npath = "{tensor_model()}"\n')
 
 
-def rss_mib(proc):
-    """Current RSS (VmRSS) of a server and its children, MiB."""
+def status_mib(proc, field):
+    """A memory field of /proc/PID/status (VmRSS, VmHWM) summed over a server and its
+    children, MiB."""
     total = 0
     for pid in [proc.pid] + children(proc.pid):
         try:
-            total += int(re.search(r"VmRSS:\s+(\d+) kB", pathlib.Path(f"/proc/{pid}/status").read_text()).group(1))
+            total += int(re.search(rf"{field}:\s+(\d+) kB", pathlib.Path(f"/proc/{pid}/status").read_text()).group(1))
         except (OSError, AttributeError):
             pass
     return total / 1024
+
+
+def rss_mib(proc):
+    """Current RSS (VmRSS) of a server and its children, MiB."""
+    return status_mib(proc, "VmRSS")
 
 
 class RssSampler:
@@ -646,13 +640,8 @@ def batching(tmp, seconds, results):
     if not wide.exists():
         subprocess.run([sys.executable, str(ROOT / "examples" / "models" / "make_models.py"), "--memory-bound", str(wide)],
                        check=True)
-    header = json.dumps({
-        "inputs": [{"name": "x", "shape": [1, 4096], "datatype": "FP32", "parameters": {"binary_data_size": 16384}}],
-        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
-    }, separators=(",", ":")).encode()
-    body = tmp / "wide.bin"
-    body.write_bytes(header + struct.pack("<4096f", *[((i * 37) % 101) / 101.0 for i in range(4096)]))
-    lua = wrk_lua(body, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+    x = struct.pack("<4096f", *[((i * 37) % 101) / 101.0 for i in range(4096)])
+    lua, _, _ = write_binary_rest(tmp, "wide", [("x", [1, 4096], "FP32", x)], ["y"])
     manifest = (
         f'[[models]]\nname = "wide"\nruntime = "onnxruntime"\npath = "{wide}"\n'
         f'[[models]]\nname = "wide-batched"\nruntime = "onnxruntime"\npath = "{wide}"\n'
@@ -801,7 +790,7 @@ def big_tensors(tmp, seconds, results):
     image = (np.arange(int(np.prod(IMAGE_SHAPE)), dtype=np.float32) % 251 / 251).reshape(IMAGE_SHAPE)
     raw = image.tobytes()
     inputs = [("x", IMAGE_SHAPE, "FP32", raw)]
-    rest_lua = write_binary_rest(tmp, "image", inputs, ["y"])
+    rest_lua, _, _ = write_binary_rest(tmp, "image", inputs, ["y"])
     grpc_body = frame_grpc(tmp, "image", "tensor", inputs)
     rows = []
 
@@ -885,9 +874,7 @@ def growth(tmp, seconds, results):
         n = size // 4
         data = (np.arange(n, dtype=np.float32) % 251).tobytes()
         inputs = [("x", [1, 1, 1, n], "FP32", data)]
-        lua = write_binary_rest(tmp, f"size-{size}", inputs, ["y"])
-        rest_body = tmp / f"size-{size}.bin"
-        header_len = rest_body.stat().st_size - size
+        lua, rest_body, header_len = write_binary_rest(tmp, f"size-{size}", inputs, ["y"])
         body = frame_grpc(tmp, f"size-{size}", "tensor", inputs)
         row = {"bytes": size}
         for protocol in ("REST binary", "gRPC"):
