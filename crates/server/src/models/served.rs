@@ -302,18 +302,22 @@ impl ServedModel {
         let started = Instant::now();
         let no_settings = toml::Table::new();
         let runtime = registry.get(&entry.runtime)?;
-        // The digest is taken before the runtime reads the files, and a pinned one is checked
-        // before anything is loaded.
-        let sha256 = digest::model_sha256(&entry.path)?;
-        if let Some(pinned) = &entry.sha256
-            && *pinned != sha256
-        {
-            return Err(Error::Load(format!(
-                "sha256 mismatch for {}: the manifest pins {pinned} but the file's digest is \
-                 {sha256}; refusing to load it",
-                entry.path.display()
-            )));
-        }
+        // A pinned digest is checked before the runtime reads anything of the files: a file
+        // that is not the one pinned is never parsed.
+        let pinned = match &entry.sha256 {
+            Some(pinned) => {
+                let sha256 = digest::model_sha256(&entry.path)?;
+                if *pinned != sha256 {
+                    return Err(Error::Load(format!(
+                        "sha256 mismatch for {}: the manifest pins {pinned} but the file's digest \
+                         is {sha256}; refusing to load it",
+                        entry.path.display()
+                    )));
+                }
+                Some(sha256)
+            }
+            None => None,
+        };
         let request = LoadRequest {
             runtime: runtime.name(),
             name: &entry.name,
@@ -330,7 +334,22 @@ impl ServedModel {
                 .unwrap_or(&no_settings),
             instances: entry.scheduler.instances,
         };
-        let model: Arc<dyn Model> = Arc::from(runtime.load(&request)?);
+        // Without a pin, the digest (recorded for provenance) is taken on its own thread while
+        // the runtime loads, so that it does not add to the time to ready.
+        let (loaded, sha256) = match pinned {
+            Some(sha256) => (runtime.load(&request), Ok(sha256)),
+            None => std::thread::scope(|scope| {
+                let digesting = scope.spawn(|| digest::model_sha256(&entry.path));
+                let loaded = runtime.load(&request);
+                let sha256 = digesting.join().unwrap_or_else(|_| {
+                    Err(Error::Internal("the model's digest thread panicked".into()))
+                });
+                (loaded, sha256)
+            }),
+        };
+        // A file that cannot be read is reported as such, before whatever the runtime made of it.
+        let sha256 = sha256?;
+        let model: Arc<dyn Model> = Arc::from(loaded?);
         let config = &entry.scheduler;
         if config.batching() && !model.signature().batchable() {
             return Err(Error::Load(format!(
