@@ -148,17 +148,20 @@ fn rest_need_raw(path: &str) -> (Need, Option<&str>) {
 }
 
 /// `max_concurrent_requests` for the REST API, after access control (a caller without a
-/// valid token holds no slot): over it, 429 at once. The response body holds the slot, and
-/// marks the connection busy, until it has been sent. Probes and `/metrics` are not counted.
-pub(crate) async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// valid token holds no slot): over it, 429 at once. The caller wraps the response body in
+/// [`crate::listen::GuardedBody`] with the guard, which holds the slot, and marks the
+/// connection busy, until the body has been sent. Probes and `/metrics` are not counted.
+pub(crate) fn admit(
+    state: &AppState,
+    request: &Request,
+) -> Result<crate::listen::RequestGuard, Response> {
     let counted = !crate::listen::rest_uncounted(request.uri().path());
     let peer = request.extensions().get::<crate::listen::Peer>();
-    let Some(guard) = state.listening.requests.admit(peer, counted) else {
-        return crate::listen::too_many_requests(&state.listening);
-    };
-    next.run(request)
-        .await
-        .map(|body| axum::body::Body::new(crate::listen::GuardedBody::new(body, guard)))
+    state
+        .listening
+        .requests
+        .admit(peer, counted)
+        .ok_or_else(|| crate::listen::too_many_requests(&state.listening))
 }
 
 /// A REST call as a refusal's log line names it: `POST /v2/models/m/infer`.
@@ -173,11 +176,7 @@ impl std::fmt::Display for RestCall<'_> {
 /// `[auth]` for the REST API: refuses a call without a token (401) or whose token lacks the
 /// scope or the model in the path (403), before anything of the body is read; an allowed call
 /// carries the token's [`Grant`] and its name as the caller's identity.
-pub(crate) async fn authorize(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub(crate) fn authorize(state: &AppState, request: &mut Request) -> Result<(), Response> {
     let (need, model) = rest_need(request.uri().path());
     let client = Caller::of(request.extensions()).addr;
     // Formatted only when a refusal is logged.
@@ -204,10 +203,10 @@ pub(crate) async fn authorize(
                 .extensions_mut()
                 .insert(Identity(grant.name.clone()));
             request.extensions_mut().insert(grant);
-            next.run(request).await
+            Ok(())
         }
-        Ok(None) => next.run(request).await,
-        Err(denied) => denied.rest_response(),
+        Ok(None) => Ok(()),
+        Err(denied) => Err(denied.rest_response()),
     }
 }
 
