@@ -146,7 +146,8 @@ const CORS_ALLOW_HEADERS: &str =
 ///    read (the body limit alone would read up to the limit first).
 ///
 /// One middleware, not four: each `from_fn` layer clones and boxes the rest of the stack for
-/// every request, and four of them took 15% of the tiny model's throughput.
+/// every request; one layer instead of four served the tiny model about 8% faster (REST JSON,
+/// 16 connections).
 async fn front_door(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let origin = match browser_check(&state, &request) {
         Ok(origin) => origin,
