@@ -457,24 +457,51 @@ enum Detail {
 
 /// Serializes one record with its hash, as one line (with the newline). A record longer than
 /// `max_record` bytes is made again with digests instead of tensors, then without tensors.
+#[cfg(test)]
 fn encode(event: &Event, prev_hash: &str, cap: usize, max_record: usize) -> (Vec<u8>, String) {
-    let mut line = serialize(event, prev_hash, Detail::Capped(cap));
+    let mut line = Vec::new();
+    let hash = encode_into(&mut line, event, prev_hash, cap, max_record);
+    (line, hash)
+}
+
+/// [`encode`] onto the end of `out` (the writer's pending records: no buffer of its own to
+/// allocate and copy per record); returns the record's hash.
+fn encode_into(
+    out: &mut Vec<u8>,
+    event: &Event,
+    prev_hash: &str,
+    cap: usize,
+    max_record: usize,
+) -> String {
+    let start = out.len();
+    serialize_into(out, event, prev_hash, Detail::Capped(cap));
     for detail in [Detail::Digests, Detail::Omitted] {
-        if line.len() <= max_record {
+        if out.len() - start <= max_record {
             break;
         }
-        line = serialize(event, prev_hash, detail);
+        out.truncate(start);
+        serialize_into(out, event, prev_hash, detail);
     }
-    seal(line)
+    seal_into(out, start)
 }
 
 /// Appends a record's hash to it: `line` is the record serialized without its hash; returns
 /// the line (with the newline) and the hash.
 fn seal(mut line: Vec<u8>) -> (Vec<u8>, String) {
-    let hash = hex::encode(Sha256::digest(&line));
-    line.pop(); // the closing brace
-    line.extend_from_slice(format!(",\"hash\":\"{hash}\"}}\n").as_bytes());
+    let hash = seal_into(&mut line, 0);
     (line, hash)
+}
+
+/// [`seal`] for the record that `out[start..]` holds.
+fn seal_into(out: &mut Vec<u8>, start: usize) -> String {
+    let mut hash = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(&out[start..]), &mut hash)
+        .expect("a SHA-256 is 64 hex digits");
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(&hash);
+    out.extend_from_slice(b"\"}\n");
+    String::from_utf8(hash.to_vec()).expect("hex digits are ASCII")
 }
 
 /// A checkpoint record, without its hash.
@@ -538,8 +565,8 @@ fn encode_checkpoint(
     seal(serde_json::to_vec(&record).expect("checkpoints serialize"))
 }
 
-/// One record without its hash.
-fn serialize(event: &Event, prev_hash: &str, detail: Detail) -> Vec<u8> {
+/// One record without its hash, onto the end of `out`.
+fn serialize_into(out: &mut Vec<u8>, event: &Event, prev_hash: &str, detail: Detail) {
     fn tensors(list: &[Tensor], detail: Detail) -> Vec<LoggedTensor<'_>> {
         match detail {
             Detail::Capped(cap) => list.iter().map(|t| logged(t, cap)).collect(),
@@ -571,7 +598,7 @@ fn serialize(event: &Event, prev_hash: &str, detail: Detail) -> Vec<u8> {
         omitted_tensors: omitted,
         prev_hash,
     };
-    serde_json::to_vec(&record).expect("records serialize")
+    serde_json::to_writer(out, &record).expect("records serialize");
 }
 
 /// How often the writer retries while writes fail.
@@ -842,15 +869,14 @@ impl Writer {
         {
             tracing::error!("inference log rotation failed: {e}");
         }
-        let (line, hash) = encode(
+        self.prev_hash = encode_into(
+            &mut self.pending,
             event,
             &self.prev_hash,
             self.settings.max_tensor_bytes,
             self.settings.max_record_bytes,
         );
-        self.pending.extend_from_slice(&line);
         self.pending_records += 1;
-        self.prev_hash = hash;
         if let Some(c) = &mut self.checkpoints {
             c.encoded.since_checkpoint += 1;
             c.encoded.clean_end = false;
