@@ -136,7 +136,8 @@ pub fn app(state: AppState) -> Router {
 const CORS_ALLOW_HEADERS: &str =
     "content-type, content-encoding, inference-header-content-length, x-request-id, authorization";
 
-/// The checks every REST call passes before it is routed, in this order, as one middleware:
+/// The checks every REST call passes before its handler runs (axum applies the layer to each
+/// route and to the fallback, after the path is matched), in this order, as one middleware:
 /// 1. [`browser_check`]: requests from web pages (CORS), and CORS preflights answered;
 /// 2. [`super::http::authorize`]: access control, before anything of the body is read or
 ///    reserved (and after the browser check: a CORS preflight carries no token);
