@@ -154,14 +154,14 @@ fn rest_need_raw(path: &str) -> (Need, Option<&str>) {
 pub(crate) fn admit(
     state: &AppState,
     request: &Request,
-) -> Result<crate::listen::RequestGuard, Response> {
+) -> Result<crate::listen::RequestGuard, Box<Response>> {
     let counted = !crate::listen::rest_uncounted(request.uri().path());
     let peer = request.extensions().get::<crate::listen::Peer>();
     state
         .listening
         .requests
         .admit(peer, counted)
-        .ok_or_else(|| crate::listen::too_many_requests(&state.listening))
+        .ok_or_else(|| Box::new(crate::listen::too_many_requests(&state.listening)))
 }
 
 /// A REST call as a refusal's log line names it: `POST /v2/models/m/infer`.
@@ -176,7 +176,7 @@ impl std::fmt::Display for RestCall<'_> {
 /// `[auth]` for the REST API: refuses a call without a token (401) or whose token lacks the
 /// scope or the model in the path (403), before anything of the body is read; an allowed call
 /// carries the token's [`Grant`] and its name as the caller's identity.
-pub(crate) fn authorize(state: &AppState, request: &mut Request) -> Result<(), Response> {
+pub(crate) fn authorize(state: &AppState, request: &mut Request) -> Result<(), Box<Response>> {
     let (need, model) = rest_need(request.uri().path());
     let client = Caller::of(request.extensions()).addr;
     // Formatted only when a refusal is logged.
@@ -206,7 +206,7 @@ pub(crate) fn authorize(state: &AppState, request: &mut Request) -> Result<(), R
             Ok(())
         }
         Ok(None) => Ok(()),
-        Err(denied) => Err(denied.rest_response()),
+        Err(denied) => Err(Box::new(denied.rest_response())),
     }
 }
 

@@ -152,15 +152,15 @@ const CORS_ALLOW_HEADERS: &str =
 async fn front_door(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let origin = match browser_check(&state, &request) {
         Ok(origin) => origin,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let response = if origin.is_some() && request.method() == axum::http::Method::OPTIONS {
         preflight()
     } else if let Err(refused) = super::http::authorize(&state, &mut request) {
-        refused
+        *refused
     } else {
         match super::http::admit(&state, &request) {
-            Err(refused) => refused,
+            Err(refused) => *refused,
             Ok(guard) => match declared_length(request.headers()) {
                 Some(n) if n > state.max_request_bytes as u64 => {
                     too_large(state.max_request_bytes).into_response()
@@ -181,8 +181,13 @@ async fn front_door(State(state): State<AppState>, mut request: Request, next: N
 /// unless `[server] cors_origins` allows that origin, and a body whose `Content-Type` is not
 /// JSON or binary (`text/plain`, a form: what a page can send without a preflight) is refused
 /// with 415. Returns the allowed origin, whose response gets the CORS headers ([`with_cors`]).
-fn browser_check(state: &AppState, request: &Request) -> Result<Option<HeaderValue>, Response> {
-    let refuse = |status: StatusCode, error: String| to_json(status, &ErrorBody { error });
+/// A refusal is boxed: it is the rare path, and a `Response` would make every `Result` large.
+fn browser_check(
+    state: &AppState,
+    request: &Request,
+) -> Result<Option<HeaderValue>, Box<Response>> {
+    let refuse =
+        |status: StatusCode, error: String| Box::new(to_json(status, &ErrorBody { error }));
     if let Some(kind) = request.headers().get(header::CONTENT_TYPE) {
         let kind = kind.to_str().unwrap_or_default().to_ascii_lowercase();
         let essence = kind.split(';').next().unwrap_or_default().trim();
