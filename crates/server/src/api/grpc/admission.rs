@@ -218,7 +218,8 @@ impl<U: Message + Default + 'static> Decoder for AdmissionDecoder<U> {
 
 /// Sets an [`Admission`] around each `ModelInfer` / `ModelStreamInfer` call, and counts the
 /// call's request body against the in-flight budget as it arrives. Also applies
-/// `[server] grpc_compression` to every call ([`compression_rule`]).
+/// `[server] grpc_compression` to every call ([`compression_rule`]), and appends a
+/// `ModelInfer` response's raw outputs to its encoding ([`super::tail`]).
 #[derive(Debug, Clone)]
 pub(super) struct AdmissionLayer {
     pub(super) state: AppState,
@@ -246,7 +247,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S> tower::Service<http::Request<tonic::body::Body>> for Admit<S>
 where
-    S: tower::Service<http::Request<tonic::body::Body>>,
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        >,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -263,7 +267,8 @@ where
             request.headers_mut(),
         );
         let path = request.uri().path();
-        if !(path.ends_with("/ModelInfer") || path.ends_with("/ModelStreamInfer")) {
+        let unary = path.ends_with("/ModelInfer");
+        if !(unary || path.ends_with("/ModelStreamInfer")) {
             return Box::pin(self.inner.call(request));
         }
         let admission = Arc::new(Admission {
@@ -276,7 +281,12 @@ where
         let request = request.map(|body| {
             tonic::body::Body::new(CountedBody::new(body, wire, |e| Box::new(status(e))))
         });
-        Box::pin(admission.scope(self.inner.call(request)))
+        let call = admission.scope(self.inner.call(request));
+        if !unary {
+            return Box::pin(call);
+        }
+        // The handler may have left the raw outputs to be appended to the encoded message.
+        Box::pin(async move { call.await.map(super::tail::wrap) })
     }
 }
 

@@ -7,6 +7,7 @@
 mod access;
 mod admission;
 mod codec;
+mod tail;
 
 use std::pin::Pin;
 
@@ -219,11 +220,20 @@ impl GrpcInferenceService for GrpcService {
             &request.get_ref().model_name,
             "ModelInfer",
         )?;
-        self.infer(request.into_inner(), verdict, caller)
+        let appendable = tail::appendable(request.metadata());
+        let mut response = self
+            .infer(request.into_inner(), verdict, caller)
             .await
             .1
-            .map(Response::new)
-            .map_err(status)
+            .map_err(status)?;
+        if !appendable || response.raw_output_contents.is_empty() {
+            return Ok(Response::new(response));
+        }
+        // Sent after tonic's encoding of the rest, without a copy (`tail`).
+        let raw = std::mem::take(&mut response.raw_output_contents);
+        let mut response = Response::new(response);
+        response.extensions_mut().insert(tail::RawTail(raw));
+        Ok(response)
     }
 
     type ModelStreamInferStream = StreamResult;
