@@ -226,7 +226,11 @@ impl GrpcInferenceService for GrpcService {
             .await
             .1
             .map_err(status)?;
-        if !appendable || response.raw_output_contents.is_empty() {
+        let raw_bytes = response
+            .raw_output_contents
+            .iter()
+            .fold(0usize, |n, b| n.saturating_add(b.len()));
+        if !appendable || raw_bytes < tail::WORTH_APPENDING {
             return Ok(Response::new(response));
         }
         // Sent after tonic's encoding of the rest, without a copy (`tail`).

@@ -7,7 +7,8 @@
 //!
 //! - the handler takes `raw_output_contents` out of the message it gives tonic and puts the
 //!   tensors in the response's extensions ([`RawTail`]); it does so only when the response will
-//!   go out uncompressed ([`appendable`]): a compressed message cannot be appended to;
+//!   go out uncompressed ([`appendable`]): a compressed message cannot be appended to; and only
+//!   from [`WORTH_APPENDING`] bytes of outputs;
 //! - [`wrap`] (in [`super::admission::Admit`], outside tonic) sends tonic's encoded message
 //!   followed by each tensor as a field-6 entry (a few bytes of key and length, then the
 //!   tensor's own bytes, handed to hyper as they are), with the gRPC frame's length raised to
@@ -25,6 +26,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
+
+/// The raw output bytes from which appending pays: below it, copying them into tonic's buffer
+/// costs less than the pieces and the extra body layer (a tiny model's few bytes).
+pub(super) const WORTH_APPENDING: usize = 16 * 1024;
 
 /// `ModelInferResponse.raw_output_contents`'s field number.
 const RAW_OUTPUT_CONTENTS: u32 = 6;
