@@ -3,7 +3,9 @@
 //! A [`Runtime`] is a factory registered under its manifest name; it turns one manifest entry
 //! into a loaded [`Model`]. Both traits are synchronous on purpose: loading and executing a
 //! model are CPU-bound, blocking work. The server calls them from threads reserved for that work,
-//! never from its async I/O threads, so no runtime needs to know about the async executor.
+//! not from its async I/O threads (unless a model says it may run anywhere,
+//! [`Model::runs_on_any_thread`], and only for a lone fast request), so no runtime needs to know
+//! about the async executor.
 //!
 //! Concurrency and batching are designed in:
 //! - `Model: Send + Sync` and [`Model::execute`] takes `&self`: one loaded model may serve
@@ -207,6 +209,16 @@ pub trait Model: Send + Sync {
     /// `instances = N`, the scheduler shares one loaded model among its N workers when this is
     /// true (the weights are in memory once) and loads N independent instances otherwise.
     fn concurrent(&self) -> bool {
+        false
+    }
+
+    /// Whether [`Model::execute`] may also run on one of the server's async I/O threads: true
+    /// for a runtime that keeps no per-thread state, never blocks on I/O and does not wait on
+    /// threads of its own (tract). For such a model the scheduler runs a request that would
+    /// otherwise wait for nobody (no other request in the server, an empty queue, an idle first
+    /// instance, small inputs, recent executions fast) on the thread that received it, saving
+    /// the hand-off to a worker thread and back. Default false: always a worker thread.
+    fn runs_on_any_thread(&self) -> bool {
         false
     }
 

@@ -190,7 +190,9 @@ pub(crate) async fn handle(
         } else {
             Vec::new()
         };
-        let result = infer(&model, request, call.held.as_ref())
+        // This request is one of those counted (an inference call always is).
+        let lone = state.listening.requests.in_flight() <= 1;
+        let result = infer(&model, request, call.held.as_ref(), lone)
             .await
             .and_then(|response| {
                 if let Some(check) = call.encodable {
@@ -242,6 +244,9 @@ pub(crate) async fn handle(
     }
     (id, result)
 }
+
+/// Inline execution ([`crate::scheduler`]) only for inputs up to this size in all.
+const INLINE_MAX_INPUT_BYTES: usize = 64 * 1024;
 
 /// The bytes of a tensor's data (BYTES: the strings and their 4-byte length prefixes).
 pub(crate) fn payload_bytes(t: &Tensor) -> usize {
@@ -341,10 +346,14 @@ fn request_timeout(request: &InferRequest) -> Result<Option<Duration>> {
 /// Runs one request on a model: validation, execution on the model's scheduler threads,
 /// response assembly. The outputs' estimated size is reserved in `held` before the request is
 /// queued, and their real size once they exist.
+///
+/// `lone`: no other request is in flight in the server; a small request may then be executed
+/// on this thread ([`crate::scheduler`]'s inline execution).
 async fn infer(
     model: &Arc<ServedModel>,
     mut request: InferRequest,
     held: Option<&Reservation>,
+    lone: bool,
 ) -> Result<InferResponse> {
     let started = Instant::now();
     let validated = validate(&model.name, model.signature(), &mut request)?;
@@ -358,7 +367,14 @@ async fn infer(
     let Validated { inputs, outputs } = validated;
     // The worker threads execute it; if this future is dropped (the client went away), the
     // queued job is dropped unexecuted.
-    let ticket = model.scheduler.submit(inputs, timeout)?;
+    let lone = lone
+        && inputs
+            .iter()
+            .try_fold(0usize, |n, t| {
+                Some(n + payload_bytes(t)).filter(|&n| n <= INLINE_MAX_INPUT_BYTES)
+            })
+            .is_some();
+    let ticket = model.scheduler.submit(inputs, timeout, lone)?;
     let produced = ticket.outcome().await?;
     let assembling = Instant::now();
     let produced_bytes: usize = outputs.iter().map(|&ix| payload_bytes(&produced[ix])).sum();

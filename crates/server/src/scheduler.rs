@@ -3,7 +3,8 @@
 //!
 //! Requests are validated on the async side and submitted as [`Job`]s. Each model has its own
 //! queue and `instances` worker threads that pull from it and call [`Model::execute`]; the
-//! async side awaits the reply on a oneshot channel, so no async thread ever blocks on a model.
+//! async side awaits the reply on a oneshot channel, so an async thread does not block on a
+//! model (the one exception, bounded: inline execution, below).
 //!
 //! - **Backpressure**: the queue holds at most `max_queue_size` jobs; [`Scheduler::submit`]
 //!   refuses more at once with [`Error::Overloaded`] (HTTP 503, gRPC `UNAVAILABLE`).
@@ -14,6 +15,14 @@
 //!   job first answers it the same way. A job a worker has taken, to run or to gather into a
 //!   batch (at most `max_queue_delay_us`), is answered by the worker: a running one runs to the
 //!   end (as in Triton).
+//! - **Inline execution**: a request that would wait for nobody runs on the async thread that
+//!   received it, without the hand-off to a worker thread and back (two thread wake-ups, most
+//!   of a tiny model's latency): only for a model that may run on any thread
+//!   ([`Model::runs_on_any_thread`]), without dynamic batching, when the caller says the server
+//!   has no other request in flight and the inputs are small, the queue is empty, the first
+//!   instance is idle (its worker and an inline run take turns on a lock, so an instance never
+//!   runs two executions at once), and the model's recent executions took under
+//!   [`INLINE_BELOW`]. Under any concurrency, requests go to the workers as before.
 //! - **Cancellation**: when a client goes away, the front end drops the future that awaits the
 //!   reply, which closes the channel; a worker that reaches such a job drops it unexecuted.
 //! - **Dynamic batching** (`max_batch_size > 0`, models whose inputs and outputs all have a
@@ -27,7 +36,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use oxinfer_core::{Error, ErrorCode, Model, Result, Scheduling, Tensor};
@@ -65,7 +74,22 @@ struct Shared {
     next_id: AtomicU64,
     /// The model, for the log.
     label: String,
+    /// The first instance, for inline execution; `None` when the model may not run inline.
+    inline: Option<Inline>,
+    /// A recent execution's duration in nanoseconds, slow ones weighing at once and decaying
+    /// slowly (`u64::MAX` before the first).
+    recent_ns: AtomicU64,
 }
+
+/// The first instance, shared by its worker and inline runs.
+struct Inline {
+    model: Arc<dyn Model>,
+    /// Held by whoever executes on the instance: its worker or an inline run.
+    busy: Mutex<()>,
+}
+
+/// Inline execution only for a model whose recent executions took less than this.
+pub(crate) const INLINE_BELOW: Duration = Duration::from_micros(200);
 
 /// A queued request's claim on its reply ([`Scheduler::submit`]).
 pub(crate) struct Ticket {
@@ -119,6 +143,13 @@ impl Scheduler {
         config: Scheduling,
         telemetry: Arc<ModelTelemetry>,
     ) -> Result<Scheduler> {
+        let inline = instances
+            .first()
+            .filter(|m| !config.batching() && m.runs_on_any_thread())
+            .map(|m| Inline {
+                model: m.clone(),
+                busy: Mutex::new(()),
+            });
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::with_capacity(config.max_queue_size.min(1024)),
@@ -129,12 +160,22 @@ impl Scheduler {
             telemetry,
             next_id: AtomicU64::new(0),
             label: label.to_string(),
+            inline,
+            recent_ns: AtomicU64::new(u64::MAX),
         });
         for (i, model) in instances.into_iter().enumerate() {
             let for_worker = shared.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("oxinfer-{label}-{i}"))
-                .spawn(move || worker(&for_worker, model.as_ref()));
+                .spawn(move || {
+                    // The first worker takes turns with inline runs on its instance.
+                    let busy = if i == 0 {
+                        for_worker.inline.as_ref().map(|inline| &inline.busy)
+                    } else {
+                        None
+                    };
+                    worker(&for_worker, model.as_ref(), busy)
+                });
             if let Err(e) = spawned {
                 // Let the workers already started exit (and free their instances).
                 lock(&shared.queue).closed = true;
@@ -149,7 +190,15 @@ impl Scheduler {
     /// model's default timeout. Returns the ticket its outcome arrives on; dropping it cancels
     /// the job if it has not started. Refuses the job at once when the queue is full or a
     /// request has more rows than `max_batch_size`.
-    pub(crate) fn submit(&self, inputs: Vec<Tensor>, timeout: Option<Duration>) -> Result<Ticket> {
+    ///
+    /// `lone`: the caller has no other request in flight and the inputs are small; the job may
+    /// then be executed here, on the calling thread, before this returns (see the module doc).
+    pub(crate) fn submit(
+        &self,
+        inputs: Vec<Tensor>,
+        timeout: Option<Duration>,
+        lone: bool,
+    ) -> Result<Ticket> {
         let shared = &self.shared;
         let config = &shared.config;
         let rows = inputs.first().map_or(1, Tensor::rows);
@@ -186,6 +235,19 @@ impl Scheduler {
             deadline,
             reply,
         };
+        let ticket = Ticket {
+            receiver,
+            deadline,
+            id,
+            shared: shared.clone(),
+        };
+        let job = match lone {
+            true => match shared.run_inline(job) {
+                None => return Ok(ticket),
+                Some(job) => job,
+            },
+            false => job,
+        };
         {
             let mut queue = lock(&shared.queue);
             if queue.jobs.len() >= config.max_queue_size {
@@ -213,12 +275,7 @@ impl Scheduler {
         } else {
             shared.ready.notify_one();
         }
-        Ok(Ticket {
-            receiver,
-            deadline,
-            id,
-            shared: shared.clone(),
-        })
+        Ok(ticket)
     }
 }
 
@@ -236,6 +293,48 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 }
 
 impl Shared {
+    /// Executes `job` on the calling thread if it would wait for nobody (module doc); gives it
+    /// back otherwise.
+    fn run_inline(&self, job: Job) -> Option<Job> {
+        let Some(inline) = &self.inline else {
+            return Some(job);
+        };
+        if self.recent_ns.load(Ordering::Relaxed) >= INLINE_BELOW.as_nanos() as u64 {
+            return Some(job);
+        }
+        let busy = {
+            let queue = lock(&self.queue);
+            if !queue.jobs.is_empty() || queue.closed {
+                return Some(job);
+            }
+            match inline.busy.try_lock() {
+                Ok(busy) => busy,
+                // Model code runs under it but never panics out of `execute` (caught there).
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => return Some(job),
+            }
+        };
+        let started = Instant::now();
+        self.telemetry.queued(started - job.enqueued);
+        run(self, inline.model.as_ref(), vec![job], started);
+        drop(busy);
+        None
+    }
+
+    /// Records how long one execution took.
+    fn took(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .recent_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |recent| {
+                Some(if recent == u64::MAX || ns >= recent {
+                    ns
+                } else {
+                    recent - (recent - ns) / 8
+                })
+            });
+    }
+
     /// Takes the next job (and, when batching, the jobs to run with it). `None` when the
     /// scheduler is closed and the queue is empty.
     fn next_batch(&self) -> Option<Vec<Job>> {
@@ -369,8 +468,10 @@ impl Shared {
     }
 }
 
-fn worker(shared: &Shared, model: &dyn Model) {
+/// A worker thread's loop; `busy` is the lock the first worker shares with inline runs.
+fn worker(shared: &Shared, model: &dyn Model, busy: Option<&Mutex<()>>) {
     while let Some(batch) = shared.next_batch() {
+        let _turn = busy.map(|b| b.lock().unwrap_or_else(|e| e.into_inner()));
         let started = Instant::now();
         for job in &batch {
             shared.telemetry.queued(started - job.enqueued);
@@ -452,12 +553,14 @@ fn execute(
     inputs: Vec<Tensor>,
     started: Instant,
 ) -> Result<Vec<Tensor>> {
+    let executing = Instant::now();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.execute(inputs)))
         .unwrap_or_else(|_| {
             Err(Error::Internal(
                 "the model panicked while executing the request".into(),
             ))
         });
+    shared.took(executing.elapsed());
     shared.telemetry.computed(started.elapsed());
     let outputs = result?;
     let declared = model.signature().outputs.len();

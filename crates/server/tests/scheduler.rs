@@ -7,6 +7,7 @@
 //! batch that holds a -1 (a client error).
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,14 +24,27 @@ use tower::ServiceExt;
 
 type Log = Arc<Mutex<Vec<Vec<usize>>>>;
 
+/// Where and how the probe's executions ran.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    /// The name of the thread of each execution.
+    threads: Arc<Mutex<Vec<String>>>,
+    /// Executions running now, and the most seen at once.
+    running: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+}
+
 struct ProbeRuntime {
     log: Log,
+    seen: Seen,
 }
 
 struct Probe {
     signature: ModelSignature,
     sleep: Duration,
+    any_thread: bool,
     log: Log,
+    seen: Seen,
 }
 
 impl Runtime for ProbeRuntime {
@@ -52,7 +66,13 @@ impl Runtime for ProbeRuntime {
                 outputs: vec![TensorMetadata::new("y", DataType::Fp32, vec![-1, -1])],
             },
             sleep: Duration::from_millis(sleep as u64),
+            any_thread: request
+                .options
+                .get("any_thread")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
             log: self.log.clone(),
+            seen: self.seen.clone(),
         }))
     }
 }
@@ -64,9 +84,17 @@ impl Model for Probe {
     fn concurrent(&self) -> bool {
         true
     }
+    fn runs_on_any_thread(&self) -> bool {
+        self.any_thread
+    }
     fn execute(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let now = self.seen.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.seen.most.fetch_max(now, Ordering::SeqCst);
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        self.seen.threads.lock().unwrap().push(thread);
         self.log.lock().unwrap().push(inputs[0].shape().to_vec());
         std::thread::sleep(self.sleep);
+        self.seen.running.fetch_sub(1, Ordering::SeqCst);
         if inputs[0].as_slice::<f32>()?.contains(&-1.0) {
             return Err(oxinfer_core::Error::invalid("the probe refuses -1"));
         }
@@ -85,6 +113,12 @@ impl Model for Probe {
 
 /// A server state with one probe model configured by `scheduler` (TOML lines) and `options`.
 fn state(scheduler: &str, options: &str) -> (AppState, Log) {
+    let (state, log, _) = probe_state(scheduler, options);
+    (state, log)
+}
+
+/// [`state`], with where the executions ran.
+fn probe_state(scheduler: &str, options: &str) -> (AppState, Log, Seen) {
     let dir = std::env::temp_dir().join(format!(
         "oxinfer-sched-{}-{}",
         std::process::id(),
@@ -101,18 +135,22 @@ fn state(scheduler: &str, options: &str) -> (AppState, Log) {
         ),
     )
     .unwrap();
-    let log = Log::default();
+    let (log, seen) = (Log::default(), Seen::default());
     let mut registry = RuntimeRegistry::new();
-    registry.register(Arc::new(ProbeRuntime { log: log.clone() }));
+    registry.register(Arc::new(ProbeRuntime {
+        log: log.clone(),
+        seen: seen.clone(),
+    }));
     let manifest = Manifest::load(&manifest).unwrap();
     (
         AppState::new(ModelRepository::load(registry, manifest).unwrap(), 1 << 20),
         log,
+        seen,
     )
 }
 
 fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
@@ -424,4 +462,94 @@ async fn a_bad_request_in_a_batch_fails_alone() {
         "the four were batched first: {executions:?}"
     );
     assert_eq!(executions.len(), 5, "then each ran alone: {executions:?}");
+}
+
+fn on_a_worker(thread: &str) -> bool {
+    thread.starts_with("oxinfer-probe-")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_fast_request_runs_on_the_thread_that_received_it() {
+    let (state, _, seen) = probe_state("", "any_thread = true");
+    for i in 0..20 {
+        let (status, reply) = infer(&state, &body(1, 4, i as f32, None)).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(
+            reply["outputs"][0]["data"][1],
+            json!(2.0 * (i as f32 + 1.0))
+        );
+    }
+    let threads = seen.threads.lock().unwrap().clone();
+    // The first execution's duration is not known yet: a worker runs it.
+    assert!(on_a_worker(&threads[0]), "{threads:?}");
+    // The others run here, unless a busy machine stretched an execution over the bound (then
+    // a few go to the worker until recent ones are fast again).
+    let inline = threads[1..].iter().filter(|t| !on_a_worker(t)).count();
+    assert!(
+        inline >= 10,
+        "lone requests ran on the calling thread: {threads:?}"
+    );
+    let stats = get(&state, "/v2/models/probe/stats").await;
+    let s = &stats["model_stats"][0];
+    assert_eq!(s["execution_count"], json!(20));
+    assert_eq!(s["inference_stats"]["queue"]["count"], json!(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_models_and_models_kept_to_their_threads_run_on_workers() {
+    // 1 ms per execution: over the inline bound.
+    let (slow, _, slow_seen) = probe_state("", "any_thread = true\nsleep_ms = 1");
+    // Fast, but its runtime does not say it may run anywhere.
+    let (kept, _, kept_seen) = probe_state("", "");
+    // Fast, but with dynamic batching: requests wait for others.
+    let (batched, _, batched_seen) = probe_state(
+        "max_batch_size = 8\nmax_queue_delay_us = 100",
+        "any_thread = true",
+    );
+    for state in [&slow, &kept, &batched] {
+        for i in 0..4 {
+            assert_eq!(
+                infer(state, &body(1, 4, i as f32, None)).await.0,
+                StatusCode::OK
+            );
+        }
+    }
+    for seen in [slow_seen, kept_seen, batched_seen] {
+        let threads = seen.threads.lock().unwrap().clone();
+        assert_eq!(threads.len(), 4);
+        assert!(threads.iter().all(|t| on_a_worker(t)), "{threads:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_go_to_the_worker_and_an_instance_runs_one_at_a_time() {
+    let (state, log, seen) = probe_state("instances = 1", "any_thread = true");
+    // Known fast first, so that inline runs are possible.
+    assert_eq!(
+        infer(&state, &body(1, 4, 0.0, None)).await.0,
+        StatusCode::OK
+    );
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let state = state.clone();
+        tasks.push(tokio::spawn(async move {
+            let (status, reply) = infer(&state, &body(2, 4, i as f32, None)).await;
+            assert_eq!(status, StatusCode::OK, "{reply}");
+            assert_eq!(reply["outputs"][0]["data"][0], json!(2.0 * i as f32));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(log.lock().unwrap().len(), 65);
+    assert_eq!(
+        seen.most.load(Ordering::SeqCst),
+        1,
+        "the one instance never ran two executions at once"
+    );
+    let threads = seen.threads.lock().unwrap().clone();
+    assert!(
+        threads[1..].iter().any(|t| on_a_worker(t)),
+        "requests in flight together went to the worker: {threads:?}"
+    );
 }

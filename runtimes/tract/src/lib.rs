@@ -458,6 +458,13 @@ impl Model for TractModel {
         true
     }
 
+    fn runs_on_any_thread(&self) -> bool {
+        // Plain CPU code on the calling thread, with no thread-local state. Not per_shape: a
+        // new shape's plan is compiled on the first request, and compiling stays off the I/O
+        // threads.
+        matches!(self.engine, Engine::Symbolic { .. })
+    }
+
     fn details(&self) -> Vec<(&'static str, String)> {
         vec![("strategy", self.engine.name().to_string())]
     }

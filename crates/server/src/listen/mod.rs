@@ -343,6 +343,13 @@ impl RequestLimit {
         self.max
     }
 
+    /// Counted requests in flight now (admitted and not yet answered).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.max
+            .min(Semaphore::MAX_PERMITS)
+            .saturating_sub(self.permits.available_permits())
+    }
+
     /// Admits a request on `peer`'s connection; `counted` is false for probes and metrics,
     /// which are served even when the server is full. `None`: over the limit.
     pub(crate) fn admit(&self, peer: Option<&Peer>, counted: bool) -> Option<RequestGuard> {
