@@ -314,7 +314,9 @@ impl Shared {
                 Err(TryLockError::WouldBlock) => return Some(job),
             }
         };
+        // A deadline already past (a `timeout` of 0) is answered as a worker would.
         let started = Instant::now();
+        let job = self.admit(job, started)?;
         self.telemetry.queued(started - job.enqueued);
         run(self, inline.model.as_ref(), vec![job], started);
         drop(busy);

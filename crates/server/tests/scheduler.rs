@@ -493,6 +493,10 @@ async fn a_lone_fast_request_runs_on_the_thread_that_received_it() {
     let s = &stats["model_stats"][0];
     assert_eq!(s["execution_count"], json!(20));
     assert_eq!(s["inference_stats"]["queue"]["count"], json!(20));
+    // A deadline already past is answered as a worker answers it: not executed.
+    let (status, reply) = infer(&state, &body(1, 4, 0.0, Some(0))).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{reply}");
+    assert_eq!(seen.threads.lock().unwrap().len(), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
