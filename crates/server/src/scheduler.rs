@@ -241,12 +241,13 @@ impl Scheduler {
             id,
             shared: shared.clone(),
         };
-        let job = match lone {
-            true => match shared.run_inline(job) {
+        let job = if lone {
+            match shared.run_inline(job) {
                 None => return Ok(ticket),
                 Some(job) => job,
-            },
-            false => job,
+            }
+        } else {
+            job
         };
         {
             let mut queue = lock(&shared.queue);

@@ -221,23 +221,12 @@ impl GrpcInferenceService for GrpcService {
             "ModelInfer",
         )?;
         let appendable = tail::appendable(request.metadata());
-        let mut response = self
+        let response = self
             .infer(request.into_inner(), verdict, caller)
             .await
             .1
             .map_err(status)?;
-        let raw_bytes = response
-            .raw_output_contents
-            .iter()
-            .fold(0usize, |n, b| n.saturating_add(b.len()));
-        if !appendable || raw_bytes < tail::WORTH_APPENDING {
-            return Ok(Response::new(response));
-        }
-        // Sent after tonic's encoding of the rest, without a copy (`tail`).
-        let raw = std::mem::take(&mut response.raw_output_contents);
-        let mut response = Response::new(response);
-        response.extensions_mut().insert(tail::RawTail(raw));
-        Ok(response)
+        Ok(tail::respond(response, appendable))
     }
 
     type ModelStreamInferStream = StreamResult;

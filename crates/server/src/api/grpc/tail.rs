@@ -5,9 +5,9 @@
 //! copy per response. Protobuf lets a message's fields come in any order and lets entries of a
 //! repeated field be appended to an encoded message, so instead:
 //!
-//! - the handler takes `raw_output_contents` out of the message it gives tonic and puts the
-//!   tensors in the response's extensions ([`RawTail`]); it does so only when the response will
-//!   go out uncompressed ([`appendable`]): a compressed message cannot be appended to; and only
+//! - the handler, through [`respond`], takes `raw_output_contents` out of the message it gives
+//!   tonic and puts the tensors in the response's extensions ([`RawTail`]), only when that
+//!   goes out uncompressed ([`appendable`]): a compressed message cannot be appended to; and only
 //!   from [`WORTH_APPENDING`] bytes of outputs;
 //! - [`wrap`] (in [`super::admission::Admit`], outside tonic) sends tonic's encoded message
 //!   followed by each tensor as a field-6 entry (a few bytes of key and length, then the
@@ -27,9 +27,11 @@ use http_body::{Body, Frame, SizeHint};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
 
+use super::pb;
+
 /// The raw output bytes from which appending pays: below it, copying them into tonic's buffer
 /// costs less than the pieces and the extra body layer (a tiny model's few bytes).
-pub(super) const WORTH_APPENDING: usize = 16 * 1024;
+const WORTH_APPENDING: usize = 16 * 1024;
 
 /// `ModelInferResponse.raw_output_contents`'s field number.
 const RAW_OUTPUT_CONTENTS: u32 = 6;
@@ -39,7 +41,7 @@ const PREFIX: usize = 5;
 
 /// Raw output contents taken out of a `ModelInferResponse`, to be appended to its encoding.
 #[derive(Debug, Clone)]
-pub(super) struct RawTail(pub(super) Vec<Bytes>);
+struct RawTail(Vec<Bytes>);
 
 impl RawTail {
     /// The bytes the entries add to the message.
@@ -61,6 +63,25 @@ pub(super) fn appendable(metadata: &tonic::metadata::MetadataMap) -> bool {
         .get("grpc-accept-encoding")
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| !v.split(',').any(|e| e.trim() == "gzip"))
+}
+
+/// The handler's response: its raw outputs left for [`wrap`] to append when the response is
+/// `appendable` and they are worth it, else the message as it is.
+pub(super) fn respond(
+    mut response: pb::ModelInferResponse,
+    appendable: bool,
+) -> tonic::Response<pb::ModelInferResponse> {
+    let raw_bytes = response
+        .raw_output_contents
+        .iter()
+        .fold(0usize, |n, b| n.saturating_add(b.len()));
+    if !appendable || raw_bytes < WORTH_APPENDING {
+        return tonic::Response::new(response);
+    }
+    let raw = std::mem::take(&mut response.raw_output_contents);
+    let mut response = tonic::Response::new(response);
+    response.extensions_mut().insert(RawTail(raw));
+    response
 }
 
 /// Appends a response's [`RawTail`], if it has one, to its body.
@@ -233,7 +254,6 @@ impl Body for TailBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::grpc::pb;
     use http_body_util::BodyExt;
     use prost::Message;
 
