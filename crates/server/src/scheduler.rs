@@ -62,6 +62,9 @@ struct Job {
 struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// Workers waiting for a job (in [`Shared::next_candidates`]): a job queued while none
+    /// waits wakes nobody, since the workers look at the queue before they wait again.
+    idle: usize,
 }
 
 struct Shared {
@@ -154,6 +157,7 @@ impl Scheduler {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::with_capacity(config.max_queue_size.min(1024)),
                 closed: false,
+                idle: 0,
             }),
             ready: Condvar::new(),
             config,
@@ -249,7 +253,7 @@ impl Scheduler {
         } else {
             job
         };
-        {
+        let wake = {
             let mut queue = lock(&shared.queue);
             if queue.jobs.len() >= config.max_queue_size {
                 // Jobs nobody waits for any more (client gone, deadline passed) give way first.
@@ -269,11 +273,14 @@ impl Scheduler {
             }
             queue.jobs.push_back(job);
             shared.telemetry.queue_depth(queue.jobs.len());
-        }
+            queue.idle > 0
+        };
         if config.batching() {
             // A worker gathering a batch and an idle one may both want this job.
             shared.ready.notify_all();
-        } else {
+        } else if wake {
+            // A wake-up is a system call even when nobody waits: under load, a worker busy
+            // with the job before this one takes this one next without it.
             shared.ready.notify_one();
         }
         Ok(ticket)
@@ -364,7 +371,9 @@ impl Shared {
                 return None;
             }
             self.telemetry.queue_depth(0);
+            queue.idle += 1;
             queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+            queue.idle -= 1;
         };
         let mut batch = vec![first];
         if self.config.batching() && batch[0].key.is_some() {
