@@ -400,3 +400,68 @@ async fn metrics_show_the_models_ready_now_and_the_process() {
         "{text}"
     );
 }
+
+/// The compression layers apply exactly when the request asks for them: a body sent gzipped is
+/// read, an answer is gzipped for a client that accepts it, and a client that names no
+/// encoding (or only `identity`) gets the plain answer.
+#[tokio::test]
+async fn compression_applies_only_when_the_request_asks_for_it() {
+    use std::io::{Read, Write};
+    let s = state();
+    let a: Vec<i32> = (0..16).collect();
+    let body = simple_request(&a, &a).to_string();
+    let send = |headers: &'static [(&'static str, &'static str)], body: Vec<u8>| {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/v2/models/simple/infer");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        app(s.clone()).oneshot(request.body(Body::from(body)).unwrap())
+    };
+    let doubled: Vec<i32> = a.iter().map(|x| 2 * x).collect();
+    let check = |bytes: &[u8]| {
+        let reply: Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(reply["outputs"][0]["data"], json!(doubled));
+    };
+
+    for headers in [&[][..], &[("accept-encoding", "identity")][..]] {
+        let response = send(headers, body.clone().into_bytes()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("content-encoding").is_none());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        check(&bytes);
+    }
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.as_bytes()).unwrap();
+    let packed = gz.finish().unwrap();
+    // A gzipped body, answered plainly.
+    let response = send(&[("content-encoding", "gzip")], packed.clone())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("content-encoding").is_none());
+    check(&response.into_body().collect().await.unwrap().to_bytes());
+    // A gzipped body and a gzipped answer.
+    let response = send(
+        &[("content-encoding", "gzip"), ("accept-encoding", "gzip")],
+        packed,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.headers()["vary"], "accept-encoding");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_end(&mut plain)
+        .unwrap();
+    check(&plain);
+    // An encoding the server does not know: refused before the handler.
+    let response = send(&[("content-encoding", "compress")], body.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
