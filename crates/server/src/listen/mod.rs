@@ -825,12 +825,38 @@ fn rest_builder(
     builder
 }
 
+/// What [`serve_rest`] serves: the REST API (`api::rest::RestApp`), named by its shape so that
+/// this module does not depend on the API's.
+pub(crate) trait RestService:
+    tower::Service<
+        http::Request<axum::body::Body>,
+        Response = http::Response<axum::body::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> RestService for S where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<axum::body::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting, calls
 /// `stopping`, lets open connections finish their requests, and returns.
 pub(crate) async fn serve_rest(
     listener: TcpListener,
     listening: Arc<Listening>,
-    router: crate::api::rest::RestApp,
+    router: impl RestService,
     shutdown: impl Future<Output = ()> + Send + 'static,
     stopping: impl FnOnce(),
 ) -> io::Result<()> {
@@ -873,7 +899,7 @@ pub(crate) async fn serve_rest(
 /// `api::http::admit` middleware, after access control, applies `max_concurrent_requests`).
 async fn serve_request(
     mut request: http::Request<hyper::body::Incoming>,
-    router: crate::api::rest::RestApp,
+    router: impl RestService,
     peer: Peer,
 ) -> Result<http::Response<axum::body::Body>, Infallible> {
     let extensions = request.extensions_mut();
