@@ -84,20 +84,19 @@ const X_REQUEST_ID: &str = "x-request-id";
 
 /// The REST API over `state`. Tested without a socket through `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> RestApp {
-    let limit = state.max_request_bytes;
-    let routes = routes(&state);
     // The limit applies to the decompressed body: a small gzip bomb cannot exceed it.
-    let plain = routes
-        .clone()
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(state.clone(), front_door))
-        .with_state(state.clone());
-    let encoded = routes
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(RequestDecompressionLayer::new())
-        .layer(CompressionLayer::new())
-        .layer(middleware::from_fn_with_state(state.clone(), front_door))
-        .with_state(state);
+    let limited = routes(&state).layer(DefaultBodyLimit::max(state.max_request_bytes));
+    let behind_front_door = |router: Router<AppState>| {
+        router
+            .layer(middleware::from_fn_with_state(state.clone(), front_door))
+            .with_state(state.clone())
+    };
+    let plain = behind_front_door(limited.clone());
+    let encoded = behind_front_door(
+        limited
+            .layer(RequestDecompressionLayer::new())
+            .layer(CompressionLayer::new()),
+    );
     RestApp { plain, encoded }
 }
 
@@ -155,18 +154,19 @@ where
 /// accepts an encoding other than `identity` (Python's `http.client` sends
 /// `Accept-Encoding: identity` on every request).
 fn encoded(headers: &HeaderMap) -> bool {
+    // A value that is not text is left to the layer to judge.
+    let names_other = |value: &HeaderValue| match value.to_str() {
+        Err(_) => true,
+        Ok(codings) => codings
+            .split(',')
+            .map(|coding| coding.split(';').next().unwrap_or_default().trim())
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity")),
+    };
     headers.contains_key(header::CONTENT_ENCODING)
         || headers
             .get_all(header::ACCEPT_ENCODING)
             .iter()
-            .any(|value| {
-                value.to_str().ok().is_none_or(|value| {
-                    value.split(',').any(|coding| {
-                        let coding = coding.split(';').next().unwrap_or_default().trim();
-                        !coding.is_empty() && !coding.eq_ignore_ascii_case("identity")
-                    })
-                })
-            })
+            .any(names_other)
 }
 
 /// Every REST route and the fallbacks, before the layers [`app`] puts around them.
