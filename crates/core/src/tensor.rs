@@ -198,6 +198,12 @@ impl Tensor {
         self.data
     }
 
+    /// Takes the tensor apart without copying: its name, datatype, shape and data (for an
+    /// encoder that moves them into a message of its own).
+    pub fn into_parts(self) -> (String, DataType, Vec<usize>, TensorData) {
+        (self.name, self.datatype, self.shape, self.data)
+    }
+
     /// The raw little-endian bytes of a fixed-size tensor; `None` for `BYTES`.
     pub fn raw(&self) -> Option<&Bytes> {
         match &self.data {

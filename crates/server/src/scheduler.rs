@@ -326,7 +326,7 @@ impl Shared {
         let started = Instant::now();
         let job = self.admit(job, started)?;
         self.telemetry.queued(started - job.enqueued);
-        run(self, inline.model.as_ref(), vec![job], started);
+        run_one(self, inline.model.as_ref(), job, started);
         drop(busy);
         None
     }
@@ -495,32 +495,29 @@ fn worker(shared: &Shared, model: &dyn Model, busy: Option<&Mutex<()>>) {
 /// Executes a batch (one job or several joined) and replies to each job. When a joined batch
 /// fails because of the input (a 400: one request's bad string, say), each job is run again on
 /// its own, so only the request at fault gets the error.
-fn run(shared: &Shared, model: &dyn Model, batch: Vec<Job>, started: Instant) {
-    if batch.len() > 1 {
-        shared.telemetry.batched_executions.inc();
+fn run(shared: &Shared, model: &dyn Model, mut batch: Vec<Job>, started: Instant) {
+    if batch.len() == 1 {
+        let job = batch.pop().expect("one job");
+        return run_one(shared, model, job, started);
     }
+    shared.telemetry.batched_executions.inc();
     let rows: Vec<usize> = batch.iter().map(|j| j.rows).collect();
     let total: usize = rows.iter().sum();
-    let inputs = if batch.len() == 1 {
-        batch[0].inputs.clone()
-    } else {
-        let columns = batch[0].inputs.len();
-        let mut joined = Vec::with_capacity(columns);
-        for c in 0..columns {
-            // Tensor clones share their data; the copies made here are the joined buffers.
-            let parts = batch.iter().map(|j| j.inputs[c].clone()).collect();
-            match Tensor::concat_rows(parts) {
-                Ok(t) => joined.push(t),
-                Err(e) => return fail_all(batch, &e),
-            }
+    let columns = batch[0].inputs.len();
+    let mut inputs = Vec::with_capacity(columns);
+    for c in 0..columns {
+        // Tensor clones share their data; the copies made here are the joined buffers.
+        let parts = batch.iter().map(|j| j.inputs[c].clone()).collect();
+        match Tensor::concat_rows(parts) {
+            Ok(t) => inputs.push(t),
+            Err(e) => return fail_all(batch, &e),
         }
-        joined
-    };
+    }
     let outputs = match execute(shared, model, inputs, started) {
         Ok(outputs) => outputs,
-        Err(e) if batch.len() > 1 && e.code() == ErrorCode::InvalidArgument => {
+        Err(e) if e.code() == ErrorCode::InvalidArgument => {
             for job in batch {
-                run(shared, model, vec![job], Instant::now());
+                run_one(shared, model, job, Instant::now());
             }
             return;
         }
@@ -531,12 +528,6 @@ fn run(shared: &Shared, model: &dyn Model, batch: Vec<Job>, started: Instant) {
     // dropped before its answer is sent: the front end encodes the response as soon as it is
     // woken, and a request still held while its response is encoded would count one payload
     // more in the server's memory high-water mark.
-    if batch.len() == 1 {
-        let Job { reply, inputs, .. } = batch.into_iter().next().expect("one job");
-        drop(inputs);
-        let _ = reply.send(Ok(outputs));
-        return;
-    }
     // Split every output back by each job's rows: per job, one tensor per output.
     let mut per_job: Vec<Vec<Tensor>> = (0..batch.len())
         .map(|_| Vec::with_capacity(outputs.len()))
@@ -583,6 +574,24 @@ fn execute(
         )));
     }
     Ok(outputs)
+}
+
+/// Executes one job on its own. Its inputs are moved into the model, which drops them when it
+/// no longer needs them, so they (and the request body or message they are views of) are gone
+/// before the answer is sent: the front end encodes the response as soon as it is woken, and a
+/// request still held then would count one payload more in the memory high-water mark.
+fn run_one(shared: &Shared, model: &dyn Model, job: Job, started: Instant) {
+    let Job {
+        reply,
+        inputs,
+        rows,
+        ..
+    } = job;
+    let outcome = execute(shared, model, inputs, started);
+    if outcome.is_ok() {
+        shared.telemetry.executed(rows as u64);
+    }
+    let _ = reply.send(outcome);
 }
 
 fn fail_all(batch: Vec<Job>, error: &Error) {

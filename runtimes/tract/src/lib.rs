@@ -401,20 +401,21 @@ impl TractModel {
     /// Dynamic dimensions that share a symbol (say `batch`) must have the same size in every
     /// input; tract would fail later with a less helpful message.
     fn check_symbols(input_symbols: &[Vec<Option<Symbol>>], inputs: &[Tensor]) -> Result<()> {
-        let mut seen: HashMap<&Symbol, (usize, &str)> = HashMap::new();
+        // A model has a handful of symbols: a linear search in a vector that stays on the stack
+        // (no allocation per request).
+        let mut seen: TVec<(&Symbol, usize, &str)> = TVec::new();
         for (input, symbols) in inputs.iter().zip(input_symbols) {
             for (&size, symbol) in input.shape().iter().zip(symbols) {
                 let Some(symbol) = symbol else { continue };
-                match seen.get(symbol) {
-                    Some(&(other, other_name)) if other != size => {
+                match seen.iter().find(|(s, ..)| *s == symbol) {
+                    Some(&(_, other, other_name)) if other != size => {
                         return Err(Error::invalid(format!(
                             "dimension '{symbol}' is {other} in input '{other_name}' but {size} in input '{}'",
                             input.name()
                         )));
                     }
-                    _ => {
-                        seen.insert(symbol, (size, input.name()));
-                    }
+                    Some(_) => {}
+                    None => seen.push((symbol, size, input.name())),
                 }
             }
         }

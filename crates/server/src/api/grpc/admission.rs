@@ -20,9 +20,11 @@
 //! one (other methods, the client) the codec decodes as prost does.
 
 use std::any::TypeId;
+use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::size_of;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -96,7 +98,7 @@ impl Admission {
             .is_some_and(|grant| !grant.may_use(&scanned.model_name))
         {
             // The handler refuses it (PERMISSION_DENIED).
-            return Some(scanned.header);
+            return Some(header(message));
         }
         let model = match self
             .state
@@ -105,14 +107,14 @@ impl Admission {
         {
             Ok(model) => model,
             // The handler looks the model up again and reports why.
-            Err(_) => return Some(scanned.header),
+            Err(_) => return Some(header(message)),
         };
         if scanned.input_count > MAX_SCANNED_INPUTS {
             *verdict = Some(Verdict::Refused(Error::invalid(format!(
                 "the request has {} inputs; at most {MAX_SCANNED_INPUTS} are accepted",
                 scanned.input_count
             ))));
-            return Some(scanned.header);
+            return Some(header(message));
         }
         for input in &scanned.inputs {
             if input.dims > MAX_DIMS {
@@ -120,19 +122,19 @@ impl Admission {
                     "input '{}': its shape has {} dimensions, more than the {MAX_DIMS} accepted",
                     input.name, input.dims
                 ))));
-                return Some(scanned.header);
+                return Some(header(message));
             }
             let checked = input
                 .datatype
                 .parse::<DataType>()
                 .map_err(|e| Error::invalid(format!("input '{}': {e}", input.name)))
                 .and_then(|datatype| {
-                    let (shape, _) = check_shape(&input.name, &input.shape)?;
+                    let (shape, _) = check_shape(&input.name, scanned.shape(input))?;
                     pipeline::check_before_decoding(&model, &input.name, datatype, &shape)
                 });
             if let Err(e) = checked {
                 *verdict = Some(Verdict::Refused(e));
-                return Some(scanned.header);
+                return Some(header(message));
             }
         }
         let needed = message.len().saturating_add(scanned.decoded_bytes);
@@ -143,7 +145,7 @@ impl Admission {
             }
             Err(e) => {
                 *verdict = Some(Verdict::Refused(e));
-                Some(scanned.header)
+                Some(header(message))
             }
         }
     }
@@ -314,13 +316,14 @@ pub(super) fn compression_rule(
 
 /// What [`scan`] found in a `ModelInferRequest`.
 #[derive(Debug, Default)]
-pub(super) struct Scanned {
-    model_name: String,
-    model_version: String,
-    /// The message's fields 1-3 (model name, version, id) as they were, to decode alone.
-    header: Vec<u8>,
+pub(super) struct Scanned<'a> {
+    model_name: Cow<'a, str>,
+    model_version: Cow<'a, str>,
     /// The first [`MAX_SCANNED_INPUTS`] inputs.
-    inputs: Vec<ScannedInput>,
+    inputs: Vec<ScannedInput<'a>>,
+    /// The inputs' first [`MAX_DIMS`] dimensions each, one input after the other (one
+    /// allocation for all of them; [`Scanned::shape`]).
+    dims: Vec<i64>,
     /// How many inputs the message has.
     input_count: usize,
     /// An upper estimate of the heap memory the decoded message takes, beyond the message's
@@ -328,14 +331,38 @@ pub(super) struct Scanned {
     decoded_bytes: usize,
 }
 
+/// An input as the scan read it: its strings borrowed from the message where they are UTF-8
+/// (they always are in a message prost accepts), nothing allocated for it.
 #[derive(Debug, Default)]
-struct ScannedInput {
-    name: String,
-    datatype: String,
-    /// The first [`MAX_DIMS`] dimensions.
-    shape: Vec<i64>,
+struct ScannedInput<'a> {
+    name: Cow<'a, str>,
+    datatype: Cow<'a, str>,
+    /// Where its first [`MAX_DIMS`] dimensions are in [`Scanned::dims`].
+    shape: Range<usize>,
     /// How many dimensions the shape has.
     dims: usize,
+}
+
+impl Scanned<'_> {
+    /// An input's first [`MAX_DIMS`] dimensions.
+    fn shape(&self, input: &ScannedInput<'_>) -> &[i64] {
+        &self.dims[input.shape.clone()]
+    }
+}
+
+/// A message's fields 1-3 (model name, version, id) as they were, to decode alone: what is
+/// decoded of a message that is not admitted.
+fn header(message: &[u8]) -> Vec<u8> {
+    let mut header = Vec::new();
+    let mut fields = Fields(message);
+    while let Some(field) = fields.next() {
+        match field {
+            Ok((1..=3, Value::Len(_), whole)) => header.extend_from_slice(whole),
+            Ok(_) => {}
+            Err(Malformed) => break,
+        }
+    }
+    header
 }
 
 /// The most inputs a message is read for: no model takes more, and the scan must not itself
@@ -457,8 +484,8 @@ fn string_bytes(len: usize) -> usize {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
 /// A map entry (`map<string, InferParameter>`): the key and a string value are copied; the
@@ -500,10 +527,15 @@ fn contents_bytes(message: &[u8]) -> Result<usize, Malformed> {
 
 /// Estimates a tensor message's decoded size (an input, or a requested output), reading an
 /// input's name, datatype and shape.
-fn tensor_bytes(message: &[u8], input: &mut ScannedInput) -> Result<usize, Malformed> {
+fn tensor_bytes<'a>(
+    message: &'a [u8],
+    input: &mut ScannedInput<'a>,
+    dims: &mut Vec<i64>,
+) -> Result<usize, Malformed> {
     let mut bytes = 0usize;
     let mut fields = Fields(message);
     let mut shape = 0usize;
+    let start = dims.len();
     while let Some(field) = fields.next() {
         let (number, value, _) = field?;
         bytes = bytes.saturating_add(match (number, value) {
@@ -520,16 +552,16 @@ fn tensor_bytes(message: &[u8], input: &mut ScannedInput) -> Result<usize, Malfo
                 while !run.0.is_empty() {
                     let dim = run.varint()?;
                     shape += 1;
-                    if input.shape.len() < MAX_DIMS {
-                        input.shape.push(dim as i64);
+                    if shape <= MAX_DIMS {
+                        dims.push(dim as i64);
                     }
                 }
                 0
             }
             (3, Value::Varint(dim)) => {
                 shape += 1;
-                if input.shape.len() < MAX_DIMS {
-                    input.shape.push(dim as i64);
+                if shape <= MAX_DIMS {
+                    dims.push(dim as i64);
                 }
                 0
             }
@@ -539,20 +571,20 @@ fn tensor_bytes(message: &[u8], input: &mut ScannedInput) -> Result<usize, Malfo
         });
     }
     input.dims = shape;
+    input.shape = start..dims.len();
     Ok(bytes.saturating_add(vec_bytes(shape, 8)))
 }
 
 /// Scans a `ModelInferRequest` in its wire format.
-pub(super) fn scan(message: &[u8]) -> Result<Scanned, Malformed> {
+pub(super) fn scan(message: &[u8]) -> Result<Scanned<'_>, Malformed> {
     let mut scanned = Scanned::default();
     let mut bytes = 0usize;
     let (mut inputs, mut outputs, mut raws) = (0usize, 0usize, 0usize);
     let mut fields = Fields(message);
     while let Some(field) = fields.next() {
-        let (number, value, whole) = field?;
+        let (number, value, _) = field?;
         bytes = bytes.saturating_add(match (number, value) {
             (1..=3, Value::Len(s)) => {
-                scanned.header.extend_from_slice(whole);
                 match number {
                     1 => scanned.model_name = text(s),
                     2 => scanned.model_version = text(s),
@@ -564,7 +596,12 @@ pub(super) fn scan(message: &[u8]) -> Result<Scanned, Malformed> {
             (5, Value::Len(tensor)) => {
                 inputs += 1;
                 let mut input = ScannedInput::default();
-                let n = tensor_bytes(tensor, &mut input)?;
+                let n = if scanned.inputs.len() < MAX_SCANNED_INPUTS {
+                    tensor_bytes(tensor, &mut input, &mut scanned.dims)?
+                } else {
+                    // Not kept: its dimensions are not either.
+                    tensor_bytes(tensor, &mut input, &mut Vec::new())?
+                };
                 if scanned.inputs.len() < MAX_SCANNED_INPUTS {
                     scanned.inputs.push(input);
                 }
@@ -572,7 +609,8 @@ pub(super) fn scan(message: &[u8]) -> Result<Scanned, Malformed> {
             }
             (6, Value::Len(tensor)) => {
                 outputs += 1;
-                tensor_bytes(tensor, &mut ScannedInput::default())?
+                // A requested output: read for its size only.
+                tensor_bytes(tensor, &mut ScannedInput::default(), &mut Vec::new())?
             }
             (7, Value::Len(_)) => {
                 raws += 1;
@@ -727,9 +765,9 @@ mod tests {
             prop_assert_eq!(scanned.inputs.len(), decoded.inputs.len());
             for (s, d) in scanned.inputs.iter().zip(&decoded.inputs) {
                 prop_assert_eq!(&s.name, &d.name);
-                prop_assert_eq!(&s.shape, &d.shape);
+                prop_assert_eq!(scanned.shape(s), d.shape.as_slice());
             }
-            let header = pb::ModelInferRequest::decode(scanned.header.as_slice()).unwrap();
+            let header = pb::ModelInferRequest::decode(header(&wire).as_slice()).unwrap();
             prop_assert_eq!(header.model_name, decoded.model_name);
             prop_assert_eq!(header.id, decoded.id);
             prop_assert!(header.inputs.is_empty());
@@ -766,7 +804,8 @@ mod tests {
             inputs: vec![InferInputTensor::default(); 10_000],
             ..Default::default()
         };
-        let scanned = scan(&empty_inputs.encode_to_vec()).unwrap();
+        let wire = empty_inputs.encode_to_vec();
+        let scanned = scan(&wire).unwrap();
         assert!(scanned.decoded_bytes >= 10_000 * size_of::<InferInputTensor>());
         assert_eq!(scanned.input_count, 10_000);
         assert_eq!(
@@ -846,10 +885,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        let scanned = scan(&r.encode_to_vec()).unwrap();
-        assert_eq!(scanned.inputs[0].shape.len(), MAX_DIMS);
-        assert_eq!(scanned.inputs[0].dims, 1000);
         let wire = r.encode_to_vec();
+        let scanned = scan(&wire).unwrap();
+        assert_eq!(scanned.shape(&scanned.inputs[0]).len(), MAX_DIMS);
+        assert_eq!(scanned.inputs[0].dims, 1000);
         assert!(scan(&wire[..wire.len() - 1]).is_err());
     }
 }

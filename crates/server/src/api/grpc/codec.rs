@@ -7,7 +7,7 @@ use oxinfer_core::protocol::json::{InputCheck, check_shape};
 use oxinfer_core::protocol::{
     InferRequest, InferResponse, Parameter, Parameters, RequestedOutput, raw,
 };
-use oxinfer_core::{DataType, Error, Tensor};
+use oxinfer_core::{DataType, Error, Tensor, TensorData};
 
 use super::pb;
 use crate::admin::ModelStatistics;
@@ -50,6 +50,16 @@ fn to_pb_parameter(p: &Parameter) -> pb::InferParameter {
             Parameter::Double(d) => C::DoubleParam(*d),
             Parameter::String(s) => C::StringParam(s.clone()),
         }),
+    }
+}
+
+/// [`to_pb_parameter`] for a parameter that is not needed afterwards (a string moves).
+fn into_pb_parameter(p: Parameter) -> pb::InferParameter {
+    match p {
+        Parameter::String(s) => pb::InferParameter {
+            parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(s)),
+        },
+        other => to_pb_parameter(&other),
     }
 }
 
@@ -181,27 +191,37 @@ pub(super) fn decode(
 
 /// Encodes a response: every output in `raw_output_contents`, one entry per output, in order.
 pub(super) fn encode(response: InferResponse) -> pb::ModelInferResponse {
-    let raw_output_contents = response.outputs.iter().map(raw::raw_bytes).collect();
+    // The response is taken apart, not copied: names, shapes and parameters move into the
+    // message (a shape's `usize`s become `i64`s in place), and raw data is shared.
+    let (outputs, raw_output_contents) = response
+        .outputs
+        .into_iter()
+        .map(|t| {
+            let (name, datatype, shape, data) = t.into_parts();
+            let raw = match data {
+                TensorData::Raw(bytes) => bytes,
+                TensorData::Strings(items) => raw::encode_bytes_elements(&items),
+            };
+            let output = pb::model_infer_response::InferOutputTensor {
+                name,
+                datatype: datatype.as_str().to_string(),
+                shape: shape.into_iter().map(|d| d as i64).collect(),
+                parameters: HashMap::new(),
+                contents: None,
+            };
+            (output, raw)
+        })
+        .unzip();
     pb::ModelInferResponse {
         model_name: response.model_name,
         model_version: response.model_version,
         id: response.id.unwrap_or_default(),
         parameters: response
             .parameters
-            .iter()
-            .map(|(k, v)| (k.clone(), to_pb_parameter(v)))
+            .into_iter()
+            .map(|(k, v)| (k, into_pb_parameter(v)))
             .collect(),
-        outputs: response
-            .outputs
-            .iter()
-            .map(|t| pb::model_infer_response::InferOutputTensor {
-                name: t.name().to_string(),
-                datatype: t.datatype().as_str().to_string(),
-                shape: t.shape().iter().map(|&d| d as i64).collect(),
-                parameters: HashMap::new(),
-                contents: None,
-            })
-            .collect(),
+        outputs,
         raw_output_contents,
     }
 }
