@@ -12,7 +12,10 @@ Needs `wrk` and `h2load` (Debian packages wrk, nghttp2-client) and the openssl C
    concurrency 1, 16 and 64, for oxinfer, MLServer 1.7.1 (same ONNX file, onnxruntime runtime,
    parallel_workers 0) and the floor (a bare axum handler that parses the same JSON, adds the
    tensors and writes the response; REST JSON only). REST load: wrk, one thread. gRPC load:
-   bench/tools grpc-load, one client thread, for both servers.
+   bench/tools grpc-load, one client thread, for both servers. Where the time goes: the floor
+   and oxinfer at c=16 (REST JSON by wrk, gRPC by h2load) under `perf record`, each request's
+   server CPU time split by the crate or library that spent it, and allocation calls per
+   request counted with uprobes (`perf probe`; needs root). Needs `perf` (Debian linux-perf).
 2. A real model: all-MiniLM-L6-v2 (the ONNX export of examples/models/export_minilm.py, sequence
    length 128) through oxinfer's onnxruntime runtime: batch-1 latency against the same model run
    in-process by Python onnxruntime with the same session options; throughput at concurrency 32
@@ -21,7 +24,8 @@ Needs `wrk` and `h2load` (Debian packages wrk, nghttp2-client) and the openssl C
 3. Embedding APIs: the candle MiniLM through OIP, OpenAI's /v1/embeddings (float and base64) and
    TEI's /embed, batch 1 and 32, sequential: embeddings/s and p50 per request.
 4. Memory and startup against MLServer: time to ready, RSS idle and under load, on the tiny
-   model and on MiniLM.
+   model and on MiniLM; where oxinfer's idle RSS is (/proc/PID/smaps: its executable, the ONNX
+   Runtime library, other libraries, anonymous memory).
 5. The cost of TLS and tokens: the tiny model over REST JSON (wrk) and gRPC (h2load, which also
    speaks TLS and sends headers), c=1 and c=16, plaintext without [auth] against a token check,
    TLS, and both.
@@ -321,6 +325,33 @@ def rss_mib(proc):
     return status_mib(proc, "VmRSS")
 
 
+def rss_parts_mib(pid):
+    """A process's resident memory by what holds it (/proc/PID/smaps), MiB: its own executable's
+    pages, the ONNX Runtime library's, other shared libraries', and anonymous memory (heap,
+    stacks, the allocator's pages)."""
+    parts = {"executable": 0, "libonnxruntime": 0, "other libraries": 0, "anonymous": 0}
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    path = ""
+    for line in pathlib.Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = re.match(r"[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$", line)
+        if head:
+            path = head.group(1)
+            continue
+        m = re.match(r"Rss:\s+(\d+) kB", line)
+        if not m:
+            continue
+        kib = int(m.group(1))
+        if path == exe:
+            parts["executable"] += kib
+        elif "libonnxruntime" in path:
+            parts["libonnxruntime"] += kib
+        elif path.startswith("/"):
+            parts["other libraries"] += kib
+        else:
+            parts["anonymous"] += kib
+    return {k: v / 1024 for k, v in parts.items()}
+
+
 class RssSampler:
     """The highest RSS of a server seen while a load runs (sampled every 50 ms)."""
 
@@ -504,6 +535,151 @@ def auth_share(pid, run, tmp):
         if m and AUTH_SYMBOLS.search(m.group(2)):
             share += float(m.group(1))
     return share
+
+
+# Where a request's CPU time goes: perf samples grouped by the crate (or library) that spent them.
+PROFILE_GROUPS = [
+    ("kernel (TCP, scheduling, system calls)", None),
+    ("memory allocator (mimalloc; glibc malloc in the floor)", None),
+    ("memcpy, memmove, memcmp (libc)", None),
+    ("clock reads (vDSO)", None),
+    ("oxinfer's own code", ("oxinfer_server", "oxinfer_core", "oxinfer_tract", "oxinfer")),
+    ("the model: tract", ("tract_core", "tract_data", "tract_linalg", "tract_onnx", "tract_hir", "ndarray")),
+    ("HTTP/1 and HTTP/2 (hyper, h2, http, bytes)", ("hyper", "hyper_util", "h2", "http", "httparse", "bytes", "http_body", "http_body_util", "mime")),
+    ("gRPC (tonic, prost)", ("tonic", "tonic_prost", "prost")),
+    ("routing and middleware (axum, tower, tower-http)", ("axum", "axum_core", "tower", "tower_http", "tower_service", "tower_layer", "matchit")),
+    ("JSON (serde_json)", ("serde_json", "serde", "serde_core", "serde_path_to_error", "zmij", "itoa", "ryu")),
+    ("async runtime (tokio)", ("tokio", "futures_util", "futures_core", "futures_channel", "mio", "atomic_waker")),
+    ("telemetry and ids (tracing, prometheus, uuid)", ("tracing", "tracing_core", "tracing_subscriber", "prometheus", "uuid", "rand", "getrandom")),
+    ("Rust core, std, collections, drop glue", ("core", "alloc", "std", "hashbrown", "smallvec", "drop", "__rustc", "indexmap")),
+    ("the floor's own code", ("bench_floor",)),
+    ("libc (system call wrappers, other)", ()),
+]
+
+
+def profile_group(dso, kind, symbol):
+    """The PROFILE_GROUPS label of one `perf report` line."""
+    if kind == "k":
+        return PROFILE_GROUPS[0][0]
+    if re.search(r"\bmi_|^_mi_|mimalloc", symbol) or (dso.startswith("libc") and re.match(
+            r"(__libc_)?(malloc|free|cfree|calloc|realloc)\b|_int_|malloc_consolidate|unlink_chunk|_mid_memalign|__posix_memalign|alloc_perturb|tcache", symbol)):
+        return PROFILE_GROUPS[1][0]
+    if dso.startswith("libc") and symbol.startswith("__mem"):
+        return PROFILE_GROUPS[2][0]
+    if "clock_gettime" in symbol:
+        return PROFILE_GROUPS[3][0]
+    if dso.startswith("libc"):
+        return "libc (system call wrappers, other)"
+    # `<hyper::X as tower::Service>` is hyper's; `<F as axum::Handler>` (a generic or a primitive
+    # type) the trait's crate's; `&mut serde_json::X` serde_json's.
+    name = re.sub(r"^core::ptr::drop_in_place<", "drop::", re.sub(r"^(<|&|mut |dyn )+", "", symbol))
+    head = name.split("::")[0]
+    if " as " in head:
+        name = re.sub(r"^(<|&|mut |dyn )+", "", name.split(" as ", 1)[1])
+    crate = name.split("::")[0] if "::" in name else ""
+    for label, crates in PROFILE_GROUPS[4:]:
+        if crate in crates:
+            return label
+    return "other"
+
+
+def perf_groups(pid, run, tmp):
+    """Runs the load `run` (which returns the load generator's result) against the server `pid`,
+    with `perf record` on the server for 2 s of it: the server's CPU time per request over the
+    whole run and how it splits over PROFILE_GROUPS, in microseconds per request."""
+    data = tmp / "profile.data"
+    out = {}
+    load = threading.Thread(target=lambda: out.update(run()))
+    before, started = cpu_seconds(pid), time.monotonic()
+    load.start()
+    time.sleep(1)
+    subprocess.run(["perf", "record", "-F", "2000", "-p", str(pid), "-o", str(data), "--", "sleep", "2"],
+                   capture_output=True, check=True)
+    load.join()
+    elapsed = time.monotonic() - started
+    cpu_us = 1e6 * (cpu_seconds(pid) - before) / (out["rps"] * elapsed)
+    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,symbol", "--stdio"],
+                            capture_output=True, text=True, check=True).stdout
+    groups, other = {}, []
+    for line in report.splitlines():
+        m = re.match(r"\s+([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*?)\s*$", line)
+        if m:
+            label = profile_group(m.group(2), m.group(3), m.group(4))
+            groups[label] = groups.get(label, 0.0) + float(m.group(1)) * cpu_us / 100
+            if label == "other" and len(other) < 10:
+                other.append(f"{m.group(1)}% {m.group(2)} {m.group(4)}")
+    # The biggest symbols no group claims, in the JSON results: what to add to PROFILE_GROUPS.
+    return {"rps": out["rps"], "cpu_us": cpu_us, "groups": groups, "other_top": other}
+
+
+def allocations(pid, binary, symbols, run, requests_of):
+    """Allocation calls per request: uprobes (`perf probe`) on the allocator's entry points in
+    `binary`, counted by `perf stat` while `run` loads the server. The probes slow every call
+    down, so this run's throughput means nothing; its count per request does. Returns the count,
+    or why it could not be made (uprobes need root and a kernel with them)."""
+    events = []
+    try:
+        for i, symbol in enumerate(symbols):
+            event = f"oxbench:a{os.getpid()}_{i}"
+            made = subprocess.run(["perf", "probe", "-q", "-x", str(binary), "-a", f"{event}={symbol}"],
+                                  capture_output=True, text=True)
+            if made.returncode:
+                return f"uprobes unavailable: {made.stderr.strip().splitlines()[-1] if made.stderr.strip() else made.returncode}"
+            events.append(event)
+        result = {}
+        stat = subprocess.Popen(["perf", "stat", "-x,", "-e", ",".join(events), "-p", str(pid)],
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        result.update(run())
+        stat.send_signal(signal.SIGINT)
+        counts = stat.communicate(timeout=30)[1]
+        total = sum(int(line.split(",")[0]) for line in counts.splitlines()
+                    if line and line.split(",")[0].isdigit())
+        return total / requests_of(result)
+    finally:
+        if events:
+            subprocess.run(["perf", "probe", "-q", "-d", "oxbench:*"], capture_output=True)
+
+
+def profile(tmp, seconds, results):
+    """The tiny model at c=16, the floor against oxinfer, REST JSON and gRPC: where each
+    request's server CPU time goes (perf), and how many allocations it makes (uprobes)."""
+    json_file, _, _ = write_tiny_requests(tmp)
+    lua = wrk_lua(json_file, {"Content-Type": "application/json"})
+    grpc_body = write_grpc_add(tmp)
+    add = ROOT / "examples" / "models" / "add.onnx"
+    out = {}
+    for server in ("floor", "oxinfer"):
+        if server == "floor":
+            p = floor()
+            binary = RELEASE / "bench-floor"
+            libc = next(line.split()[-1] for line in pathlib.Path(f"/proc/{p.proc.pid}/maps").read_text().splitlines()
+                        if re.search(r"/libc[.-]", line))
+            probe_binary, symbols = libc, ["malloc", "calloc", "realloc", "posix_memalign"]
+        else:
+            p = oxinfer(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add}"\n')
+            probe_binary, symbols = RELEASE / "oxinfer", ["mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned"]
+        try:
+            http, grpc = PORTS[server]
+            rest_url = f"http://127.0.0.1:{http}/v2/models/add/infer"
+            grpc_url = f"http://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer"
+            wrk(rest_url, lua, 16, 1)
+            h2load_grpc(grpc_url, grpc_body, 16, 1, {})
+            for protocol, run, count in (
+                ("REST JSON", lambda: wrk(rest_url, lua, 16, max(seconds, 4)),
+                 lambda: wrk(rest_url, lua, 16, 2)),
+                ("gRPC (h2load)", lambda: h2load_grpc(grpc_url, grpc_body, 16, max(seconds, 4), {}),
+                 lambda: h2load_grpc(grpc_url, grpc_body, 16, 0, {}, requests=5000)),
+            ):
+                row = perf_groups(p.proc.pid, run, tmp)
+                row["allocations"] = allocations(
+                    p.proc.pid, probe_binary, symbols, count,
+                    lambda r: r["requests"] if "requests" in r else 5000)
+                log("profile", server, protocol, {k: v for k, v in row.items() if k != "groups"})
+                out[f"{server} {protocol}"] = row
+        finally:
+            p.stop()
+    results["profile"] = out
 
 
 def security(tmp, seconds, results):
@@ -965,6 +1141,8 @@ def memory(tmp, seconds, results, onnx):
                     port = PORTS["mlserver" if server == "MLServer" else "oxinfer"][0]
                     time.sleep(0.5)
                     row = {"ready_s": p.ready_s, "idle_rss_mib": rss_mib(p.proc)}
+                    if server.startswith("oxinfer"):
+                        row["idle_parts_mib"] = rss_parts_mib(p.proc.pid)
                     sampler = RssSampler(p.proc)
                     r = wrk(f"http://127.0.0.1:{port}/v2/models/{model}/infer", lua, c, seconds)
                     row["load_rss_mib"], row["peak_rss_mib"], row["rps"] = sampler.stop(), p.peak_rss_mib(), r["rps"]
@@ -1082,6 +1260,20 @@ def big_tensors_report(big, docs):
                        100 * at("oxinfer", "h2load gRPC", 4, window)["mb_s"] / at("echo floor", "h2load gRPC", 4, window)["mb_s"], 60, "%"))
     lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
     lines += [target_row(*c) for c in checks]
+    echo_rest4 = at("echo floor", "wrk REST binary", 4)
+    lines += [
+        "",
+        "The same ratio for the echo floors, which do nothing but read and return the tensor: what the",
+        "HTTP/2 and gRPC stack (h2, tonic) reaches against the HTTP/1 one (hyper, axum) on this machine,",
+        "before any inference server is built on it:",
+        "",
+        "| ratio at c=4 | echo floor | oxinfer |",
+        "|---|---:|---:|",
+    ]
+    for window in ("64 KB", "1 GB"):
+        lines.append(f"| h2load gRPC ({window} windows) against wrk REST binary | "
+                     f"{at('echo floor', 'h2load gRPC', 4, window)['rps'] / echo_rest4['rps']:.2f} x | "
+                     f"{at('oxinfer', 'h2load gRPC', 4, window)['rps'] / rest4['rps']:.2f} x |")
     return lines
 
 
@@ -1166,6 +1358,37 @@ def target_row(name, value, goal, unit):
     return f"| {name} | {value:,.2f} {unit} | {'yes' if met else 'no'} |"
 
 
+def profile_report(prof):
+    """Section 1's 'where the time goes': server CPU per request by PROFILE_GROUPS."""
+    columns = ["floor REST JSON", "oxinfer REST JSON", "floor gRPC (h2load)", "oxinfer gRPC (h2load)"]
+    cols = [prof[c] for c in columns]
+    labels = [label for label, _ in PROFILE_GROUPS] + ["other"]
+    lines = [
+        "",
+        "### Where the time goes",
+        "",
+        "The server's CPU time per request at c=16 (all its threads; `/proc/PID/stat` over the load run,",
+        "divided by the requests answered), split by `perf record -F 2000` on the server for 2 s of the",
+        "run (`perf report --no-children --sort dso,symbol`), each sample counted to the crate or library",
+        "whose code was running (a function inlined into another counts for the caller). Allocation calls:",
+        "uprobes on the allocator's entry points (oxinfer: `mi_malloc_aligned`, `mi_zalloc_aligned`,",
+        "`mi_realloc_aligned`; the floor: glibc's `malloc`, `calloc`, `realloc`, `posix_memalign`) counted",
+        "by `perf stat` over a separate run. Microseconds per request:",
+        "",
+        "| where | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for label in labels:
+        values = [c["groups"].get(label, 0.0) for c in cols]
+        if max(values) >= 0.05:
+            lines.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{c['cpu_us']:.1f}**" for c in cols) + " |")
+    lines.append("| requests/s during the profile | " + " | ".join(f"{c['rps']:,.0f}" for c in cols) + " |")
+    lines.append("| allocation calls per request | " + " | ".join(
+        f"{c['allocations']:.0f}" if isinstance(c["allocations"], float) else str(c["allocations"]) for c in cols) + " |")
+    return lines
+
+
 def report(results, seconds, out_path):
     rows = results["tiny"]
     by = {(r["server"], r["protocol"], r["c"]): r for r in rows}
@@ -1231,6 +1454,19 @@ def report(results, seconds, out_path):
     checks.append(("MiniLM c=32: dynamic batching >= 1.5x without", m["c32_minilm-batched"]["rps"] / m["c32_minilm"]["rps"], 1.5, "x"))
     lines += ["| target | measured | met |", "|---|---:|:---:|"]
     lines += [target_row(*c) for c in checks]
+    lines += [
+        "",
+        "What the floors themselves reach in this run. A target that asks more of oxinfer than its floor",
+        "reaches cannot be met by a server built on the same stack on this machine:",
+        "",
+        "| ratio | the floor | oxinfer |",
+        "|---|---:|---:|",
+        f"| gRPC c=16 (h2load) against MLServer's gRPC | {h2['floor']['rps'] / h2['MLServer']['rps']:,.2f} x | {h2['oxinfer']['rps'] / h2['MLServer']['rps']:,.2f} x |",
+        f"| gRPC c=16 (h2load) against the same server's REST JSON c=16 | {h2['floor']['rps'] / fl16['rps']:,.2f} x | {h2['oxinfer']['rps'] / ox16['rps']:,.2f} x |",
+        f"| REST JSON c=16 against MLServer's | {fl16['rps'] / ml16['rps']:,.2f} x | {ox16['rps'] / ml16['rps']:,.2f} x |",
+    ]
+    if "profile" in results:
+        lines += profile_report(results["profile"])
     lines += [
         "",
         "## 2. A real model: all-MiniLM-L6-v2",
@@ -1301,6 +1537,23 @@ def report(results, seconds, out_path):
             ]
     lines += ["", "| target | measured | met |", "|---|---:|:---:|"]
     lines += [target_row(*c) for c in mem_targets]
+    lines += [
+        "",
+        "Where oxinfer's idle RSS is (`/proc/PID/smaps`, the same moment as the idle column): pages of",
+        "its own executable, of the ONNX Runtime library, of other shared libraries (libc, libstdc++,",
+        "...), and anonymous memory (heap, thread stacks, the allocator's pages, model weights read into",
+        "memory). The library's pages are code and data ONNX Runtime touches when it starts and makes a",
+        "session (its kernel registry), whatever the model:",
+        "",
+        "| model | runtime | idle RSS | executable | libonnxruntime | other libraries | anonymous | 1/5 of MLServer's |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, m in mem.items():
+        for server in (k for k in ("oxinfer", "oxinfer-tract") if k in m and "idle_parts_mib" in m[k]):
+            parts = m[server]["idle_parts_mib"]
+            lines.append(f"| {model} | {names[server].split('(')[1].rstrip(')')} | {m[server]['idle_rss_mib']:,.1f} MiB | "
+                         + " | ".join(f"{parts[k]:,.1f} MiB" for k in ("executable", "libonnxruntime", "other libraries", "anonymous"))
+                         + f" | {m['MLServer']['idle_rss_mib'] / 5:,.1f} MiB |")
     lines += [
         "",
     ]
@@ -1398,7 +1651,6 @@ def report(results, seconds, out_path):
         "",
     ]
     out_path.write_text("\n".join(lines))
-    (out_path.parent / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")
     svg_plot(rows, out_path.parent / "benchmarks-throughput.svg")
 
 
@@ -1406,12 +1658,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5, help="duration of each load run")
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--only", choices=["tiny", "minilm", "embeddings", "memory", "security", "log", "batching", "big", "growth"], help="run one section (no report)")
+    ap.add_argument("--only", choices=["tiny", "profile", "minilm", "embeddings", "memory", "security", "log", "batching", "big", "growth"], help="run one section (no report)")
     args = ap.parse_args()
     for tool in [RELEASE / "oxinfer", RELEASE / "bench-floor", RELEASE / "grpc-load"]:
         if not tool.exists():
             sys.exit(f"{tool} is missing: cargo build --release -p oxinfer -p oxinfer-bench")
-    for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client"), ("openssl", "openssl")):
+    for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client"), ("openssl", "openssl"), ("perf", "linux-perf")):
         if subprocess.run(["which", tool], capture_output=True).returncode:
             sys.exit(f"{tool} is missing: apt-get install {package}")
     if not (ROOT / "bench" / ".venv-mlserver" / "bin" / "mlserver").exists():
@@ -1426,6 +1678,8 @@ def main():
         tmp = pathlib.Path(tmp)
         if args.only in (None, "tiny"):
             tiny(tmp, args.seconds, results)
+        if args.only in (None, "profile"):
+            profile(tmp, args.seconds, results)
         if args.only in (None, "minilm"):
             minilm(tmp, args.seconds, results, onnx, model_dir)
         if args.only in (None, "embeddings"):
@@ -1445,6 +1699,8 @@ def main():
     if args.only:
         print(json.dumps(results, indent=1))
         return
+    # The raw results first: a run is kept even if the report cannot be written from it.
+    (args.out.parent / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")
     report(results, args.seconds, args.out)
     log("wrote", args.out)
 

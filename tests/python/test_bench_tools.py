@@ -109,3 +109,53 @@ def test_floor_echoes_bodies_and_answers_grpc_like_oxinfer(tmp_path):
     finally:
         floor.terminate()
         floor.wait()
+
+
+def bench_run():
+    """bench/run.py as a module (its main() runs only as a script)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_groups_name_the_code_that_ran():
+    """The profile section counts each perf sample to the crate or library whose code ran."""
+    run = bench_run()
+    group = run.profile_group
+    assert group("[kernel.kallsyms]", "k", "_raw_spin_unlock_irqrestore").startswith("kernel")
+    assert group("oxinfer", ".", "mi_free").startswith("memory allocator")
+    assert group("libc.so.6", ".", "_int_malloc").startswith("memory allocator")
+    assert group("libc.so.6", ".", "cfree@GLIBC_2.2.5").startswith("memory allocator")
+    assert group("libc.so.6", ".", "__memmove_avx_unaligned_erms").startswith("memcpy")
+    assert group("[vdso]", ".", "__vdso_clock_gettime").startswith("clock reads")
+    assert group("oxinfer", ".", "oxinfer_server::scheduler::worker") == "oxinfer's own code"
+    assert group("oxinfer", ".", "<oxinfer_tract::TractModel as oxinfer_core::runtime::Model>::execute") == "oxinfer's own code"
+    assert group("oxinfer", ".", "tract_core::plan::SimplePlan<F,O>::run").startswith("the model")
+    assert group("oxinfer", ".", "<hyper::proto::h1::role::Server as hyper::proto::h1::Http1Transaction>::parse").startswith("HTTP")
+    assert group("oxinfer", ".", "core::ptr::drop_in_place<h2::proto::streams::Streams>").startswith("Rust core")
+    assert group("bench-floor", ".", "prost::encoding::merge_loop").startswith("gRPC")
+    assert group("oxinfer", ".", "serde_json::de::Deserializer<R>::parse_number").startswith("JSON")
+    assert group("bench-floor", ".", "<&mut serde_json::de::Deserializer<R> as serde_core::de::Deserializer>::deserialize_f32").startswith("JSON")
+    assert group("bench-floor", ".", "<f32 as zmij::private::Sealed>::write_to_zmij_buffer").startswith("JSON")
+    assert group("bench-floor", ".", "<F as axum::handler::Handler<(M,T1,T2),S>>::call::{{closure}}").startswith("routing")
+    assert group("libc.so.6", ".", "__GI___writev").startswith("libc")
+    assert group("oxinfer", ".", "something_unknown") == "other"
+    labels = {label for label, _ in run.PROFILE_GROUPS}
+    assert len(labels) == len(run.PROFILE_GROUPS), "every group has its own label"
+
+
+def test_rss_parts_add_up_to_the_rss():
+    """The memory section's split of a process's RSS (/proc/PID/smaps) covers all of it."""
+    import os
+    run = bench_run()
+    data = bytearray(64 * 1024 * 1024)  # 64 MiB of anonymous memory, touched
+    for i in range(0, len(data), 4096):
+        data[i] = 1
+    parts = run.rss_parts_mib(os.getpid())
+    rss = int(pathlib.Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+    assert parts["anonymous"] >= 64
+    assert parts["executable"] > 0 and parts["other libraries"] > 0
+    assert parts["libonnxruntime"] == 0
+    assert abs(sum(parts.values()) - rss) < 0.05 * rss, (parts, rss)
