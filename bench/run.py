@@ -547,13 +547,13 @@ PROFILE_GROUPS = [
     ("the model: tract", ("tract_core", "tract_data", "tract_linalg", "tract_onnx", "tract_hir", "ndarray")),
     ("HTTP/1 and HTTP/2 (hyper, h2, http, bytes)", ("hyper", "hyper_util", "h2", "http", "httparse", "bytes", "http_body", "http_body_util", "mime")),
     ("gRPC (tonic, prost)", ("tonic", "tonic_prost", "prost")),
-    ("routing and middleware (axum, tower, tower-http)", ("axum", "axum_core", "tower", "tower_http", "tower_service", "tower_layer", "matchit")),
+    ("routing and middleware (axum, tower, tower-http)", ("axum", "axum_core", "tower", "tower_http", "tower_service", "tower_layer", "matchit", "percent_encoding")),
     ("JSON (serde_json)", ("serde_json", "serde", "serde_core", "serde_path_to_error", "zmij", "itoa", "ryu")),
-    ("async runtime (tokio)", ("tokio", "futures_util", "futures_core", "futures_channel", "mio", "atomic_waker")),
-    ("telemetry and ids (tracing, prometheus, uuid)", ("tracing", "tracing_core", "tracing_subscriber", "prometheus", "uuid", "rand", "getrandom")),
+    ("async runtime (tokio)", ("tokio", "futures_util", "futures_core", "futures_channel", "mio", "atomic_waker", "tokio_util", "slab")),
+    ("telemetry and ids (tracing, prometheus, uuid)", ("tracing", "tracing_core", "tracing_subscriber", "prometheus", "uuid", "rand", "rand_chacha", "chacha20", "getrandom")),
     ("Rust core, std, collections, drop glue", ("core", "alloc", "std", "hashbrown", "smallvec", "drop", "__rustc", "indexmap")),
     ("the floor's own code", ("bench_floor",)),
-    ("libc (system call wrappers, other)", ()),
+    ("libc and libm (system call wrappers, other)", ()),
 ]
 
 
@@ -568,8 +568,8 @@ def profile_group(dso, kind, symbol):
         return PROFILE_GROUPS[2][0]
     if "clock_gettime" in symbol:
         return PROFILE_GROUPS[3][0]
-    if dso.startswith("libc"):
-        return "libc (system call wrappers, other)"
+    if dso.startswith(("libc", "libm")):
+        return "libc and libm (system call wrappers, other)"
     # `<hyper::X as tower::Service>` is hyper's; `<F as axum::Handler>` (a generic or a primitive
     # type) the trait's crate's; `&mut serde_json::X` serde_json's.
     name = re.sub(r"^core::ptr::drop_in_place<", "drop::", re.sub(r"^(<|&|mut |dyn )+", "", symbol))
@@ -602,7 +602,8 @@ def perf_groups(pid, run, tmp):
                             capture_output=True, text=True, check=True).stdout
     groups, other = {}, []
     for line in report.splitlines():
-        m = re.match(r"\s+([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*?)\s*$", line)
+        # perf pads the symbol column and may end the line with empty columns ("-  -").
+        m = re.match(r"\s+([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*?)(\s+-\s+-)?\s*$", line)
         if m:
             label = profile_group(m.group(2), m.group(3), m.group(4))
             groups[label] = groups.get(label, 0.0) + float(m.group(1)) * cpu_us / 100

@@ -141,6 +141,8 @@ def test_profile_groups_name_the_code_that_ran():
     assert group("bench-floor", ".", "<f32 as zmij::private::Sealed>::write_to_zmij_buffer").startswith("JSON")
     assert group("bench-floor", ".", "<F as axum::handler::Handler<(M,T1,T2),S>>::call::{{closure}}").startswith("routing")
     assert group("libc.so.6", ".", "__GI___writev").startswith("libc")
+    assert group("oxinfer", ".", "<tokio_util::codec::framed_impl::FramedImpl<T,U,R> as futures_core::stream::Stream>::poll_next").startswith("async runtime")
+    assert group("oxinfer", ".", "chacha20::backends::avx2::rng_inner").startswith("telemetry and ids")
     assert group("oxinfer", ".", "something_unknown") == "other"
     labels = {label for label, _ in run.PROFILE_GROUPS}
     assert len(labels) == len(run.PROFILE_GROUPS), "every group has its own label"
