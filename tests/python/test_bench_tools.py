@@ -159,5 +159,6 @@ def test_rss_parts_add_up_to_the_rss():
     rss = int(pathlib.Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
     assert parts["anonymous"] >= 64
     assert parts["executable"] > 0 and parts["other libraries"] > 0
-    assert parts["libonnxruntime"] == 0
+    # (This test process may have ONNX Runtime loaded already, by another test's import.)
+    assert set(parts) == {"executable", "libonnxruntime", "other libraries", "anonymous"}
     assert abs(sum(parts.values()) - rss) < 0.05 * rss, (parts, rss)
