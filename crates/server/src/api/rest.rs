@@ -269,18 +269,30 @@ fn browser_check(
     let refuse =
         |status: StatusCode, error: String| Box::new(to_json(status, &ErrorBody { error }));
     if let Some(kind) = request.headers().get(header::CONTENT_TYPE) {
-        let kind = kind.to_str().unwrap_or_default().to_ascii_lowercase();
-        let essence = kind.split(';').next().unwrap_or_default().trim();
-        let accepted = essence == "application/json"
-            || (essence.starts_with("application/") && essence.ends_with("+json"))
-            || essence == "application/octet-stream";
+        // Compared without case and without a copy (this runs on every request); `to_str`
+        // has left only visible ASCII.
+        let kind = kind.to_str().unwrap_or_default();
+        let essence = kind.split(';').next().unwrap_or_default().trim().as_bytes();
+        let is = |expected: &str| essence.eq_ignore_ascii_case(expected.as_bytes());
+        let starts = |prefix: &str| {
+            essence.len() >= prefix.len()
+                && essence[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        };
+        let ends = |suffix: &str| {
+            essence.len() >= suffix.len()
+                && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+        };
+        let accepted = is("application/json")
+            || (starts("application/") && ends("+json"))
+            || is("application/octet-stream");
         if !accepted {
             return Err(refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!(
-                    "Content-Type '{essence}' is not accepted: send application/json (or \
+                    "Content-Type '{}' is not accepted: send application/json (or \
                      application/octet-stream with the binary tensor extension); with curl, \
-                     add -H 'content-type: application/json'"
+                     add -H 'content-type: application/json'",
+                    String::from_utf8_lossy(essence).to_ascii_lowercase()
                 ),
             ));
         }
@@ -798,6 +810,47 @@ mod tests {
             builder = builder.header(*name, value);
         }
         builder.body(Body::from_stream(stream)).unwrap()
+    }
+
+    #[test]
+    fn only_json_and_binary_bodies_pass_the_browser_check() {
+        let state = state(1024);
+        let status = |kind: &[u8]| {
+            let request = Request::builder()
+                .method("POST")
+                .uri("/v2/models/m/infer")
+                .header(header::CONTENT_TYPE, HeaderValue::from_bytes(kind).unwrap())
+                .body(Body::empty())
+                .unwrap();
+            browser_check(&state, &request).map_err(|refused| refused.status())
+        };
+        for accepted in [
+            &b"application/json"[..],
+            b"Application/JSON; charset=utf-8",
+            b"application/vnd.kserve+json",
+            b"APPLICATION/X+JSON",
+            b"application/+json",
+            b"application/octet-stream",
+            b" application/octet-stream ;x=1",
+        ] {
+            assert_eq!(status(accepted), Ok(None), "{accepted:?}");
+        }
+        for refused in [
+            &b"text/plain"[..],
+            b"application/x-www-form-urlencoded",
+            b"multipart/form-data; boundary=x",
+            b"application/json5",
+            b"text/+json",
+            b"+json",
+            b"",
+            b"application/j\xc3\xa9son",
+        ] {
+            assert_eq!(
+                status(refused),
+                Err(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]
