@@ -36,7 +36,7 @@ mod telemetry;
 
 pub use api::grpc::pb;
 pub use api::grpc::serve_grpc;
-pub use api::rest::{RestApp, app};
+pub use api::rest::{FrontDoor, RestApp, app};
 pub use auth::new_token;
 pub use listen::Transport;
 pub use listen::tls::Tls;
