@@ -83,8 +83,12 @@ const X_REQUEST_ID: &str = "x-request-id";
 
 /// The REST API over `state`. Tested without a socket through `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> RestApp {
-    // The limit applies to the decompressed body: a small gzip bomb cannot exceed it.
-    let limited = routes(&state).layer(DefaultBodyLimit::max(state.max_request_bytes));
+    // The limit applies to the decompressed body: a small gzip bomb cannot exceed it. The
+    // inference route reads its body itself, under the same limit (`InferBody`): without the
+    // layer, it is spared a level of routing on every request.
+    let limited = routes(&state)
+        .layer(DefaultBodyLimit::max(state.max_request_bytes))
+        .merge(model_route(Router::new(), "/infer", post(infer)));
     let plain = limited.clone().with_state(state.clone());
     let encoded = limited
         .layer(RequestDecompressionLayer::new())
@@ -268,18 +272,23 @@ fn encoded(headers: &HeaderMap) -> bool {
             .any(names_other)
 }
 
-/// Every REST route and the fallbacks, before the layers [`app`] puts around them.
+/// A model route, with and without the version segment, to one handler.
+fn model_route(
+    router: Router<AppState>,
+    tail: &str,
+    route: axum::routing::MethodRouter<AppState>,
+) -> Router<AppState> {
+    router
+        .route(&format!("/v2/models/{{model}}{tail}"), route.clone())
+        .route(
+            &format!("/v2/models/{{model}}/versions/{{version}}{tail}"),
+            route,
+        )
+}
+
+/// Every REST route but inference's (which [`app`] adds) and the fallbacks, before the layers
+/// [`app`] puts around them.
 fn routes(state: &AppState) -> Router<AppState> {
-    // Each model route, with and without the version segment, to one handler.
-    let model_route =
-        |router: Router<AppState>, tail: &str, route: axum::routing::MethodRouter<AppState>| {
-            router
-                .route(&format!("/v2/models/{{model}}{tail}"), route.clone())
-                .route(
-                    &format!("/v2/models/{{model}}/versions/{{version}}{tail}"),
-                    route,
-                )
-        };
     let mut router = Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/", get(server_metadata))
@@ -289,7 +298,6 @@ fn routes(state: &AppState) -> Router<AppState> {
     for (tail, route) in [
         ("", get(model_metadata)),
         ("/ready", get(model_ready)),
-        ("/infer", post(infer)),
         ("/config", get(model_config)),
         ("/stats", get(statistics)),
     ] {
