@@ -465,3 +465,36 @@ async fn compression_applies_only_when_the_request_asks_for_it() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
+
+/// The body limit (`max_request_bytes`) holds on the decompressed body of every route that
+/// reads one: a small gzip body that inflates past it is refused with 413, on the inference
+/// route (which reads its body itself) and on the repository's (axum's limit), and the server
+/// goes on answering.
+#[tokio::test]
+async fn a_gzipped_body_that_inflates_past_the_limit_is_refused() {
+    use std::io::Write;
+    let s = state();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 4 * LIMIT]).unwrap();
+    let packed = gz.finish().unwrap();
+    assert!(packed.len() < LIMIT / 10, "a small body on the wire");
+    for uri in ["/v2/models/simple/infer", "/v2/repository/index"] {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(Body::from(packed.clone()))
+            .unwrap();
+        let response = app(s.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "{uri}");
+    }
+    let a: Vec<i32> = (0..16).collect();
+    let reply = post(
+        &s,
+        "/v2/models/simple/infer",
+        simple_request(&a, &a).to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
