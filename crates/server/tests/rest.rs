@@ -498,3 +498,24 @@ async fn a_gzipped_body_that_inflates_past_the_limit_is_refused() {
     .await;
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+/// Every route answers a method it does not take with the same JSON 405, the inference route
+/// (built apart from the others) included.
+#[tokio::test]
+async fn methods_a_route_does_not_take_get_a_json_405() {
+    let s = state();
+    for uri in [
+        "/v2/models/simple/infer",
+        "/v2/models/simple/versions/1/infer",
+        "/v2/models/simple/ready",
+        "/v2/health/live",
+    ] {
+        for method in [Method::GET, Method::TRACE, Method::DELETE, Method::PUT] {
+            if method == Method::GET && !uri.ends_with("/infer") {
+                continue;
+            }
+            let reply = call(&s, method.clone(), uri, Body::empty()).await;
+            assert_error(&reply, 405, "not allowed");
+        }
+    }
+}

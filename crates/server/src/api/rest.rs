@@ -88,7 +88,12 @@ pub fn app(state: AppState) -> RestApp {
     // layer, it is spared a level of routing on every request.
     let limited = routes(&state)
         .layer(DefaultBodyLimit::max(state.max_request_bytes))
-        .merge(model_route(Router::new(), "/infer", post(infer)));
+        .merge(
+            // Its other methods get the same JSON 405 as every route's (set before merging:
+            // the fallback applies to the routes already there).
+            model_route(Router::new(), "/infer", post(infer))
+                .method_not_allowed_fallback(method_not_allowed),
+        );
     let plain = limited.clone().with_state(state.clone());
     let encoded = limited
         .layer(RequestDecompressionLayer::new())
