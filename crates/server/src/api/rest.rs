@@ -106,7 +106,7 @@ pub fn app(state: AppState) -> RestApp {
     }
 }
 
-/// The REST API as a service: every route, behind the checks every call passes ([`front_door`]:
+/// The REST API as a service: every route, behind the checks every call passes (the front door:
 /// CORS, access control, admission), in two stacks. A request that sends a compressed body
 /// (`Content-Encoding`) or accepts a compressed answer (`Accept-Encoding` other than
 /// `identity`) goes through tower-http's decompression and compression layers; one that does
