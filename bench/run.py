@@ -518,23 +518,33 @@ def cpu_seconds(pid):
 AUTH_SYMBOLS = re.compile(r"oxinfer_server::auth::|oxinfer_server::api::http::authorize|oxinfer_server::api::grpc::access|sha2::")
 
 
-def auth_share(pid, run, tmp):
-    """The share of the server's CPU samples in the access check's own code (perf, 2 s under load)."""
+def perf_samples(pid, run, tmp, settle):
+    """Runs the load `run` against the server `pid` with `perf record -F 2000` on the server for
+    2 s of it, starting `settle` seconds in. Returns what `run` returned and the profile:
+    (percent of samples, dso, "k" for kernel or "." for user space, symbol) per symbol."""
     data = tmp / "perf.data"
-    load = threading.Thread(target=run)
+    out = {}
+    load = threading.Thread(target=lambda: out.update(run() or {}))
     load.start()
-    time.sleep(0.5)
+    time.sleep(settle)
     subprocess.run(["perf", "record", "-F", "2000", "-p", str(pid), "-o", str(data), "--", "sleep", "2"],
                    capture_output=True, check=True)
     load.join()
-    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "symbol", "--stdio"],
+    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,symbol", "--stdio"],
                             capture_output=True, text=True, check=True).stdout
-    share = 0.0
+    samples = []
     for line in report.splitlines():
-        m = re.match(r"\s+([\d.]+)%\s+\[\.\]\s+(.*)", line)
-        if m and AUTH_SYMBOLS.search(m.group(2)):
-            share += float(m.group(1))
-    return share
+        # perf pads the symbol column and may end the line with empty columns ("-  -").
+        m = re.match(r"\s+([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*?)(\s+-\s+-)?\s*$", line)
+        if m:
+            samples.append((float(m.group(1)), m.group(2), m.group(3), m.group(4)))
+    return out, samples
+
+
+def auth_share(pid, run, tmp):
+    """The share of the server's CPU samples in the access check's own code (perf, 2 s under load)."""
+    _, samples = perf_samples(pid, run, tmp, settle=0.5)
+    return sum(pct for pct, _, kind, symbol in samples if kind == "." and AUTH_SYMBOLS.search(symbol))
 
 
 # Where a request's CPU time goes: perf samples grouped by the crate (or library) that spent them.
@@ -587,28 +597,16 @@ def perf_groups(pid, run, tmp):
     """Runs the load `run` (which returns the load generator's result) against the server `pid`,
     with `perf record` on the server for 2 s of it: the server's CPU time per request over the
     whole run and how it splits over PROFILE_GROUPS, in microseconds per request."""
-    data = tmp / "profile.data"
-    out = {}
-    load = threading.Thread(target=lambda: out.update(run()))
     before, started = cpu_seconds(pid), time.monotonic()
-    load.start()
-    time.sleep(1)
-    subprocess.run(["perf", "record", "-F", "2000", "-p", str(pid), "-o", str(data), "--", "sleep", "2"],
-                   capture_output=True, check=True)
-    load.join()
+    out, samples = perf_samples(pid, run, tmp, settle=1)
     elapsed = time.monotonic() - started
     cpu_us = 1e6 * (cpu_seconds(pid) - before) / (out["rps"] * elapsed)
-    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,symbol", "--stdio"],
-                            capture_output=True, text=True, check=True).stdout
     groups, other = {}, []
-    for line in report.splitlines():
-        # perf pads the symbol column and may end the line with empty columns ("-  -").
-        m = re.match(r"\s+([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*?)(\s+-\s+-)?\s*$", line)
-        if m:
-            label = profile_group(m.group(2), m.group(3), m.group(4))
-            groups[label] = groups.get(label, 0.0) + float(m.group(1)) * cpu_us / 100
-            if label == "other" and len(other) < 10:
-                other.append(f"{m.group(1)}% {m.group(2)} {m.group(4)}")
+    for pct, dso, kind, symbol in samples:
+        label = profile_group(dso, kind, symbol)
+        groups[label] = groups.get(label, 0.0) + pct * cpu_us / 100
+        if label == "other" and len(other) < 10:
+            other.append(f"{pct}% {dso} {symbol}")
     # The biggest symbols no group claims, in the JSON results: what to add to PROFILE_GROUPS.
     return {"rps": out["rps"], "cpu_us": cpu_us, "groups": groups, "other_top": other}
 
@@ -653,7 +651,6 @@ def profile(tmp, seconds, results):
     for server in ("floor", "oxinfer"):
         if server == "floor":
             p = floor()
-            binary = RELEASE / "bench-floor"
             libc = next(line.split()[-1] for line in pathlib.Path(f"/proc/{p.proc.pid}/maps").read_text().splitlines()
                         if re.search(r"/libc[.-]", line))
             probe_binary, symbols = libc, ["malloc", "calloc", "realloc", "posix_memalign"]
@@ -1105,6 +1102,10 @@ def growth(tmp, seconds, results):
         out["models"].append(row)
 
 
+# The memory section's oxinfer servers and the runtime each serves its model with.
+MEMORY_RUNTIMES = {"oxinfer": "onnxruntime", "oxinfer-tract": "tract"}
+
+
 def memory(tmp, seconds, results, onnx):
     """RSS idle and under load, and time to ready, oxinfer against MLServer on the same models:
     the tiny model (wrk c=16, REST JSON) and MiniLM (batches of 8, wrk c=4). The second of two
@@ -1134,7 +1135,7 @@ def memory(tmp, seconds, results, onnx):
         for _attempt in range(2):
             for server in servers:
                 if server.startswith("oxinfer"):
-                    runtime = "tract" if server == "oxinfer-tract" else "onnxruntime"
+                    runtime = MEMORY_RUNTIMES[server]
                     p = oxinfer(f'[[models]]\nname = "{model}"\nruntime = "{runtime}"\npath = "{path}"\n')
                 else:
                     p = mlserver(f"{model}={path}")
@@ -1550,9 +1551,9 @@ def report(results, seconds, out_path):
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for model, m in mem.items():
-        for server in (k for k in ("oxinfer", "oxinfer-tract") if k in m and "idle_parts_mib" in m[k]):
+        for server in (k for k in MEMORY_RUNTIMES if k in m and "idle_parts_mib" in m[k]):
             parts = m[server]["idle_parts_mib"]
-            lines.append(f"| {model} | {names[server].split('(')[1].rstrip(')')} | {m[server]['idle_rss_mib']:,.1f} MiB | "
+            lines.append(f"| {model} | {MEMORY_RUNTIMES[server]} | {m[server]['idle_rss_mib']:,.1f} MiB | "
                          + " | ".join(f"{parts[k]:,.1f} MiB" for k in ("executable", "libonnxruntime", "other libraries", "anonymous"))
                          + f" | {m['MLServer']['idle_rss_mib'] / 5:,.1f} MiB |")
     lines += [
