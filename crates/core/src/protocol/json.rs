@@ -3,7 +3,9 @@
 //! Decoding parses the request envelope once and keeps each input's `data` as a borrowed raw
 //! JSON slice, then parses that slice straight into a typed buffer once the datatype is known
 //! (the `datatype` key may come after `data`). Nested and flat arrays are both accepted and
-//! flattened row-major; no intermediate `serde_json::Value` tree is built.
+//! flattened row-major; no intermediate `serde_json::Value` tree is built. Numeric data is read
+//! by a byte loop of its own (the private `numbers` module) that gives serde_json's values bit
+//! for bit and leaves everything else, errors included, to serde_json.
 //!
 //! Choices where the protocol is silent (documented for users in the README):
 //! - FP16 and BF16 are accepted and returned as JSON numbers (Triton refuses them in JSON).
@@ -20,6 +22,7 @@ use serde::ser::{self, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::numbers::{self, Scalar};
 use super::{InferRequest, InferResponse, Parameter, Parameters, RequestedOutput, raw};
 use crate::tensor::{bytes_from_vec, element_count};
 use crate::{DataType, Element, Error, Result, Tensor, TensorData};
@@ -291,6 +294,16 @@ fn decode_data(datatype: DataType, raw: &RawValue, count: usize) -> Result<Tenso
 /// Parses `raw` (a scalar or arbitrarily nested arrays) into exactly `count` elements.
 fn collect<T: JsonScalar>(raw: &RawValue, count: usize) -> Result<Vec<T>, String> {
     let text = raw.get();
+    if T::NUMERIC
+        && let Some(out) = collect_numeric(text, count)
+    {
+        return Ok(out);
+    }
+    collect_serde(text, count)
+}
+
+/// [`collect`] by serde_json: reads every kind of element and words every error.
+fn collect_serde<T: JsonScalar>(text: &str, count: usize) -> Result<Vec<T>, String> {
     // Every element but the last takes at least two bytes of JSON (the value and a comma), so
     // this never reserves more than the data could fill for an absurd shape; and at most 64 Ki
     // elements up front, growing from there with what is really there.
@@ -311,9 +324,37 @@ fn collect<T: JsonScalar>(raw: &RawValue, count: usize) -> Result<Vec<T>, String
     Ok(out)
 }
 
+/// [`collect`]'s fast path for numbers, booleans and nulls ([`numbers`]): the same values as the
+/// serde path, or `None` for data it does not read or that does not fit (wrong type, too many or
+/// too few elements), which the serde path then reads and refuses in its own words.
+fn collect_numeric<T: JsonScalar>(text: &str, count: usize) -> Option<Vec<T>> {
+    // Every element but the last takes at least two bytes of JSON: at most the body's size again
+    // (four times, for 8-byte elements), held only while the body is.
+    let mut out = Vec::with_capacity(count.min(text.len() / 2 + 1));
+    let read = numbers::for_each_scalar(text.as_bytes(), |scalar| {
+        let value = match scalar {
+            Scalar::U64(v) => T::from_u64(v),
+            Scalar::I64(v) => T::from_i64(v),
+            Scalar::F64(v) => T::from_f64(v),
+            Scalar::Bool(v) => T::from_bool(v),
+            Scalar::Null => T::from_null(),
+        };
+        match value {
+            Some(value) if out.len() < count => {
+                out.push(value);
+                true
+            }
+            _ => false,
+        }
+    });
+    (read && out.len() == count).then_some(out)
+}
+
 /// An element type that can be read from one JSON scalar.
 trait JsonScalar: Sized {
     const WHAT: &'static str;
+    /// Read from numbers, booleans or null (the fast path applies); `false` for strings.
+    const NUMERIC: bool = true;
     fn from_u64(_: u64) -> Option<Self> {
         None
     }
@@ -392,6 +433,7 @@ impl JsonScalar for JsonBool {
 
 impl JsonScalar for Bytes {
     const WHAT: &'static str = "string";
+    const NUMERIC: bool = false;
     fn from_str(v: &str) -> Option<Self> {
         Some(Bytes::copy_from_slice(v.as_bytes()))
     }
@@ -997,5 +1039,138 @@ mod tests {
             encode_infer_response(&empty, &choice).unwrap().json_len,
             None
         );
+    }
+
+    /// The fast path's values, bit for bit, for comparison with the serde path's.
+    trait Bits {
+        fn bits(&self) -> u128;
+    }
+    macro_rules! bits_as {
+        ($($t:ty => $e:expr),*) => {$(impl Bits for $t { fn bits(&self) -> u128 { let f: fn(&$t) -> u128 = $e; f(self) } })*};
+    }
+    bits_as!(f32 => |v| u128::from(v.to_bits()), f64 => |v| u128::from(v.to_bits()),
+        u8 => |v| u128::from(*v), u64 => |v| u128::from(*v), i32 => |v| *v as u128,
+        i64 => |v| *v as u128, JsonBool => |v| u128::from(v.0));
+
+    /// Whenever the fast path reads `text`, the serde path reads the same values from it.
+    fn agrees<T: JsonScalar + Bits>(text: &str, count: usize) -> Option<Vec<T>> {
+        let fast = collect_numeric::<T>(text, count)?;
+        let serde = collect_serde::<T>(text, count)
+            .unwrap_or_else(|e| panic!("fast path read {text:?}, serde path refused: {e}"));
+        assert_eq!(
+            fast.iter().map(Bits::bits).collect::<Vec<_>>(),
+            serde.iter().map(Bits::bits).collect::<Vec<_>>(),
+            "{text:?}"
+        );
+        Some(fast)
+    }
+
+    /// A JSON number, often one near a boundary of some element type or of f64.
+    fn number() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<f64>().prop_map(|v| format!("{v}")),
+            any::<f64>().prop_map(|v| format!("{v:e}")),
+            any::<f32>().prop_map(|v| format!("{v}")),
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<u64>().prop_map(|v| v.to_string()),
+            (-400i32..400, 1u64..u64::MAX, any::<bool>())
+                .prop_map(|(e, m, upper)| format!("{m}{}{e}", if upper { "E" } else { "e" })),
+            ("-?(0|[1-9][0-9]{0,29})(\\.[0-9]{1,30})?([eE][+-]?[0-9]{1,4})?").prop_map(|s| s),
+            prop::sample::select(vec![
+                "0",
+                "-0",
+                "0.0",
+                "-0.0",
+                "255",
+                "256",
+                "-1",
+                "-128",
+                "127",
+                "2147483647",
+                "2147483648",
+                "-2147483649",
+                "9223372036854775807",
+                "9223372036854775808",
+                "-9223372036854775808",
+                "-9223372036854775809",
+                "18446744073709551615",
+                "18446744073709551616",
+                "3.4028235e38",
+                "3.4028236e38",
+                "3.5e38",
+                "1e-46",
+                "1.7976931348623157e308",
+                "1.7976931348623159e308",
+                "4.9e-324",
+                "2.5e-324",
+                "9007199254740993",
+                "16777217",
+                "0.1",
+                "1e0",
+                "1E-0",
+                "null",
+                "true",
+                "false",
+            ])
+            .prop_map(String::from),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Valid numeric data: the fast path reads what it can, and every value it gives is the
+        /// serde path's. Floats it always reads (the values types refuse are left to serde).
+        #[test]
+        fn the_fast_path_reads_what_serde_reads(
+            elements in proptest::collection::vec(number(), 0..12),
+            rows in 1usize..4,
+            spaces in proptest::collection::vec(proptest::sample::select(vec!["", " ", "\n", "\t ", "\r\n"]), 4),
+        ) {
+            let flat = format!("[{}]", elements.join(&format!("{},{}", spaces[0], spaces[1])));
+            // The same elements nested: `rows` rows of the first elements, then the rest.
+            let per = elements.len().div_ceil(rows).max(1);
+            let nested = format!("{}[{}]{}", spaces[2], elements
+                .chunks(per)
+                .map(|c| format!("[{}]", c.join(",")))
+                .collect::<Vec<_>>()
+                .join(&format!(",{}", spaces[3])), spaces[2]);
+            for text in [flat.as_str(), nested.trim()] {
+                let n = elements.len();
+                agrees::<f32>(text, n);
+                let float = agrees::<f64>(text, n);
+                agrees::<u8>(text, n);
+                agrees::<u64>(text, n);
+                agrees::<i32>(text, n);
+                agrees::<i64>(text, n);
+                agrees::<JsonBool>(text, n);
+                // Counts that do not match are left to serde, which refuses them.
+                proptest::prop_assert!(collect_numeric::<f64>(text, n + 1).is_none());
+                if n > 0 {
+                    proptest::prop_assert!(collect_numeric::<f64>(text, n - 1).is_none());
+                }
+                let numbers_in_range = elements.iter().all(|e| {
+                    e.parse::<f64>().is_ok_and(f64::is_finite)
+                        && e.split(['e', 'E']).nth(1).is_none_or(|x| x.trim_start_matches(['+', '-']).len() <= 4)
+                });
+                if numbers_in_range {
+                    proptest::prop_assert!(float.is_some(), "the fast path gave up on {}", text);
+                }
+            }
+        }
+
+        /// Arbitrary text: whatever the fast path reads, serde reads the same.
+        #[test]
+        fn the_fast_path_never_reads_what_serde_would_not(
+            text in "[\\[\\], 0-9eE.+\\-nultrfas\"]{0,40}",
+        ) {
+            let n = text.matches(|c: char| c.is_ascii_digit()).count();
+            for count in [0, 1, 2, n] {
+                agrees::<f64>(&text, count);
+                agrees::<i64>(&text, count);
+                agrees::<JsonBool>(&text, count);
+            }
+        }
     }
 }

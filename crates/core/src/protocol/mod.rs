@@ -4,6 +4,7 @@
 //! [`json`]; other codecs (binary tensor extension, gRPC) decode into the same types.
 
 pub mod json;
+mod numbers;
 pub mod raw;
 
 use std::collections::BTreeMap;
