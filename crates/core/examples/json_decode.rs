@@ -1,6 +1,7 @@
-//! Times the REST JSON request decoder on one FP32 input of `N` elements (default 150,528: a
-//! `[1,3,224,224]` image), against serde_json's own parse of the same body into a `Value` and its
-//! scan of it as a `RawValue`, for reference:
+//! Times the REST JSON codec on one FP32 tensor of `N` elements (default 150,528: a
+//! `[1,3,224,224]` image): decoding a request, against serde_json's own parse of the same body
+//! into a `Value` and its scan of it as a `RawValue` for reference, and encoding the tensor back
+//! as a response:
 //!
 //! ```text
 //! cargo run --release -p oxinfer-core --example json_decode [N]
@@ -10,7 +11,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use oxinfer_core::bytes::Bytes;
-use oxinfer_core::protocol::json::decode_infer_request_checked;
+use oxinfer_core::protocol::InferResponse;
+use oxinfer_core::protocol::json::{
+    BinaryOutputs, decode_infer_request_checked, encode_infer_response,
+};
 use serde_json::value::RawValue;
 
 /// Runs `f` repeatedly for about half a second; the time of one run.
@@ -46,10 +50,21 @@ fn main() {
             .get()
             .len()
     });
+    let request = decode_infer_request_checked(&body, None, &accept).expect("decodes");
+    let response = InferResponse {
+        model_name: "identity".into(),
+        model_version: "1".into(),
+        id: None,
+        parameters: Default::default(),
+        outputs: request.inputs,
+    };
+    let all_json = BinaryOutputs::default();
+    let encode = time(|| encode_infer_response(&response, &all_json).expect("encodes"));
     let mb_s = |t: Duration| body.len() as f64 / t.as_secs_f64() / 1e6;
     println!(
         "{} bytes of JSON, {n} FP32 elements: decode {decode:.2?} ({:.0} MB/s); \
-         serde_json::Value {value:.2?} ({:.0} MB/s); RawValue scan {scan:.2?} ({:.0} MB/s)",
+         serde_json::Value {value:.2?} ({:.0} MB/s); RawValue scan {scan:.2?} ({:.0} MB/s); \
+         encode {encode:.2?}",
         body.len(),
         mb_s(decode),
         mb_s(value),
