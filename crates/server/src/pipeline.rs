@@ -388,15 +388,21 @@ async fn infer(
              {max} (max_output_bytes in [models.limits])"
         )));
     }
-    let mut slots: Vec<Option<Tensor>> = produced.into_iter().map(Some).collect();
-    let outputs = outputs
-        .into_iter()
-        .map(|ix| {
-            slots[ix]
-                .take()
-                .expect("each output index is requested once")
-        })
-        .collect();
+    // Every output in the model's order (no `outputs` in the request, the usual case) is the
+    // model's answer as it is.
+    let outputs = if outputs.iter().copied().eq(0..produced.len()) {
+        produced
+    } else {
+        let mut slots: Vec<Option<Tensor>> = produced.into_iter().map(Some).collect();
+        outputs
+            .into_iter()
+            .map(|ix| {
+                slots[ix]
+                    .take()
+                    .expect("each output index is requested once")
+            })
+            .collect()
+    };
     let response = InferResponse {
         model_name: model.name.clone(),
         model_version: model.version.clone(),
