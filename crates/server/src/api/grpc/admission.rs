@@ -21,6 +21,7 @@
 
 use std::any::TypeId;
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::size_of;
@@ -222,10 +223,23 @@ impl<U: Message + Default + 'static> Decoder for AdmissionDecoder<U> {
 /// call's request body against the in-flight budget as it arrives. Also applies
 /// `[server] grpc_compression` to every call ([`compression_rule`]), and appends a
 /// `ModelInfer` response's raw outputs to its encoding ([`super::tail`]).
-#[derive(Debug, Clone)]
+///
+/// Calls to the inference service go to it straight from here; tonic's router (the inner
+/// service) has the others. The router would only find the same service, after matching the
+/// path, recording it as a URL parameter and boxing the request and response bodies once more:
+/// about five allocations of every call.
+#[derive(Clone)]
 pub(super) struct AdmissionLayer {
     pub(super) state: AppState,
+    pub(super) inference: Inference,
 }
+
+/// The inference service, as [`super::serve_grpc`] configures it.
+pub(super) type Inference =
+    pb::grpc_inference_service_server::GrpcInferenceServiceServer<super::GrpcService>;
+
+/// The path prefix of the inference service's methods.
+const INFERENCE_PATH: &str = "/inference.GRPCInferenceService/";
 
 impl<S> tower::Layer<S> for AdmissionLayer {
     type Service = Admit<S>;
@@ -234,32 +248,58 @@ impl<S> tower::Layer<S> for AdmissionLayer {
         Admit {
             inner,
             state: self.state.clone(),
+            inference: self.inference.clone(),
         }
     }
 }
 
 /// The service [`AdmissionLayer`] makes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct Admit<S> {
     inner: S,
     state: AppState,
+    inference: Inference,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+type Answer = Result<http::Response<tonic::body::Body>, Infallible>;
+
+impl<S> Admit<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    /// Passes a call on: to the inference service for its paths, else to tonic's router.
+    fn forward(&mut self, request: http::Request<tonic::body::Body>) -> BoxFuture<Answer> {
+        use tower::Service;
+        if request.uri().path().starts_with(INFERENCE_PATH) {
+            // Always ready (generated code); its future is already boxed.
+            self.inference.call(request)
+        } else {
+            Box::pin(self.inner.call(request))
+        }
+    }
+}
 
 impl<S> tower::Service<http::Request<tonic::body::Body>> for Admit<S>
 where
     S: tower::Service<
             http::Request<tonic::body::Body>,
             Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
         >,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Answer>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
@@ -271,7 +311,7 @@ where
         let path = request.uri().path();
         let unary = path.ends_with("/ModelInfer");
         if !(unary || path.ends_with("/ModelStreamInfer")) {
-            return Box::pin(self.inner.call(request));
+            return self.forward(request);
         }
         let admission = Arc::new(Admission {
             state: self.state.clone(),
@@ -283,7 +323,7 @@ where
         let request = request.map(|body| {
             tonic::body::Body::new(CountedBody::new(body, wire, |e| Box::new(status(e))))
         });
-        let call = admission.scope(self.inner.call(request));
+        let call = admission.scope(self.forward(request));
         if !unary {
             return Box::pin(call);
         }

@@ -416,11 +416,12 @@ pub async fn serve_grpc(
         .layer(crate::listen::GrpcLimitLayer {
             listening: service_state.listening.clone(),
         })
+        // The innermost layer calls the inference service itself; tonic's router has the rest.
         .layer(admission::AdmissionLayer {
             state: service_state,
+            inference: service,
         })
         .add_service(health)
-        .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             reporter
