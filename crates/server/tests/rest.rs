@@ -519,3 +519,56 @@ async fn methods_a_route_does_not_take_get_a_json_405() {
         }
     }
 }
+
+/// The inference route is called straight from the front door when its path needs no decoding,
+/// and through the router otherwise (a percent-encoded segment): both answer the same, status,
+/// headers and body, and the direct call's answer has its `Content-Length` as the router's does.
+#[tokio::test]
+async fn the_inference_route_answers_the_same_called_directly_or_through_the_router() {
+    let s = state();
+    let a: Vec<i32> = (0..16).collect();
+    let body = simple_request(&a, &a).to_string();
+    let answer = |uri: &'static str| {
+        let s = s.clone();
+        let body = body.clone();
+        async move {
+            let request = Request::post(uri).body(Body::from(body)).unwrap();
+            let response = app(s).oneshot(request).await.unwrap();
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, headers, bytes)
+        }
+    };
+    for (direct, routed, status) in [
+        ("/v2/models/simple/infer", "/v2/models/%73imple/infer", 200),
+        (
+            "/v2/models/simple/versions/1/infer",
+            "/v2/models/simple/versions/%31/infer",
+            200,
+        ),
+        ("/v2/models/nope/infer", "/v2/models/n%6Fpe/infer", 404),
+        (
+            "/v2/models/simple/versions/9/infer",
+            "/v2/models/simple/versions/%39/infer",
+            404,
+        ),
+    ] {
+        let (direct_status, direct_headers, direct_body) = answer(direct).await;
+        let (routed_status, routed_headers, routed_body) = answer(routed).await;
+        assert_eq!(direct_status.as_u16(), status, "{direct}: {direct_body:?}");
+        assert_eq!(routed_status, direct_status, "{routed}");
+        assert_eq!(routed_body, direct_body, "{routed}");
+        for name in ["content-type", "content-length", "x-request-id"] {
+            assert_eq!(
+                direct_headers.get(name),
+                routed_headers.get(name),
+                "{direct}: {name}"
+            );
+        }
+        assert_eq!(
+            direct_headers["content-length"],
+            direct_body.len().to_string().as_str()
+        );
+    }
+}
