@@ -200,9 +200,10 @@ fn infer_path(request: &Request) -> Option<ModelPath> {
 /// (about 3 µs and 6 allocations of a tiny model's request).
 async fn infer_direct(state: AppState, path: ModelPath, request: Request) -> Response {
     let caller = crate::listen::Caller::of(request.extensions());
-    let headers = request.headers().clone();
-    let Ok(body) = InferBody::from_request(request, &state).await;
-    let mut response = infer(State(state), path, caller, headers, body).await;
+    // The headers move into the handler (its `HeaderMap` extractor would clone them).
+    let (parts, body) = request.into_parts();
+    let body = InferBody::read(&parts.headers, body, &state).await;
+    let mut response = infer(State(state), path, caller, parts.headers, body).await;
     if !response.headers().contains_key(header::CONTENT_LENGTH)
         && let Some(size) = http_body::Body::size_hint(response.body()).exact()
     {
@@ -625,22 +626,28 @@ impl FromRequest<AppState> for InferBody {
     type Rejection = std::convert::Infallible;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        Ok(InferBody::read(&parts.headers, body, state).await)
+    }
+}
+
+impl InferBody {
+    /// Reads the body of a request with these `headers`.
+    async fn read(headers: &HeaderMap, body: Body, state: &AppState) -> InferBody {
         use http_body_util::BodyExt;
         let limit = state.max_request_bytes;
-        let declared = declared_length(request.headers())
+        let declared = declared_length(headers)
             .and_then(|n| usize::try_from(n).ok())
             .filter(|&n| n <= limit);
-        let json_len = inference_header_length(request.headers())
+        let json_len = inference_header_length(headers)
             .ok()
             .flatten()
             .filter(|&n| n <= limit);
         let held = state.budget.reservation();
-        let mut body = CountedBody::new(request.into_body(), held.clone(), |e| Box::new(e));
-        let refused = |error| {
-            Ok(InferBody {
-                body: Err(error),
-                held: held.clone(),
-            })
+        let mut body = CountedBody::new(body, held.clone(), |e| Box::new(e));
+        let refused = |error| InferBody {
+            body: Err(error),
+            held: held.clone(),
         };
         let mut buffer: Vec<u8> = Vec::new();
         let mut pad = 0;
@@ -683,10 +690,10 @@ impl FromRequest<AppState> for InferBody {
             Some(only) => only,
             None => Bytes::from(buffer).slice(pad..),
         };
-        Ok(InferBody {
+        InferBody {
             body: Ok(body),
             held,
-        })
+        }
     }
 }
 
