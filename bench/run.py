@@ -177,18 +177,33 @@ def to_us(value):
     return n * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
 
 
+# wrk's own default (2 s) counts a slower answer as a socket timeout and leaves it out of the
+# latency distribution (a run where every answer took longer reported a p50 of 0).
+WRK_TIMEOUT_S = 60
+
+
 def wrk(url, lua, connections, seconds):
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua, url],
-        capture_output=True, text=True, check=True, timeout=seconds + 120,
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT_S}s", "--latency",
+         "-s", lua, url],
+        capture_output=True, text=True, check=True, timeout=seconds + WRK_TIMEOUT_S + 120,
     ).stdout
+    return parse_wrk(out, url)
+
+
+def parse_wrk(out, url):
+    """wrk's report as numbers; an error for error answers and for answers it timed out (which
+    it leaves out of the latency distribution)."""
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
+    timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
+    if timeouts and int(timeouts.group(1)):
+        raise RuntimeError(f"wrk timed out {timeouts.group(1)} requests to {url} after {WRK_TIMEOUT_S} s:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = to_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = to_us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise RuntimeError(f"wrk saw {errors.group(1)} error responses from {url}:\n{out}")
     return {"rps": rps, "p50_us": p50, "p99_us": p99, "requests": requests}
 
 

@@ -162,3 +162,33 @@ def test_rss_parts_add_up_to_the_rss():
     # (This test process may have ONNX Runtime loaded already, by another test's import.)
     assert set(parts) == {"executable", "libonnxruntime", "other libraries", "anonymous"}
     assert abs(sum(parts.values()) - rss) < 0.05 * rss, (parts, rss)
+
+
+WRK_REPORT = """Running 5s test @ http://127.0.0.1:8080/v2/models/minilm/infer
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.68s   120.00ms   2.40s    70.00%
+    Req/Sec    15.00      5.00     30.00     70.00%
+  Latency Distribution
+     50%    1.68s
+     75%    1.75s
+     90%    1.90s
+     99%    2.40s
+  80 requests in 5.01s, 60.00KB read
+{extra}Requests/sec:     15.97
+Transfer/sec:     11.98KB
+"""
+
+
+def test_wrk_reports_are_read_and_uncounted_answers_refused():
+    """Latencies in seconds are read as such; a run with answers wrk did not count (it leaves
+    timed-out ones out of its latency distribution) is an error, never a p50 of 0."""
+    run = bench_run()
+    r = run.parse_wrk(WRK_REPORT.format(extra=""), "url")
+    assert r == {"rps": 15.97, "p50_us": 1_680_000.0, "p99_us": 2_400_000.0, "requests": 80}
+    for extra in ("  Socket errors: connect 0, read 0, write 0, timeout 12\n",
+                  "  Non-2xx or 3xx responses: 3\n"):
+        with pytest.raises(RuntimeError):
+            run.parse_wrk(WRK_REPORT.format(extra=extra), "url")
+    assert run.parse_wrk(WRK_REPORT.format(extra="  Socket errors: connect 0, read 2, write 0, timeout 0\n"), "url")["requests"] == 80
+    assert run.WRK_TIMEOUT_S >= 30
