@@ -197,7 +197,8 @@ fn infer_path(request: &Request) -> Option<ModelPath> {
 /// The inference route's handler called from the front door, as the router would call it
 /// (extractors, then `Content-Length` from the body's exact size): without matching the path
 /// against every route, collecting its parameters into a map and boxing the call once more
-/// (about 3 µs and 6 allocations of a tiny model's request).
+/// (7 allocations of a tiny model's request, and a median 73 -> 60 µs of server CPU per request at
+/// c=16 in alternating rounds).
 async fn infer_direct(state: AppState, path: ModelPath, request: Request) -> Response {
     let caller = crate::listen::Caller::of(request.extensions());
     // The headers move into the handler (its `HeaderMap` extractor would clone them).
