@@ -265,27 +265,6 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 type Answer = Result<http::Response<tonic::body::Body>, Infallible>;
 
-impl<S> Admit<S>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        >,
-    S::Future: Send + 'static,
-{
-    /// Passes a call on: to the inference service for its paths, else to tonic's router.
-    fn forward(&mut self, request: http::Request<tonic::body::Body>) -> BoxFuture<Answer> {
-        use tower::Service;
-        if request.uri().path().starts_with(INFERENCE_PATH) {
-            // Always ready (generated code); its future is already boxed.
-            self.inference.call(request)
-        } else {
-            Box::pin(self.inner.call(request))
-        }
-    }
-}
-
 impl<S> tower::Service<http::Request<tonic::body::Body>> for Admit<S>
 where
     S: tower::Service<
@@ -308,10 +287,20 @@ where
             self.state.listening.transport.grpc_compression,
             request.headers_mut(),
         );
+        // A call goes on to the inference service for its paths, else to tonic's router.
+        let (inference, inner) = (&mut self.inference, &mut self.inner);
+        let mut forward = |request: http::Request<tonic::body::Body>| -> BoxFuture<Answer> {
+            if request.uri().path().starts_with(INFERENCE_PATH) {
+                // Always ready (generated code); its future is already boxed.
+                inference.call(request)
+            } else {
+                Box::pin(inner.call(request))
+            }
+        };
         let path = request.uri().path();
         let unary = path.ends_with("/ModelInfer");
         if !(unary || path.ends_with("/ModelStreamInfer")) {
-            return self.forward(request);
+            return forward(request);
         }
         let admission = Arc::new(Admission {
             state: self.state.clone(),
@@ -323,7 +312,7 @@ where
         let request = request.map(|body| {
             tonic::body::Body::new(CountedBody::new(body, wire, |e| Box::new(status(e))))
         });
-        let call = admission.scope(self.forward(request));
+        let call = admission.scope(forward(request));
         if !unary {
             return Box::pin(call);
         }
