@@ -16,6 +16,7 @@ use oxinfer_core::{DataType, Error, Limits, ModelSignature, Result, Tensor};
 
 use crate::budget::Reservation;
 use crate::models::ServedModel;
+use crate::scheduler::Inline;
 use crate::state::AppState;
 use crate::telemetry::Protocol;
 use crate::telemetry::inference_log::Event;
@@ -347,8 +348,9 @@ fn request_timeout(request: &InferRequest) -> Result<Option<Duration>> {
 /// response assembly. The outputs' estimated size is reserved in `held` before the request is
 /// queued, and their real size once they exist.
 ///
-/// `lone`: no other request is in flight in the server; a small request may then be executed
-/// on this thread ([`crate::scheduler`]'s inline execution).
+/// `lone`: no other request is in flight in the server. A small request may be executed on
+/// this thread ([`crate::scheduler`]'s inline execution), for a fast model if others are in
+/// flight, for a less fast one if none is.
 async fn infer(
     model: &Arc<ServedModel>,
     mut request: InferRequest,
@@ -367,14 +369,18 @@ async fn infer(
     let Validated { inputs, outputs } = validated;
     // The worker threads execute it; if this future is dropped (the client went away), the
     // queued job is dropped unexecuted.
-    let lone = lone
-        && inputs
-            .iter()
-            .try_fold(0usize, |n, t| {
-                Some(n + payload_bytes(t)).filter(|&n| n <= INLINE_MAX_INPUT_BYTES)
-            })
-            .is_some();
-    let ticket = model.scheduler.submit(inputs, timeout, lone)?;
+    let small = inputs
+        .iter()
+        .try_fold(0usize, |n, t| {
+            Some(n + payload_bytes(t)).filter(|&n| n <= INLINE_MAX_INPUT_BYTES)
+        })
+        .is_some();
+    let inline = match (small, lone) {
+        (false, _) => Inline::No,
+        (true, true) => Inline::Lone,
+        (true, false) => Inline::Concurrent,
+    };
+    let ticket = model.scheduler.submit(inputs, timeout, inline)?;
     let produced = ticket.outcome().await?;
     let assembling = Instant::now();
     let produced_bytes: usize = outputs.iter().map(|&ix| payload_bytes(&produced[ix])).sum();

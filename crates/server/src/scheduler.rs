@@ -18,11 +18,14 @@
 //! - **Inline execution**: a request that would wait for nobody runs on the async thread that
 //!   received it, without the hand-off to a worker thread and back (two thread wake-ups, most
 //!   of a tiny model's latency): only for a model that may run on any thread
-//!   ([`Model::runs_on_any_thread`]), without dynamic batching, when the caller says the server
-//!   has no other request in flight and the inputs are small, the queue is empty, the first
-//!   instance is idle (its worker and an inline run take turns on a lock, so an instance never
-//!   runs two executions at once), and the model's recent executions took under
-//!   [`INLINE_BELOW`]. Under any concurrency, requests go to the workers as before.
+//!   ([`Model::runs_on_any_thread`]), without dynamic batching, when the caller says the inputs
+//!   are small ([`Inline`]), the queue is empty, the first instance is idle (its worker and an
+//!   inline run take turns on a lock, so an instance never runs two executions at once), and
+//!   the model's recent executions were fast: under [`INLINE_BELOW`] when the server has no
+//!   other request in flight, under [`INLINE_BELOW_CONCURRENT`] when it has (the async thread
+//!   is then held while other connections may wait on it, so only for a few tens of
+//!   microseconds, within what tokio asks of a task between two yields). A request that finds
+//!   the instance busy or others queued goes to the workers, behind them.
 //! - **Cancellation**: when a client goes away, the front end drops the future that awaits the
 //!   reply, which closes the channel; a worker that reaches such a job drops it unexecuted.
 //! - **Dynamic batching** (`max_batch_size > 0`, models whose inputs and outputs all have a
@@ -78,21 +81,49 @@ struct Shared {
     /// The model, for the log.
     label: String,
     /// The first instance, for inline execution; `None` when the model may not run inline.
-    inline: Option<Inline>,
+    inline: Option<InlineInstance>,
     /// A recent execution's duration in nanoseconds, slow ones weighing at once and decaying
     /// slowly (`u64::MAX` before the first).
     recent_ns: AtomicU64,
 }
 
 /// The first instance, shared by its worker and inline runs.
-struct Inline {
+struct InlineInstance {
     model: Arc<dyn Model>,
     /// Held by whoever executes on the instance: its worker or an inline run.
     busy: Mutex<()>,
 }
 
-/// Inline execution only for a model whose recent executions took less than this.
+/// Inline execution of a lone request only for a model whose recent executions took less
+/// than this.
 pub(crate) const INLINE_BELOW: Duration = Duration::from_micros(200);
+
+/// Inline execution while other requests are in flight only for a model whose recent
+/// executions took less than this.
+pub(crate) const INLINE_BELOW_CONCURRENT: Duration = Duration::from_micros(50);
+
+/// Whether the caller of [`Scheduler::submit`] lets the request run on its own thread, and
+/// what else the server is doing (module doc: inline execution).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inline {
+    /// Never: the inputs are large (or the caller wants a worker).
+    No,
+    /// Small inputs, and no other request in flight in the server.
+    Lone,
+    /// Small inputs, with other requests in flight.
+    Concurrent,
+}
+
+impl Inline {
+    /// The slowest recent execution that still runs inline, if any does.
+    fn below(self) -> Option<Duration> {
+        match self {
+            Inline::No => None,
+            Inline::Lone => Some(INLINE_BELOW),
+            Inline::Concurrent => Some(INLINE_BELOW_CONCURRENT),
+        }
+    }
+}
 
 /// A queued request's claim on its reply ([`Scheduler::submit`]).
 pub(crate) struct Ticket {
@@ -149,7 +180,7 @@ impl Scheduler {
         let inline = instances
             .first()
             .filter(|m| !config.batching() && m.runs_on_any_thread())
-            .map(|m| Inline {
+            .map(|m| InlineInstance {
                 model: m.clone(),
                 busy: Mutex::new(()),
             });
@@ -195,13 +226,13 @@ impl Scheduler {
     /// the job if it has not started. Refuses the job at once when the queue is full or a
     /// request has more rows than `max_batch_size`.
     ///
-    /// `lone`: the caller has no other request in flight and the inputs are small; the job may
-    /// then be executed here, on the calling thread, before this returns (see the module doc).
+    /// `inline`: whether the job may be executed here, on the calling thread, before this
+    /// returns (see the module doc).
     pub(crate) fn submit(
         &self,
         inputs: Vec<Tensor>,
         timeout: Option<Duration>,
-        lone: bool,
+        inline: Inline,
     ) -> Result<Ticket> {
         let shared = &self.shared;
         let config = &shared.config;
@@ -245,13 +276,12 @@ impl Scheduler {
             id,
             shared: shared.clone(),
         };
-        let job = if lone {
-            match shared.run_inline(job) {
+        let job = match inline.below() {
+            Some(below) => match shared.run_inline(job, below) {
                 None => return Ok(ticket),
                 Some(job) => job,
-            }
-        } else {
-            job
+            },
+            None => job,
         };
         let wake = {
             let mut queue = lock(&shared.queue);
@@ -301,13 +331,15 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 }
 
 impl Shared {
-    /// Executes `job` on the calling thread if it would wait for nobody (module doc); gives it
-    /// back otherwise.
-    fn run_inline(&self, job: Job) -> Option<Job> {
+    /// Executes `job` on the calling thread if it would wait for nobody and the model's recent
+    /// executions took less than `below` (module doc); gives it back otherwise.
+    fn run_inline(&self, job: Job, below: Duration) -> Option<Job> {
         let Some(inline) = &self.inline else {
             return Some(job);
         };
-        if self.recent_ns.load(Ordering::Relaxed) >= INLINE_BELOW.as_nanos() as u64 {
+        if self.recent_ns.load(Ordering::Relaxed)
+            >= u64::try_from(below.as_nanos()).unwrap_or(u64::MAX)
+        {
             return Some(job);
         }
         let busy = {
@@ -597,5 +629,83 @@ fn run_one(shared: &Shared, model: &dyn Model, job: Job, started: Instant) {
 fn fail_all(batch: Vec<Job>, error: &Error) {
     for job in batch {
         let _ = job.reply.send(Err(error.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxinfer_core::ModelSignature;
+
+    /// A model that records the thread each execution runs on.
+    struct Where {
+        signature: ModelSignature,
+        threads: Mutex<Vec<String>>,
+    }
+
+    impl Model for Where {
+        fn signature(&self) -> &ModelSignature {
+            &self.signature
+        }
+        fn runs_on_any_thread(&self) -> bool {
+            true
+        }
+        fn execute(&self, _: Vec<Tensor>) -> Result<Vec<Tensor>> {
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            self.threads.lock().unwrap().push(thread);
+            Ok(Vec::new())
+        }
+    }
+
+    /// Whether one request submitted with `inline` runs on the submitting thread, when the
+    /// model's recent executions took `recent`.
+    fn runs_inline(inline: Inline, recent: Duration) -> bool {
+        let model = Arc::new(Where {
+            signature: ModelSignature {
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            },
+            threads: Mutex::default(),
+        });
+        let scheduler = Scheduler::start(
+            "where",
+            vec![model.clone()],
+            Scheduling::default(),
+            Arc::new(ModelTelemetry::new("where", "1")),
+        )
+        .unwrap();
+        let recent = u64::try_from(recent.as_nanos()).unwrap();
+        scheduler.shared.recent_ns.store(recent, Ordering::Relaxed);
+        let ticket = scheduler.submit(Vec::new(), None, inline).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(ticket.outcome()).unwrap();
+        let threads = model.threads.lock().unwrap();
+        assert_eq!(threads.len(), 1, "{threads:?}");
+        !threads[0].starts_with("oxinfer-where-")
+    }
+
+    #[test]
+    fn a_request_runs_inline_only_on_a_model_fast_enough_for_what_the_server_is_doing() {
+        let us = Duration::from_micros;
+        for (inline, recent, expected) in [
+            (Inline::Lone, us(10), true),
+            (Inline::Concurrent, us(10), true),
+            (Inline::Lone, us(100), true),
+            // Others in flight: the I/O thread is held only for a fast model.
+            (Inline::Concurrent, us(100), false),
+            (Inline::Lone, us(300), false),
+            (Inline::Concurrent, us(300), false),
+            // Large inputs: always a worker.
+            (Inline::No, us(10), false),
+        ] {
+            assert_eq!(
+                runs_inline(inline, recent),
+                expected,
+                "{inline:?} with recent executions of {recent:?}"
+            );
+        }
     }
 }
