@@ -12,7 +12,9 @@ Needs `wrk` and `h2load` (Debian packages wrk, nghttp2-client) and the openssl C
    concurrency 1, 16 and 64, for oxinfer, MLServer 1.7.1 (same ONNX file, onnxruntime runtime,
    parallel_workers 0) and the floor (a bare axum handler that parses the same JSON, adds the
    tensors and writes the response; REST JSON only). REST load: wrk, one thread. gRPC load:
-   bench/tools grpc-load, one client thread, for both servers. Where the time goes: the floor
+   bench/tools grpc-load, one client thread, for both servers. The floor and oxinfer are
+   measured in turn, three rounds each, and each of their numbers is its rounds' median (the
+   host's slow and fast moments then fall on both). Where the time goes: the floor
    and oxinfer at c=16 (REST JSON by wrk, gRPC by h2load) under `perf record`, each request's
    server CPU time split by the crate or library that spent it, and allocation calls per
    request counted with uprobes (`perf probe`; needs root). Needs `perf` (Debian linux-perf).
@@ -465,22 +467,32 @@ def tiny(tmp, seconds, results):
         h2[server] = h2load_grpc(url, grpc_body, 16, seconds, {})
         log(server, "gRPC (h2load) c=16", h2[server])
 
-    p = floor()
-    try:
-        run_rest("floor", PORTS["floor"][0], "REST JSON", json_lua)
-        run_grpc("floor", PORTS["floor"][1])
-        run_h2load("floor", PORTS["floor"][1])
-    finally:
-        p.stop()
-
+    # The floor and oxinfer run side by side (the idle one waits in epoll) and are measured in
+    # turn, TINY_ROUNDS times each, so that a slow or fast moment of the host lands on both.
+    floor_p = floor()
     p = oxinfer(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add}"\n')
     try:
-        run_rest("oxinfer", PORTS["oxinfer"][0], "REST JSON", json_lua)
+        ports = {"floor": PORTS["floor"], "oxinfer": PORTS["oxinfer"]}
+        for kind, measure in (
+            ("REST JSON", lambda port, c: wrk(f"http://127.0.0.1:{port[0]}/v2/models/add/infer", json_lua, c, seconds)),
+            ("gRPC", lambda port, c: grpc_load(f"127.0.0.1:{port[1]}", "add", json_file, c, seconds)),
+        ):
+            for c in CONCURRENCY:
+                for server, r in alternate(lambda server: measure(ports[server], c), list(ports)).items():
+                    log(server, kind, f"c={c}", r)
+                    rows.append({"server": server, "protocol": kind, "c": c, **r})
+        for server, port in ports.items():
+            h2load_grpc(f"http://127.0.0.1:{port[1]}/inference.GRPCInferenceService/ModelInfer", grpc_body, 16, 1, {})
+        measured = alternate(lambda server: h2load_grpc(
+            f"http://127.0.0.1:{ports[server][1]}/inference.GRPCInferenceService/ModelInfer", grpc_body, 16, seconds, {}),
+            list(ports))
+        for server, r in measured.items():
+            h2[server] = r
+            log(server, "gRPC (h2load) c=16", r)
         run_rest("oxinfer", PORTS["oxinfer"][0], "REST binary", binary_lua)
-        run_grpc("oxinfer", PORTS["oxinfer"][1])
-        run_h2load("oxinfer", PORTS["oxinfer"][1])
     finally:
         p.stop()
+        floor_p.stop()
     # The same file through oxinfer's onnxruntime runtime: MLServer's engine, one thread.
     p = oxinfer(f'[[models]]\nname = "add"\nruntime = "onnxruntime"\npath = "{add}"\n[models.options]\nintra_op_threads = 1\n')
     try:
@@ -501,7 +513,35 @@ def tiny(tmp, seconds, results):
         run_h2load("MLServer", PORTS["mlserver"][1])
     finally:
         p.stop()
-    results["tiny"] = rows
+    servers = ["floor", "oxinfer", "oxinfer-ort", "MLServer"]
+    protocols = ["REST JSON", "REST binary", "gRPC"]
+    results["tiny"] = sorted(rows, key=lambda r: (servers.index(r["server"]), protocols.index(r["protocol"]), r["c"]))
+
+
+# Rounds of each floor and oxinfer measurement in section 1, taken in turn (`alternate`).
+TINY_ROUNDS = 3
+
+
+def median_of_rounds(rounds):
+    """One result from several rounds of the same measurement: each number the median of the
+    rounds' (odd in number), and every round's results kept under `rounds`."""
+    assert len(rounds) % 2 == 1, len(rounds)
+    out = {}
+    for key, value in rounds[0].items():
+        if isinstance(value, (int, float)):
+            out[key] = sorted(r[key] for r in rounds)[len(rounds) // 2]
+    out["rounds"] = rounds
+    return out
+
+
+def alternate(measure, servers, rounds=None):
+    """`measure(server)` for each server in turn, `rounds` times over (TINY_ROUNDS by default):
+    {server: median_of_rounds(its results)}."""
+    results = {server: [] for server in servers}
+    for _ in range(rounds or TINY_ROUNDS):
+        for server in servers:
+            results[server].append(measure(server))
+    return {server: median_of_rounds(r) for server, r in results.items()}
 
 
 def h2load_grpc(url, body_file, connections, seconds, headers, window_bits=None, requests=None):
@@ -1431,6 +1471,9 @@ def report(results, seconds, out_path):
         "tensors and writing an OIP response, nothing else; its gRPC floor is tonic + prost decoding the",
         "`ModelInferRequest` and answering the sum, with oxinfer's HTTP/2 settings. REST: `wrk -t1 -cN`;",
         "gRPC: `grpc-load` (bench/tools, tonic, one client thread), the same client for every server.",
+        f"The floor and oxinfer run side by side and are measured in turn, {TINY_ROUNDS} rounds each (REST",
+        "JSON, gRPC and h2load below); each of their numbers is the median of its rounds (every",
+        "round is in `docs/benchmarks.json`), so that the host's slow and fast moments fall on both.",
         "",
         "| server | protocol | c | requests/s | p50 | p99 |",
         "|---|---|---:|---:|---:|---:|",

@@ -192,3 +192,29 @@ def test_wrk_reports_are_read_and_uncounted_answers_refused():
             run.parse_wrk(WRK_REPORT.format(extra=extra), "url")
     assert run.parse_wrk(WRK_REPORT.format(extra="  Socket errors: connect 0, read 2, write 0, timeout 0\n"), "url")["requests"] == 80
     assert run.WRK_TIMEOUT_S >= 30
+
+
+def test_floor_and_oxinfer_are_measured_in_turn_and_reported_by_their_medians():
+    """Section 1's ratios come from alternating rounds: the order of the measurements
+    interleaves the servers, and each number is the median of its own rounds."""
+    run = bench_run()
+    order = []
+    readings = {"floor": iter([100.0, 300.0, 200.0]), "oxinfer": iter([50.0, 70.0, 60.0])}
+
+    def measure(server):
+        order.append(server)
+        rps = next(readings[server])
+        return {"rps": rps, "p50_us": 1e6 / rps, "note": "kept out"}
+
+    out = run.alternate(measure, ["floor", "oxinfer"], rounds=3)
+    assert order == ["floor", "oxinfer"] * 3
+    assert out["floor"]["rps"] == 200.0 and out["oxinfer"]["rps"] == 60.0
+    # Each number is its own median (the p50 of the median run here, not in general).
+    assert out["floor"]["p50_us"] == 1e6 / 200.0
+    assert [r["rps"] for r in out["oxinfer"]["rounds"]] == [50.0, 70.0, 60.0]
+    assert "note" not in out["floor"]
+    mixed = run.median_of_rounds([{"rps": 1, "p50_us": 9}, {"rps": 3, "p50_us": 7}, {"rps": 2, "p50_us": 8}])
+    assert (mixed["rps"], mixed["p50_us"]) == (2, 8)
+    with pytest.raises(AssertionError):
+        run.median_of_rounds([{"rps": 1}, {"rps": 2}])
+    assert run.TINY_ROUNDS % 2 == 1
