@@ -688,6 +688,38 @@ mod tests {
     }
 
     #[test]
+    fn a_request_that_finds_the_instance_busy_goes_to_its_worker() {
+        let model = Arc::new(Where {
+            signature: ModelSignature {
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            },
+            threads: Mutex::default(),
+        });
+        let scheduler = Scheduler::start(
+            "busy",
+            vec![model.clone()],
+            Scheduling::default(),
+            Arc::new(ModelTelemetry::new("busy", "1")),
+        )
+        .unwrap();
+        scheduler.shared.recent_ns.store(1_000, Ordering::Relaxed);
+        let inline = scheduler.shared.inline.as_ref().unwrap();
+        // Another thread's inline run holds the instance.
+        let held = inline.busy.lock().unwrap();
+        let ticket = scheduler.submit(Vec::new(), None, Inline::Lone).unwrap();
+        assert!(model.threads.lock().unwrap().is_empty(), "not run here");
+        drop(held);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(ticket.outcome()).unwrap();
+        let threads = model.threads.lock().unwrap();
+        assert_eq!(*threads, ["oxinfer-busy-0"]);
+    }
+
+    #[test]
     fn a_request_runs_inline_only_on_a_model_fast_enough_for_what_the_server_is_doing() {
         let us = Duration::from_micros;
         for (inline, recent, expected) in [

@@ -551,9 +551,7 @@ async fn concurrent_requests_go_to_the_worker_and_an_instance_runs_one_at_a_time
         1,
         "the one instance never ran two executions at once"
     );
-    let threads = seen.threads.lock().unwrap().clone();
-    assert!(
-        threads[1..].iter().any(|t| on_a_worker(t)),
-        "requests in flight together went to the worker: {threads:?}"
-    );
+    // Which of them found the instance busy and went to the worker depends on timing; that
+    // one that does goes there is the scheduler's unit test
+    // `a_request_that_finds_the_instance_busy_goes_to_its_worker`.
 }
