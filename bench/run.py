@@ -461,8 +461,11 @@ def tiny(tmp, seconds, results):
     grpc_body = write_grpc_add(tmp)
     h2 = results["tiny_h2load"] = {}
 
+    def h2load_url(port):
+        return f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
+
     def run_h2load(server, port):
-        url = f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
+        url = h2load_url(port)
         h2load_grpc(url, grpc_body, 16, 1, {})
         h2[server] = h2load_grpc(url, grpc_body, 16, seconds, {})
         log(server, "gRPC (h2load) c=16", h2[server])
@@ -481,11 +484,9 @@ def tiny(tmp, seconds, results):
                 for server, r in alternate(lambda server: measure(ports[server], c), list(ports)).items():
                     log(server, kind, f"c={c}", r)
                     rows.append({"server": server, "protocol": kind, "c": c, **r})
-        for server, port in ports.items():
-            h2load_grpc(f"http://127.0.0.1:{port[1]}/inference.GRPCInferenceService/ModelInfer", grpc_body, 16, 1, {})
-        measured = alternate(lambda server: h2load_grpc(
-            f"http://127.0.0.1:{ports[server][1]}/inference.GRPCInferenceService/ModelInfer", grpc_body, 16, seconds, {}),
-            list(ports))
+        for port in ports.values():
+            h2load_grpc(h2load_url(port[1]), grpc_body, 16, 1, {})
+        measured = alternate(lambda server: h2load_grpc(h2load_url(ports[server][1]), grpc_body, 16, seconds, {}), list(ports))
         for server, r in measured.items():
             h2[server] = r
             log(server, "gRPC (h2load) c=16", r)

@@ -106,7 +106,7 @@ pub(crate) const INLINE_BELOW_CONCURRENT: Duration = Duration::from_micros(50);
 /// what else the server is doing (module doc: inline execution).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Inline {
-    /// Never: the inputs are large (or the caller wants a worker).
+    /// Never: the inputs are large.
     No,
     /// Small inputs, and no other request in flight in the server.
     Lone,
@@ -657,9 +657,9 @@ mod tests {
         }
     }
 
-    /// Whether one request submitted with `inline` runs on the submitting thread, when the
-    /// model's recent executions took `recent`.
-    fn runs_inline(inline: Inline, recent: Duration) -> bool {
+    /// A scheduler labelled `label` with one [`Where`] instance, whose recent executions took
+    /// `recent`.
+    fn started(label: &str, recent: Duration) -> (Arc<Where>, Scheduler) {
         let model = Arc::new(Where {
             signature: ModelSignature {
                 inputs: Vec::new(),
@@ -668,20 +668,31 @@ mod tests {
             threads: Mutex::default(),
         });
         let scheduler = Scheduler::start(
-            "where",
+            label,
             vec![model.clone()],
             Scheduling::default(),
-            Arc::new(ModelTelemetry::new("where", "1")),
+            Arc::new(ModelTelemetry::new(label, "1")),
         )
         .unwrap();
         let recent = u64::try_from(recent.as_nanos()).unwrap();
         scheduler.shared.recent_ns.store(recent, Ordering::Relaxed);
-        let ticket = scheduler.submit(Vec::new(), None, inline).unwrap();
+        (model, scheduler)
+    }
+
+    /// Waits for a ticket's outcome, from a thread outside any runtime.
+    fn wait(ticket: Ticket) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
         runtime.block_on(ticket.outcome()).unwrap();
+    }
+
+    /// Whether one request submitted with `inline` runs on the submitting thread, when the
+    /// model's recent executions took `recent`.
+    fn runs_inline(inline: Inline, recent: Duration) -> bool {
+        let (model, scheduler) = started("where", recent);
+        wait(scheduler.submit(Vec::new(), None, inline).unwrap());
         let threads = model.threads.lock().unwrap();
         assert_eq!(threads.len(), 1, "{threads:?}");
         !threads[0].starts_with("oxinfer-where-")
@@ -689,32 +700,14 @@ mod tests {
 
     #[test]
     fn a_request_that_finds_the_instance_busy_goes_to_its_worker() {
-        let model = Arc::new(Where {
-            signature: ModelSignature {
-                inputs: Vec::new(),
-                outputs: Vec::new(),
-            },
-            threads: Mutex::default(),
-        });
-        let scheduler = Scheduler::start(
-            "busy",
-            vec![model.clone()],
-            Scheduling::default(),
-            Arc::new(ModelTelemetry::new("busy", "1")),
-        )
-        .unwrap();
-        scheduler.shared.recent_ns.store(1_000, Ordering::Relaxed);
+        let (model, scheduler) = started("busy", Duration::from_micros(1));
         let inline = scheduler.shared.inline.as_ref().unwrap();
         // Another thread's inline run holds the instance.
         let held = inline.busy.lock().unwrap();
         let ticket = scheduler.submit(Vec::new(), None, Inline::Lone).unwrap();
         assert!(model.threads.lock().unwrap().is_empty(), "not run here");
         drop(held);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        runtime.block_on(ticket.outcome()).unwrap();
+        wait(ticket);
         let threads = model.threads.lock().unwrap();
         assert_eq!(*threads, ["oxinfer-busy-0"]);
     }
