@@ -701,6 +701,129 @@ impl Serialize for JsonData<'_> {
     }
 }
 
+/// Appends `s` to `out` as a JSON string, escaped as serde_json escapes it: a string with
+/// nothing to escape is copied whole.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    // No short cut: a loop without an early exit is vectorised.
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("a string serializes");
+    }
+}
+
+/// Appends a tensor to `out` as [`JsonTensor`] serializes it, byte for byte, without serde's
+/// calls per element (for the inference log, which writes every request's tensors). Fails,
+/// writing nothing, for BYTES that are not UTF-8.
+pub fn write_tensor(out: &mut Vec<u8>, t: &Tensor) -> Result<()> {
+    use serde_json::ser::{CompactFormatter, Formatter};
+
+    /// `[a,b,...]` of the `T`s in `raw`, each written by `write`.
+    fn each<T: bytemuck::Pod>(out: &mut Vec<u8>, raw: &[u8], write: impl Fn(&mut Vec<u8>, T)) {
+        let size = std::mem::size_of::<T>();
+        out.reserve(2 + raw.len() / size * 4);
+        out.push(b'[');
+        for (i, c) in raw.chunks_exact(size).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write(out, bytemuck::pod_read_unaligned(c));
+        }
+        out.push(b']');
+    }
+    /// serde_json's `f32`: `null` for NaN and the infinities.
+    fn float(out: &mut Vec<u8>, v: f32) {
+        if v.is_finite() {
+            let _ = CompactFormatter.write_f32(out, v);
+        } else {
+            out.extend_from_slice(b"null");
+        }
+    }
+    fn double(out: &mut Vec<u8>, v: f64) {
+        if v.is_finite() {
+            let _ = CompactFormatter.write_f64(out, v);
+        } else {
+            out.extend_from_slice(b"null");
+        }
+    }
+    fn int<T: itoa::Integer>(out: &mut Vec<u8>, v: T) {
+        out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    }
+
+    let strings = match (t.data(), t.datatype()) {
+        (TensorData::Strings(items), _) => Some(
+            items
+                .iter()
+                .map(|b| std::str::from_utf8(b))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    Error::invalid(format!(
+                        "output '{}' holds bytes that are not UTF-8 and cannot be sent as JSON",
+                        t.name()
+                    ))
+                })?,
+        ),
+        (TensorData::Raw(_), DataType::Bytes) => {
+            return Err(Error::Internal("BYTES tensor without strings".into()));
+        }
+        (TensorData::Raw(_), _) => None,
+    };
+    out.extend_from_slice(b"{\"name\":");
+    write_str(out, t.name());
+    out.extend_from_slice(b",\"datatype\":\"");
+    out.extend_from_slice(t.datatype().as_str().as_bytes());
+    out.extend_from_slice(b"\",\"shape\":[");
+    for (i, &d) in t.shape().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        int(out, d);
+    }
+    out.extend_from_slice(b"],\"data\":");
+    if let Some(items) = strings {
+        out.push(b'[');
+        for (i, s) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, s);
+        }
+        out.push(b']');
+    } else if let TensorData::Raw(raw) = t.data() {
+        match t.datatype() {
+            DataType::Bool => each::<u8>(out, raw, |out, b| {
+                out.extend_from_slice(if b != 0 { b"true" } else { b"false" })
+            }),
+            DataType::Uint8 => each::<u8>(out, raw, int),
+            DataType::Uint16 => each::<u16>(out, raw, int),
+            DataType::Uint32 => each::<u32>(out, raw, int),
+            DataType::Uint64 => each::<u64>(out, raw, int),
+            DataType::Int8 => each::<i8>(out, raw, int),
+            DataType::Int16 => each::<i16>(out, raw, int),
+            DataType::Int32 => each::<i32>(out, raw, int),
+            DataType::Int64 => each::<i64>(out, raw, int),
+            DataType::Fp32 => each::<f32>(out, raw, float),
+            DataType::Fp64 => each::<f64>(out, raw, double),
+            DataType::Fp16 => each::<[u8; 2]>(out, raw, |out, b| {
+                float(out, f16::from_le_bytes(b).to_f32())
+            }),
+            DataType::Bf16 => each::<[u8; 2]>(out, raw, |out, b| {
+                float(out, bf16::from_le_bytes(b).to_f32())
+            }),
+            // Refused above.
+            DataType::Bytes => {}
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
 /// Encodes an inference response: JSON with flat, row-major data, except the outputs `binary`
 /// selects, whose raw bytes follow the JSON in output order.
 pub fn encode_infer_response(
@@ -1171,6 +1294,47 @@ mod tests {
                 agrees::<i64>(&text, count);
                 agrees::<JsonBool>(&text, count);
             }
+        }
+
+        /// The inference log's tensor writer gives serde's bytes for any data: every datatype,
+        /// every bit pattern (NaN, the infinities, subnormals), names and strings to escape.
+        #[test]
+        fn write_tensor_writes_what_json_tensor_serializes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            name in "\\PC{0,6}|[\"\\\\\u{0}-\u{1f}a]{0,6}",
+            strings in proptest::collection::vec("\\PC{0,6}|[\"\\\\\u{0}-\u{1f}\u{7f}a]{0,6}", 0..4),
+        ) {
+            let all = [
+                DataType::Bool, DataType::Uint8, DataType::Uint16, DataType::Uint32,
+                DataType::Uint64, DataType::Int8, DataType::Int16, DataType::Int32,
+                DataType::Int64, DataType::Fp16, DataType::Bf16, DataType::Fp32, DataType::Fp64,
+            ];
+            let mut tensors = Vec::new();
+            for dt in all {
+                let size = dt.size().unwrap();
+                let n = bytes.len() / size;
+                let mut raw = bytes[..n * size].to_vec();
+                if dt == DataType::Bool {
+                    raw.iter_mut().for_each(|b| *b &= 1);
+                }
+                tensors.push(Tensor::new(name.clone(), dt, vec![1, n], TensorData::Raw(raw.into())).unwrap());
+            }
+            tensors.push(Tensor::from_strings(name.clone(), vec![strings.len()], strings.clone()).unwrap());
+            for t in &tensors {
+                let mut out = b"x".to_vec();
+                write_tensor(&mut out, t).unwrap();
+                let expected = serde_json::to_vec(&JsonTensor(t)).unwrap();
+                proptest::prop_assert_eq!(
+                    String::from_utf8_lossy(&out[1..]),
+                    String::from_utf8_lossy(&expected)
+                );
+            }
+            // BYTES that are not UTF-8: both refuse, and nothing is written.
+            let t = Tensor::from_strings("b", vec![2], vec![bytes.clone(), vec![0xff]]).unwrap();
+            let mut out = Vec::new();
+            proptest::prop_assert!(write_tensor(&mut out, &t).is_err());
+            proptest::prop_assert!(out.is_empty());
+            proptest::prop_assert!(serde_json::to_vec(&JsonTensor(&t)).is_err());
         }
     }
 }

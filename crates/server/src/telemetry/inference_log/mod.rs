@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use oxinfer_core::manifest::{InferenceLogSettings, OnError, OnFull};
-use oxinfer_core::protocol::json::JsonTensor;
+use oxinfer_core::protocol::json;
 use oxinfer_core::protocol::raw;
 use oxinfer_core::{Error, Result, Tensor};
 use serde::Serialize;
@@ -348,69 +348,6 @@ pub(crate) struct Origin {
     pub(crate) registry_version: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ModelRef<'a> {
-    name: std::borrow::Cow<'a, str>,
-    version: std::borrow::Cow<'a, str>,
-    sha256: Option<&'a str>,
-    #[serde(flatten)]
-    origin: Option<&'a Origin>,
-}
-
-/// A tensor in a record: OIP JSON, or its digest when it is large (or not representable).
-enum LoggedTensor<'a> {
-    Json(&'a Tensor),
-    Digest(&'a Tensor, String, usize),
-}
-
-impl Serialize for LoggedTensor<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Digested<'a> {
-            name: &'a str,
-            datatype: &'a str,
-            shape: &'a [usize],
-            sha256: &'a str,
-            bytes: usize,
-        }
-        match self {
-            LoggedTensor::Json(t) => JsonTensor(t).serialize(s),
-            LoggedTensor::Digest(t, sha, bytes) => Digested {
-                name: t.name(),
-                datatype: t.datatype().as_str(),
-                shape: t.shape(),
-                sha256: sha,
-                bytes: *bytes,
-            }
-            .serialize(s),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Record<'a> {
-    format: u32,
-    timestamp: String,
-    request_id: &'a str,
-    model: ModelRef<'a>,
-    protocol: &'a str,
-    client: Option<String>,
-    identity: Option<&'a str>,
-    /// The end user the client named (OpenAI's `user`), cut like client strings.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<std::borrow::Cow<'a, str>>,
-    status: &'a str,
-    error: Option<std::borrow::Cow<'a, str>>,
-    latency_us: u64,
-    inputs: Vec<LoggedTensor<'a>>,
-    outputs: Vec<LoggedTensor<'a>>,
-    /// Tensors left out because even their digests made the record longer than
-    /// `max_record_bytes`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    omitted_tensors: Option<usize>,
-    prev_hash: &'a str,
-}
-
 /// The longest client-influenced string (error message, model name or version asked for) kept
 /// in a record, in bytes; a longer one is cut, with a marker.
 const MAX_ERROR_BYTES: usize = 1024;
@@ -426,15 +363,55 @@ fn shortened(e: &str) -> std::borrow::Cow<'_, str> {
     format!("{}... ({} bytes)", &e[..cut], e.len()).into()
 }
 
-fn logged(t: &Tensor, cap: usize) -> LoggedTensor<'_> {
+/// The bytes of a tensor's data as its digest covers them: the raw bytes, or for BYTES the
+/// strings with their 4-byte length prefixes ([`raw::raw_bytes`]), counted without building them.
+fn data_len(t: &Tensor) -> usize {
+    match t.strings() {
+        Some(items) => items.iter().map(|b| b.len() + 4).sum(),
+        None => t.raw().map_or(0, |b| b.len()),
+    }
+}
+
+/// Whether a record carries a tensor as OIP JSON: up to `cap` bytes, and BYTES only when every
+/// element is UTF-8. Others are recorded by digest.
+fn as_json(t: &Tensor, cap: usize) -> bool {
+    data_len(t) <= cap
+        && t.strings()
+            .is_none_or(|items| items.iter().all(|b| std::str::from_utf8(b).is_ok()))
+}
+
+/// A tensor by digest: `{"name", "datatype", "shape", "sha256", "bytes"}`.
+fn write_digest(out: &mut Vec<u8>, t: &Tensor) {
     let raw = raw::raw_bytes(t);
-    let utf8 = t
-        .strings()
-        .is_none_or(|items| items.iter().all(|b| std::str::from_utf8(b).is_ok()));
-    if raw.len() <= cap && utf8 {
-        LoggedTensor::Json(t)
-    } else {
-        LoggedTensor::Digest(t, hex::encode(Sha256::digest(&raw)), raw.len())
+    let mut sha = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(&raw), &mut sha).expect("a SHA-256 is 64 hex digits");
+    out.extend_from_slice(b"{\"name\":");
+    json::write_str(out, t.name());
+    out.extend_from_slice(b",\"datatype\":\"");
+    out.extend_from_slice(t.datatype().as_str().as_bytes());
+    out.extend_from_slice(b"\",\"shape\":[");
+    for (i, &d) in t.shape().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_int(out, d);
+    }
+    out.extend_from_slice(b"],\"sha256\":\"");
+    out.extend_from_slice(&sha);
+    out.extend_from_slice(b"\",\"bytes\":");
+    write_int(out, raw.len());
+    out.push(b'}');
+}
+
+fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `"..."` (escaped), or `null`.
+fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json::write_str(out, s),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
@@ -565,40 +542,90 @@ fn encode_checkpoint(
     seal(serde_json::to_vec(&record).expect("checkpoints serialize"))
 }
 
-/// One record without its hash, onto the end of `out`.
+/// One record without its hash, onto the end of `out`. Written field by field rather than
+/// through serde: this runs for every request, and serde's calls per key and per element were
+/// most of the writer thread's time (the bytes are the same: see the tests).
 fn serialize_into(out: &mut Vec<u8>, event: &Event, prev_hash: &str, detail: Detail) {
-    fn tensors(list: &[Tensor], detail: Detail) -> Vec<LoggedTensor<'_>> {
-        match detail {
-            Detail::Capped(cap) => list.iter().map(|t| logged(t, cap)).collect(),
-            Detail::Digests => list.iter().map(|t| logged(t, 0)).collect(),
-            Detail::Omitted => Vec::new(),
+    fn tensors(out: &mut Vec<u8>, list: &[Tensor], detail: Detail) {
+        out.push(b'[');
+        if !matches!(detail, Detail::Omitted) {
+            let cap = match detail {
+                Detail::Capped(cap) => cap,
+                _ => 0,
+            };
+            for (i, t) in list.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if as_json(t, cap) {
+                    json::write_tensor(out, t).expect("UTF-8 was checked");
+                } else {
+                    write_digest(out, t);
+                }
+            }
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"{\"format\":");
+    write_int(out, FORMAT_VERSION);
+    out.extend_from_slice(b",\"timestamp\":\"");
+    let at = out.len();
+    let t: time::OffsetDateTime = event.timestamp.into();
+    if t.format_into(out, &time::format_description::well_known::Rfc3339)
+        .is_err()
+    {
+        // A time RFC 3339 cannot write: empty, as `timestamp` writes it.
+        out.truncate(at);
+    }
+    out.extend_from_slice(b"\",\"request_id\":");
+    json::write_str(out, &event.request_id);
+    out.extend_from_slice(b",\"model\":{\"name\":");
+    json::write_str(out, &shortened(&event.model));
+    out.extend_from_slice(b",\"version\":");
+    json::write_str(out, &shortened(&event.version));
+    out.extend_from_slice(b",\"sha256\":");
+    write_opt_str(out, event.sha256.as_deref());
+    if let Some(origin) = &event.origin {
+        out.extend_from_slice(b",\"source\":");
+        json::write_str(out, &origin.source);
+        if let Some(version) = &origin.registry_version {
+            out.extend_from_slice(b",\"registry_version\":");
+            json::write_str(out, version);
         }
     }
-    let omitted =
-        matches!(detail, Detail::Omitted).then(|| event.inputs.len() + event.outputs.len());
-    let record = Record {
-        format: FORMAT_VERSION,
-        timestamp: timestamp(event.timestamp),
-        request_id: &event.request_id,
-        model: ModelRef {
-            name: shortened(&event.model),
-            version: shortened(&event.version),
-            sha256: event.sha256.as_deref(),
-            origin: event.origin.as_deref(),
-        },
-        protocol: event.protocol,
-        client: event.client.map(|c| c.to_string()),
-        identity: event.identity.as_deref(),
-        user: event.user.as_deref().map(shortened),
-        status: if event.error.is_some() { "error" } else { "ok" },
-        error: event.error.as_deref().map(shortened),
-        latency_us: event.latency_us,
-        inputs: tensors(&event.inputs, detail),
-        outputs: tensors(&event.outputs, detail),
-        omitted_tensors: omitted,
-        prev_hash,
-    };
-    serde_json::to_writer(out, &record).expect("records serialize");
+    out.extend_from_slice(b"},\"protocol\":");
+    json::write_str(out, event.protocol);
+    out.extend_from_slice(b",\"client\":");
+    match event.client {
+        // An address has nothing to escape.
+        Some(addr) => write!(out, "\"{addr}\"").expect("writing to a Vec cannot fail"),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"identity\":");
+    write_opt_str(out, event.identity.as_deref());
+    if let Some(user) = &event.user {
+        out.extend_from_slice(b",\"user\":");
+        json::write_str(out, &shortened(user));
+    }
+    out.extend_from_slice(if event.error.is_some() {
+        b",\"status\":\"error\",\"error\":"
+    } else {
+        b",\"status\":\"ok\",\"error\":"
+    });
+    write_opt_str(out, event.error.as_deref().map(shortened).as_deref());
+    out.extend_from_slice(b",\"latency_us\":");
+    write_int(out, event.latency_us);
+    out.extend_from_slice(b",\"inputs\":");
+    tensors(out, &event.inputs, detail);
+    out.extend_from_slice(b",\"outputs\":");
+    tensors(out, &event.outputs, detail);
+    if matches!(detail, Detail::Omitted) {
+        out.extend_from_slice(b",\"omitted_tensors\":");
+        write_int(out, event.inputs.len() + event.outputs.len());
+    }
+    out.extend_from_slice(b",\"prev_hash\":");
+    json::write_str(out, prev_hash);
+    out.push(b'}');
 }
 
 /// How often the writer retries while writes fail.
@@ -1106,6 +1133,178 @@ mod tests {
             latency_us: 12,
             inputs: vec![Tensor::from_vec("x", vec![2], vec![value, 2.0]).unwrap()],
             outputs: vec![Tensor::from_vec("big", vec![100], vec![1u8; 100]).unwrap()],
+        }
+    }
+
+    /// serde's rendering of a record, as the writer wrote records before [`serialize_into`]
+    /// wrote them field by field: the reference its bytes are checked against.
+    mod reference {
+        use super::super::*;
+        use oxinfer_core::protocol::json::JsonTensor;
+
+        #[derive(Serialize)]
+        struct ModelRef<'a> {
+            name: std::borrow::Cow<'a, str>,
+            version: std::borrow::Cow<'a, str>,
+            sha256: Option<&'a str>,
+            #[serde(flatten)]
+            origin: Option<&'a Origin>,
+        }
+
+        /// A tensor in a record: OIP JSON, or its digest when it is large (or not representable).
+        enum LoggedTensor<'a> {
+            Json(&'a Tensor),
+            Digest(&'a Tensor, String, usize),
+        }
+
+        impl Serialize for LoggedTensor<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                #[derive(Serialize)]
+                struct Digested<'a> {
+                    name: &'a str,
+                    datatype: &'a str,
+                    shape: &'a [usize],
+                    sha256: &'a str,
+                    bytes: usize,
+                }
+                match self {
+                    LoggedTensor::Json(t) => JsonTensor(t).serialize(s),
+                    LoggedTensor::Digest(t, sha, bytes) => Digested {
+                        name: t.name(),
+                        datatype: t.datatype().as_str(),
+                        shape: t.shape(),
+                        sha256: sha,
+                        bytes: *bytes,
+                    }
+                    .serialize(s),
+                }
+            }
+        }
+
+        #[derive(Serialize)]
+        struct Record<'a> {
+            format: u32,
+            timestamp: String,
+            request_id: &'a str,
+            model: ModelRef<'a>,
+            protocol: &'a str,
+            client: Option<String>,
+            identity: Option<&'a str>,
+            /// The end user the client named (OpenAI's `user`), cut like client strings.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            user: Option<std::borrow::Cow<'a, str>>,
+            status: &'a str,
+            error: Option<std::borrow::Cow<'a, str>>,
+            latency_us: u64,
+            inputs: Vec<LoggedTensor<'a>>,
+            outputs: Vec<LoggedTensor<'a>>,
+            /// Tensors left out because even their digests made the record longer than
+            /// `max_record_bytes`.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            omitted_tensors: Option<usize>,
+            prev_hash: &'a str,
+        }
+
+        fn logged(t: &Tensor, cap: usize) -> LoggedTensor<'_> {
+            let raw = raw::raw_bytes(t);
+            let utf8 = t
+                .strings()
+                .is_none_or(|items| items.iter().all(|b| std::str::from_utf8(b).is_ok()));
+            if raw.len() <= cap && utf8 {
+                LoggedTensor::Json(t)
+            } else {
+                LoggedTensor::Digest(t, hex::encode(Sha256::digest(&raw)), raw.len())
+            }
+        }
+
+        pub(super) fn line(event: &Event, prev_hash: &str, detail: Detail) -> Vec<u8> {
+            fn tensors(list: &[Tensor], detail: Detail) -> Vec<LoggedTensor<'_>> {
+                match detail {
+                    Detail::Capped(cap) => list.iter().map(|t| logged(t, cap)).collect(),
+                    Detail::Digests => list.iter().map(|t| logged(t, 0)).collect(),
+                    Detail::Omitted => Vec::new(),
+                }
+            }
+            let omitted =
+                matches!(detail, Detail::Omitted).then(|| event.inputs.len() + event.outputs.len());
+            serde_json::to_vec(&Record {
+                format: FORMAT_VERSION,
+                timestamp: timestamp(event.timestamp),
+                request_id: &event.request_id,
+                model: ModelRef {
+                    name: shortened(&event.model),
+                    version: shortened(&event.version),
+                    sha256: event.sha256.as_deref(),
+                    origin: event.origin.as_deref(),
+                },
+                protocol: event.protocol,
+                client: event.client.map(|c| c.to_string()),
+                identity: event.identity.as_deref(),
+                user: event.user.as_deref().map(shortened),
+                status: if event.error.is_some() { "error" } else { "ok" },
+                error: event.error.as_deref().map(shortened),
+                latency_us: event.latency_us,
+                inputs: tensors(&event.inputs, detail),
+                outputs: tensors(&event.outputs, detail),
+                omitted_tensors: omitted,
+                prev_hash,
+            })
+            .unwrap()
+        }
+    }
+
+    #[test]
+    fn records_are_written_as_serde_would_write_them() {
+        let odd = "q\"uote\\back\nline\u{1}\u{7f}é";
+        let mut events = vec![event("plain", 1.0)];
+        let mut e = event(odd, f32::NAN);
+        e.timestamp = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_120_000_000);
+        e.model = format!("{odd}{}", "é".repeat(700));
+        e.version = odd.into();
+        e.sha256 = None;
+        e.origin = Some(Arc::new(Origin {
+            source: format!("s3://b/{odd}"),
+            registry_version: Some(odd.into()),
+        }));
+        e.protocol = "grpc";
+        e.client = Some("[::1]:80".parse().unwrap());
+        e.identity = Some(odd.into());
+        e.user = Some("u".repeat(3000));
+        e.error = Some(format!("{odd}{}", "x".repeat(2000)));
+        e.inputs = vec![
+            Tensor::from_strings(odd, vec![2], vec![odd.as_bytes().to_vec(), Vec::new()]).unwrap(),
+            Tensor::from_strings("raw", vec![1], vec![vec![0xff, 0]]).unwrap(),
+            Tensor::from_bools("b", vec![3], &[true, false, true]).unwrap(),
+            Tensor::from_vec("d", vec![1, 3], vec![f64::INFINITY, -0.0, 1e300]).unwrap(),
+            Tensor::from_vec("i", vec![2], vec![i64::MIN, i64::MAX]).unwrap(),
+        ];
+        events.push(e);
+        let mut e = event("origin without a registry version", -1.5e-40);
+        e.origin = Some(Arc::new(Origin {
+            source: "mlflow://m/1".into(),
+            registry_version: None,
+        }));
+        e.client = None;
+        e.timestamp = SystemTime::UNIX_EPOCH - Duration::from_millis(1500);
+        events.push(e);
+        for event in &events {
+            for detail in [
+                Detail::Capped(0),
+                Detail::Capped(16),
+                Detail::Capped(1 << 20),
+                Detail::Digests,
+                Detail::Omitted,
+            ] {
+                let mut out = b"before".to_vec();
+                serialize_into(&mut out, event, GENESIS, detail);
+                assert_eq!(
+                    String::from_utf8(out[6..].to_vec()).unwrap(),
+                    String::from_utf8(reference::line(event, GENESIS, detail)).unwrap()
+                );
+            }
         }
     }
 
