@@ -405,18 +405,8 @@ fn write_digest(out: &mut Vec<u8>, t: &Tensor) {
     let raw = raw::raw_bytes(t);
     let mut sha = [0u8; 64];
     hex::encode_to_slice(Sha256::digest(&raw), &mut sha).expect("a SHA-256 is 64 hex digits");
-    out.extend_from_slice(b"{\"name\":");
-    json::write_str(out, t.name());
-    out.extend_from_slice(b",\"datatype\":\"");
-    out.extend_from_slice(t.datatype().as_str().as_bytes());
-    out.extend_from_slice(b"\",\"shape\":[");
-    for (i, &d) in t.shape().iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_int(out, d);
-    }
-    out.extend_from_slice(b"],\"sha256\":\"");
+    json::write_tensor_head(out, t);
+    out.extend_from_slice(b",\"sha256\":\"");
     out.extend_from_slice(&sha);
     out.extend_from_slice(b"\",\"bytes\":");
     write_int(out, raw.len());
