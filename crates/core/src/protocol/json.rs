@@ -725,8 +725,8 @@ pub fn write_tensor_head(out: &mut Vec<u8>, t: &Tensor) {
 }
 
 /// Appends a tensor to `out` as [`JsonTensor`] serializes it, byte for byte, without serde's
-/// calls per element (for the inference log, which writes every request's tensors). Fails,
-/// writing nothing, for BYTES that are not UTF-8.
+/// calls per element (for REST responses and the inference log's records). Fails, writing
+/// nothing, for BYTES that are not UTF-8.
 pub fn write_tensor(out: &mut Vec<u8>, t: &Tensor) -> Result<()> {
     use serde_json::ser::{CompactFormatter, Formatter};
 

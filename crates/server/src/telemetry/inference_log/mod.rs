@@ -326,10 +326,12 @@ const GATHER: Duration = Duration::from_millis(4);
 /// because the writer slept. Each wake-up of the writer costs a context switch on a core the
 /// request threads share; at 40k records/s, 4 ms carries 160 records per wake-up.
 fn gather_pause(taken: u64, over: Duration, capacity: usize) -> Duration {
-    let quarter = (capacity / 4).max(1) as u32;
+    let quarter = u32::try_from(capacity / 4).unwrap_or(u32::MAX).max(1);
     match u32::try_from(taken) {
         Ok(0) => GATHER,
-        Ok(taken) => (over * quarter / taken).min(GATHER),
+        Ok(taken) => over
+            .checked_mul(quarter)
+            .map_or(GATHER, |d| (d / taken).min(GATHER)),
         Err(_) => Duration::ZERO,
     }
 }
@@ -1330,6 +1332,8 @@ mod tests {
         assert_eq!(gather_pause(160, ms(4), 16), Duration::from_micros(100));
         assert_eq!(gather_pause(1, ms(1), 1), ms(1));
         assert_eq!(gather_pause(u64::MAX, ms(1), 4096), Duration::ZERO);
+        // After a long idle spell (the writer waited for its first record): the full pause.
+        assert_eq!(gather_pause(1, Duration::MAX / 2, usize::MAX), GATHER);
     }
 
     #[test]
