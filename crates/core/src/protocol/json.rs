@@ -509,25 +509,6 @@ impl<'de, T: JsonScalar> Visitor<'de> for Flatten<'_, T> {
     }
 }
 
-// No `parameters` on outputs that carry JSON data: the C++ tritonclient treats any output with
-// parameters as binary (it reads a binary blob for it). Binary outputs carry only
-// `binary_data_size`.
-#[derive(Serialize)]
-struct WireOutput<'a> {
-    name: &'a str,
-    datatype: DataType,
-    shape: &'a [usize],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinarySize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<JsonData<'a>>,
-}
-
-#[derive(Serialize)]
-struct BinarySize {
-    binary_data_size: usize,
-}
-
 /// Which outputs of a response go out as binary data (the binary tensor extension): a requested
 /// output's `binary_data` parameter, else the request's `binary_data_output`, else JSON.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -622,12 +603,18 @@ pub struct JsonTensor<'a>(pub &'a Tensor);
 
 impl Serialize for JsonTensor<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        WireOutput {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            name: &'a str,
+            datatype: DataType,
+            shape: &'a [usize],
+            data: JsonData<'a>,
+        }
+        Wire {
             name: self.0.name(),
             datatype: self.0.datatype(),
             shape: self.0.shape(),
-            parameters: None,
-            data: Some(JsonData(self.0)),
+            data: JsonData(self.0),
         }
         .serialize(s)
     }
@@ -707,6 +694,11 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Appends an integer to `out` as JSON (as serde_json writes it).
+pub fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// Appends the start of a tensor's JSON object to `out`: `{"name":...,"datatype":...,"shape":[...]`
 /// (the caller adds its other fields and the closing brace).
 pub fn write_tensor_head(out: &mut Vec<u8>, t: &Tensor) {
@@ -719,7 +711,7 @@ pub fn write_tensor_head(out: &mut Vec<u8>, t: &Tensor) {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(itoa::Buffer::new().format(d).as_bytes());
+        write_int(out, d);
     }
     out.push(b']');
 }
@@ -758,9 +750,6 @@ pub fn write_tensor(out: &mut Vec<u8>, t: &Tensor) -> Result<()> {
             out.extend_from_slice(b"null");
         }
     }
-    fn int<T: itoa::Integer>(out: &mut Vec<u8>, v: T) {
-        out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-    }
 
     let strings = match (t.data(), t.datatype()) {
         (TensorData::Strings(items), _) => Some(
@@ -796,14 +785,14 @@ pub fn write_tensor(out: &mut Vec<u8>, t: &Tensor) -> Result<()> {
             DataType::Bool => each::<u8>(out, raw, |out, b| {
                 out.extend_from_slice(if b != 0 { b"true" } else { b"false" })
             }),
-            DataType::Uint8 => each::<u8>(out, raw, int),
-            DataType::Uint16 => each::<u16>(out, raw, int),
-            DataType::Uint32 => each::<u32>(out, raw, int),
-            DataType::Uint64 => each::<u64>(out, raw, int),
-            DataType::Int8 => each::<i8>(out, raw, int),
-            DataType::Int16 => each::<i16>(out, raw, int),
-            DataType::Int32 => each::<i32>(out, raw, int),
-            DataType::Int64 => each::<i64>(out, raw, int),
+            DataType::Uint8 => each::<u8>(out, raw, write_int),
+            DataType::Uint16 => each::<u16>(out, raw, write_int),
+            DataType::Uint32 => each::<u32>(out, raw, write_int),
+            DataType::Uint64 => each::<u64>(out, raw, write_int),
+            DataType::Int8 => each::<i8>(out, raw, write_int),
+            DataType::Int16 => each::<i16>(out, raw, write_int),
+            DataType::Int32 => each::<i32>(out, raw, write_int),
+            DataType::Int64 => each::<i64>(out, raw, write_int),
             DataType::Fp32 => each::<f32>(out, raw, float),
             DataType::Fp64 => each::<f64>(out, raw, double),
             DataType::Fp16 => each::<[u8; 2]>(out, raw, |out, b| {
@@ -833,8 +822,8 @@ pub fn encode_infer_response(
         .map(|t| t.raw().map_or(16 * t.element_count(), |b| 4 * b.len()))
         .sum();
     let mut json = Vec::with_capacity(128 + json_estimate);
-    // Written field by field (serde's bytes, see the tests): serde's calls per key and per
-    // element were a tenth of a small REST request's time.
+    // Written field by field (serde's bytes, see the tests): a fifth less time than serde's
+    // calls per key and per element, on the tiny model's response.
     json.extend_from_slice(b"{\"model_name\":");
     write_str(&mut json, &response.model_name);
     json.extend_from_slice(b",\"model_version\":");
@@ -854,11 +843,14 @@ pub fn encode_infer_response(
         if i > 0 {
             json.push(b',');
         }
+        // No `parameters` on outputs that carry JSON data: the C++ tritonclient treats any
+        // output with parameters as binary (it reads a binary blob for it). Binary outputs carry
+        // only `binary_data_size`.
         if binary.is_binary(t.name()) {
             let blob = raw::raw_bytes(t);
             write_tensor_head(&mut json, t);
             json.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
-            json.extend_from_slice(itoa::Buffer::new().format(blob.len()).as_bytes());
+            write_int(&mut json, blob.len());
             json.extend_from_slice(b"}}");
             blobs.push(blob);
         } else {
@@ -1341,6 +1333,22 @@ mod tests {
         #[serde(skip_serializing_if = "Parameters::is_empty")]
         parameters: &'a Parameters,
         outputs: Vec<WireOutput<'a>>,
+    }
+
+    #[derive(Serialize)]
+    struct WireOutput<'a> {
+        name: &'a str,
+        datatype: DataType,
+        shape: &'a [usize],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameters: Option<BinarySize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<JsonData<'a>>,
+    }
+
+    #[derive(Serialize)]
+    struct BinarySize {
+        binary_data_size: usize,
     }
 
     fn reference_response(

@@ -385,19 +385,11 @@ fn shortened(e: &str) -> std::borrow::Cow<'_, str> {
     format!("{}... ({} bytes)", &e[..cut], e.len()).into()
 }
 
-/// The bytes of a tensor's data as its digest covers them: the raw bytes, or for BYTES the
-/// strings with their 4-byte length prefixes ([`raw::raw_bytes`]), counted without building them.
-fn data_len(t: &Tensor) -> usize {
-    match t.strings() {
-        Some(items) => items.iter().map(|b| b.len() + 4).sum(),
-        None => t.raw().map_or(0, |b| b.len()),
-    }
-}
-
 /// Whether a record carries a tensor as OIP JSON: up to `cap` bytes, and BYTES only when every
 /// element is UTF-8. Others are recorded by digest.
 fn as_json(t: &Tensor, cap: usize) -> bool {
-    data_len(t) <= cap
+    // The bytes the digest covers ([`raw::raw_bytes`]), counted without building them.
+    crate::pipeline::payload_bytes(t) <= cap
         && t.strings()
             .is_none_or(|items| items.iter().all(|b| std::str::from_utf8(b).is_ok()))
 }
@@ -411,12 +403,8 @@ fn write_digest(out: &mut Vec<u8>, t: &Tensor) {
     out.extend_from_slice(b",\"sha256\":\"");
     out.extend_from_slice(&sha);
     out.extend_from_slice(b"\",\"bytes\":");
-    write_int(out, raw.len());
+    json::write_int(out, raw.len());
     out.push(b'}');
-}
-
-fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `"..."` (escaped), or `null`.
@@ -427,10 +415,22 @@ fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+/// A record's `timestamp`: RFC 3339 in UTC (empty for a time RFC 3339 cannot write).
 fn timestamp(t: SystemTime) -> String {
+    let mut out = Vec::new();
+    write_timestamp(&mut out, t);
+    String::from_utf8(out).expect("RFC 3339 is ASCII")
+}
+
+/// [`timestamp`] onto the end of `out`, without a `String` of its own.
+fn write_timestamp(out: &mut Vec<u8>, t: SystemTime) {
+    let at = out.len();
     let t: time::OffsetDateTime = t.into();
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    if t.format_into(out, &time::format_description::well_known::Rfc3339)
+        .is_err()
+    {
+        out.truncate(at);
+    }
 }
 
 /// How much of a request's tensors a record carries.
@@ -579,16 +579,9 @@ fn serialize_into(out: &mut Vec<u8>, event: &Event, prev_hash: &str, detail: Det
         out.push(b']');
     }
     out.extend_from_slice(b"{\"format\":");
-    write_int(out, FORMAT_VERSION);
+    json::write_int(out, FORMAT_VERSION);
     out.extend_from_slice(b",\"timestamp\":\"");
-    let at = out.len();
-    let t: time::OffsetDateTime = event.timestamp.into();
-    if t.format_into(out, &time::format_description::well_known::Rfc3339)
-        .is_err()
-    {
-        // A time RFC 3339 cannot write: empty, as `timestamp` writes it.
-        out.truncate(at);
-    }
+    write_timestamp(out, event.timestamp);
     out.extend_from_slice(b"\",\"request_id\":");
     json::write_str(out, &event.request_id);
     out.extend_from_slice(b",\"model\":{\"name\":");
@@ -626,14 +619,14 @@ fn serialize_into(out: &mut Vec<u8>, event: &Event, prev_hash: &str, detail: Det
     });
     write_opt_str(out, event.error.as_deref().map(shortened).as_deref());
     out.extend_from_slice(b",\"latency_us\":");
-    write_int(out, event.latency_us);
+    json::write_int(out, event.latency_us);
     out.extend_from_slice(b",\"inputs\":");
     tensors(out, &event.inputs, detail);
     out.extend_from_slice(b",\"outputs\":");
     tensors(out, &event.outputs, detail);
     if matches!(detail, Detail::Omitted) {
         out.extend_from_slice(b",\"omitted_tensors\":");
-        write_int(out, event.inputs.len() + event.outputs.len());
+        json::write_int(out, event.inputs.len() + event.outputs.len());
     }
     out.extend_from_slice(b",\"prev_hash\":");
     json::write_str(out, prev_hash);
@@ -1244,7 +1237,9 @@ mod tests {
                 matches!(detail, Detail::Omitted).then(|| event.inputs.len() + event.outputs.len());
             serde_json::to_vec(&Record {
                 format: FORMAT_VERSION,
-                timestamp: timestamp(event.timestamp),
+                timestamp: time::OffsetDateTime::from(event.timestamp)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
                 request_id: &event.request_id,
                 model: ModelRef {
                     name: shortened(&event.model),
