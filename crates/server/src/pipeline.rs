@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument;
 
-use oxinfer_core::protocol::{InferRequest, InferResponse, Parameter};
+use oxinfer_core::protocol::{InferRequest, InferResponse, Parameter, raw};
 use oxinfer_core::{DataType, Error, Limits, ModelSignature, Result, Tensor};
 
 use crate::budget::Reservation;
@@ -249,16 +249,6 @@ pub(crate) async fn handle(
 /// Inline execution ([`crate::scheduler`]) only for inputs up to this size in all.
 const INLINE_MAX_INPUT_BYTES: usize = 64 * 1024;
 
-/// The bytes of a tensor's data (BYTES: the strings and their 4-byte length prefixes).
-pub(crate) fn payload_bytes(t: &Tensor) -> usize {
-    match t.raw() {
-        Some(raw) => raw.len(),
-        None => t
-            .strings()
-            .map_or(0, |s| s.iter().map(|b| b.len().saturating_add(4)).sum()),
-    }
-}
-
 /// Checks an input's rows (first dimension) and every dimension against the model's limits.
 fn check_dimensions(limits: &Limits, name: &str, shape: &[usize]) -> Result<()> {
     if let Some(&first) = shape.first()
@@ -372,7 +362,7 @@ async fn infer(
     let small = inputs
         .iter()
         .try_fold(0usize, |n, t| {
-            Some(n + payload_bytes(t)).filter(|&n| n <= INLINE_MAX_INPUT_BYTES)
+            Some(n + raw::raw_len(t)).filter(|&n| n <= INLINE_MAX_INPUT_BYTES)
         })
         .is_some();
     let inline = match (small, lone) {
@@ -383,7 +373,7 @@ async fn infer(
     let ticket = model.scheduler.submit(inputs, timeout, inline)?;
     let produced = ticket.outcome().await?;
     let assembling = Instant::now();
-    let produced_bytes: usize = outputs.iter().map(|&ix| payload_bytes(&produced[ix])).sum();
+    let produced_bytes: usize = outputs.iter().map(|&ix| raw::raw_len(&produced[ix])).sum();
     if let Some(held) = held {
         held.add(produced_bytes.saturating_sub(estimate));
     }

@@ -80,6 +80,15 @@ pub fn tensor_from_raw(
     Tensor::new(name, datatype, shape, data)
 }
 
+/// The length of [`raw_bytes`], counted without building them: the data's bytes (`BYTES`: the
+/// strings and their 4-byte length prefixes).
+pub fn raw_len(tensor: &Tensor) -> usize {
+    match tensor.data() {
+        TensorData::Raw(b) => b.len(),
+        TensorData::Strings(items) => items.iter().map(|b| b.len().saturating_add(4)).sum(),
+    }
+}
+
 /// A tensor's data as raw bytes (a cheap clone for fixed-size types, an encoding for `BYTES`).
 pub fn raw_bytes(tensor: &Tensor) -> Bytes {
     match tensor.data() {
@@ -101,6 +110,10 @@ mod tests {
         ];
         let raw = encode_bytes_elements(&items);
         assert_eq!(raw.len(), 4 * 3 + 5);
+        let tensor = Tensor::from_strings("s", vec![3], items.clone()).unwrap();
+        assert_eq!(raw_len(&tensor), raw.len());
+        let floats = Tensor::from_vec("f", vec![3], vec![1f32, 2.0, 3.0]).unwrap();
+        assert_eq!(raw_len(&floats), raw_bytes(&floats).len());
         let back = decode_bytes_elements("x", &raw).unwrap();
         assert_eq!(back, items);
         assert_eq!(

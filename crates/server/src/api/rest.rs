@@ -15,7 +15,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use oxinfer_core::protocol::{ErrorBody, InferRequest, ModelReady, ServerLive, ServerReady, json};
+use oxinfer_core::protocol::{
+    ErrorBody, InferRequest, ModelReady, ServerLive, ServerReady, json, raw,
+};
 use oxinfer_core::{Error, ErrorCode};
 use serde::{Deserialize, Serialize};
 use tower_http::compression::CompressionLayer;
@@ -765,7 +767,7 @@ async fn infer(
     };
     let (id, result) = pipeline::handle(&state, call, decoded).await;
     let encoded = match result {
-        Ok(r) if r.outputs.iter().map(pipeline::payload_bytes).sum::<usize>() > OFFLOAD_BYTES => {
+        Ok(r) if r.outputs.iter().map(raw::raw_len).sum::<usize>() > OFFLOAD_BYTES => {
             tokio::task::spawn_blocking(move || json::encode_infer_response(&r, &binary))
                 .await
                 .unwrap_or_else(|e| Err(Error::Internal(format!("encoding panicked: {e}"))))

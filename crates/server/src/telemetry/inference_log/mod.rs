@@ -388,8 +388,7 @@ fn shortened(e: &str) -> std::borrow::Cow<'_, str> {
 /// Whether a record carries a tensor as OIP JSON: up to `cap` bytes, and BYTES only when every
 /// element is UTF-8. Others are recorded by digest.
 fn as_json(t: &Tensor, cap: usize) -> bool {
-    // The bytes the digest covers ([`raw::raw_bytes`]), counted without building them.
-    crate::pipeline::payload_bytes(t) <= cap
+    raw::raw_len(t) <= cap
         && t.strings()
             .is_none_or(|items| items.iter().all(|b| std::str::from_utf8(b).is_ok()))
 }
