@@ -19,7 +19,7 @@ use crate::models::ServedModel;
 use crate::scheduler::Inline;
 use crate::state::AppState;
 use crate::telemetry::Protocol;
-use crate::telemetry::inference_log::Event;
+use crate::telemetry::inference_log::{Event, ModelRecord};
 
 /// A request checked against its model: inputs in signature order, outputs to return.
 #[derive(Debug)]
@@ -220,14 +220,19 @@ pub(crate) async fn handle(
         log.record(Event {
             timestamp: arrived,
             request_id: id.clone(),
-            model: call.model.to_string(),
-            version: model
-                .as_ref()
-                .map(|m| m.version.clone())
-                .or(call.version.map(str::to_string))
-                .unwrap_or_default(),
-            sha256: model.as_ref().map(|m| m.sha256.clone()),
-            origin: model.as_ref().and_then(|m| m.origin.clone()),
+            model: match &model {
+                Some(m) if m.record.name == call.model => m.record.clone(),
+                _ => Arc::new(ModelRecord {
+                    name: call.model.to_string(),
+                    version: model
+                        .as_ref()
+                        .map(|m| m.version.clone())
+                        .or(call.version.map(str::to_string))
+                        .unwrap_or_default(),
+                    sha256: model.as_ref().map(|m| m.sha256.clone()),
+                    origin: model.as_ref().and_then(|m| m.record.origin.clone()),
+                }),
+            },
             protocol: call.protocol.as_str(),
             client: call.caller.addr,
             identity: call.caller.identity.as_deref().map(str::to_string),

@@ -12,6 +12,7 @@ use oxinfer_core::{
 use crate::models::registry::RuntimeRegistry;
 use crate::scheduler::Scheduler;
 use crate::telemetry::ModelTelemetry;
+use crate::telemetry::inference_log::{ModelRecord, Origin};
 use oxinfer_sources::digest;
 
 /// One loaded model version, ready to serve.
@@ -31,8 +32,9 @@ pub struct ServedModel {
     pub(crate) scheduler: Scheduler,
     /// The SHA-256 of the model's file (or the stable digest of its directory), as loaded.
     pub sha256: String,
-    /// Where it was fetched from, for a model named by URI (written into each log record).
-    pub(crate) origin: Option<Arc<crate::telemetry::inference_log::Origin>>,
+    /// The model as its inference log records name it (with where it was fetched from, for
+    /// a model named by URI).
+    pub(crate) record: Arc<ModelRecord>,
     /// Its statistics and metrics.
     pub(crate) telemetry: Arc<ModelTelemetry>,
     /// How it is served over the embedding APIs, for a text-embedding model.
@@ -401,6 +403,15 @@ impl ServedModel {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
+        let record = Arc::new(ModelRecord {
+            name: entry.name.clone(),
+            version: entry.version.clone(),
+            sha256: Some(sha256.clone()),
+            origin: entry.uri.as_ref().map(|uri| Origin {
+                source: uri.to_string(),
+                registry_version: entry.provenance.registry_version.clone(),
+            }),
+        });
         Ok(ServedModel {
             name: entry.name.clone(),
             version: entry.version.clone(),
@@ -409,12 +420,7 @@ impl ServedModel {
             model,
             scheduler,
             sha256,
-            origin: entry.uri.as_ref().map(|uri| {
-                Arc::new(crate::telemetry::inference_log::Origin {
-                    source: uri.to_string(),
-                    registry_version: entry.provenance.registry_version.clone(),
-                })
-            }),
+            record,
             telemetry,
             embedding,
             loaded_at: SystemTime::now(),

@@ -65,14 +65,8 @@ pub(crate) struct Event {
     pub(crate) timestamp: SystemTime,
     /// The request id (the client's or a generated one).
     pub(crate) request_id: String,
-    /// The model name asked for.
-    pub(crate) model: String,
-    /// The concrete version that answered (or the one asked for).
-    pub(crate) version: String,
-    /// The model's digest, when the model was found.
-    pub(crate) sha256: Option<String>,
-    /// Where the model was fetched from, for a model named by URI.
-    pub(crate) origin: Option<Arc<Origin>>,
+    /// The model asked for and what answered.
+    pub(crate) model: Arc<ModelRecord>,
     /// `http` or `grpc`.
     pub(crate) protocol: &'static str,
     /// The client's address.
@@ -361,9 +355,23 @@ fn create_dirs(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
+/// The model as a record names it. A served model holds one, shared by the events of all its
+/// requests: a reference count per record instead of copies of its strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ModelRecord {
+    /// The model name asked for (the served model's, when one answered).
+    pub(crate) name: String,
+    /// The concrete version that answered (or the one asked for).
+    pub(crate) version: String,
+    /// The model's digest, when the model was found.
+    pub(crate) sha256: Option<String>,
+    /// Where the model was fetched from, for a model named by URI.
+    pub(crate) origin: Option<Origin>,
+}
+
 /// Where a model named by URI came from, as each of its records says: the URI as written and
 /// the registry version it resolved to.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub(crate) struct Origin {
     pub(crate) source: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -584,12 +592,12 @@ fn serialize_into(out: &mut Vec<u8>, event: &Event, prev_hash: &str, detail: Det
     out.extend_from_slice(b"\",\"request_id\":");
     json::write_str(out, &event.request_id);
     out.extend_from_slice(b",\"model\":{\"name\":");
-    json::write_str(out, &shortened(&event.model));
+    json::write_str(out, &shortened(&event.model.name));
     out.extend_from_slice(b",\"version\":");
-    json::write_str(out, &shortened(&event.version));
+    json::write_str(out, &shortened(&event.model.version));
     out.extend_from_slice(b",\"sha256\":");
-    write_opt_str(out, event.sha256.as_deref());
-    if let Some(origin) = &event.origin {
+    write_opt_str(out, event.model.sha256.as_deref());
+    if let Some(origin) = &event.model.origin {
         out.extend_from_slice(b",\"source\":");
         json::write_str(out, &origin.source);
         if let Some(version) = &origin.registry_version {
@@ -1124,10 +1132,12 @@ mod tests {
         Event {
             timestamp: SystemTime::now(),
             request_id: id.into(),
-            model: "m".into(),
-            version: "1".into(),
-            sha256: Some("ab".repeat(32)),
-            origin: None,
+            model: Arc::new(ModelRecord {
+                name: "m".into(),
+                version: "1".into(),
+                sha256: Some("ab".repeat(32)),
+                origin: None,
+            }),
             protocol: "http",
             client: Some("127.0.0.1:9".parse().unwrap()),
             identity: None,
@@ -1241,10 +1251,10 @@ mod tests {
                     .unwrap_or_default(),
                 request_id: &event.request_id,
                 model: ModelRef {
-                    name: shortened(&event.model),
-                    version: shortened(&event.version),
-                    sha256: event.sha256.as_deref(),
-                    origin: event.origin.as_deref(),
+                    name: shortened(&event.model.name),
+                    version: shortened(&event.model.version),
+                    sha256: event.model.sha256.as_deref(),
+                    origin: event.model.origin.as_ref(),
                 },
                 protocol: event.protocol,
                 client: event.client.map(|c| c.to_string()),
@@ -1268,13 +1278,15 @@ mod tests {
         let mut events = vec![event("plain", 1.0)];
         let mut e = event(odd, f32::NAN);
         e.timestamp = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_120_000_000);
-        e.model = format!("{odd}{}", "é".repeat(700));
-        e.version = odd.into();
-        e.sha256 = None;
-        e.origin = Some(Arc::new(Origin {
-            source: format!("s3://b/{odd}"),
-            registry_version: Some(odd.into()),
-        }));
+        e.model = Arc::new(ModelRecord {
+            name: format!("{odd}{}", "é".repeat(700)),
+            version: odd.into(),
+            sha256: None,
+            origin: Some(Origin {
+                source: format!("s3://b/{odd}"),
+                registry_version: Some(odd.into()),
+            }),
+        });
         e.protocol = "grpc";
         e.client = Some("[::1]:80".parse().unwrap());
         e.identity = Some(odd.into());
@@ -1289,10 +1301,10 @@ mod tests {
         ];
         events.push(e);
         let mut e = event("origin without a registry version", -1.5e-40);
-        e.origin = Some(Arc::new(Origin {
+        Arc::make_mut(&mut e.model).origin = Some(Origin {
             source: "mlflow://m/1".into(),
             registry_version: None,
-        }));
+        });
         e.client = None;
         e.timestamp = SystemTime::UNIX_EPOCH - Duration::from_millis(1500);
         events.push(e);
