@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use oxinfer_core::protocol::{
@@ -78,10 +78,12 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 /// The binary tensor extension's header: the length of the JSON part of the body.
-const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName =
+    HeaderName::from_static("inference-header-content-length");
 
-/// The request id header: accepted from the client, always returned.
-const X_REQUEST_ID: &str = "x-request-id";
+/// The request id header: accepted from the client, always returned. (A `HeaderName`, not a
+/// `&str`: inserting a custom header by `&str` copies the name into a new allocation.)
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The REST API over `state`. Tested without a socket through `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> RestApp {
@@ -794,7 +796,8 @@ async fn infer(
         },
         Err(e) => ApiError(e).into_response(),
     };
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    // The id's own buffer becomes the header's, not a copy.
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(id)) {
         response.headers_mut().insert(X_REQUEST_ID, value);
     }
     // The reservation is held until the response has been sent.
@@ -1108,7 +1111,7 @@ mod tests {
         let chunks = whole.chunks(1000).map(<[u8]>::to_vec).collect();
         let headers = [
             ("content-length", whole.len().to_string()),
-            (INFERENCE_HEADER_CONTENT_LENGTH, json.len().to_string()),
+            ("inference-header-content-length", json.len().to_string()),
         ];
         let InferBody { body, .. } =
             InferBody::from_request(request(chunks, &headers), &state(1 << 20))
