@@ -88,8 +88,14 @@ pub(crate) struct Event {
     pub(crate) _held: Option<crate::budget::Reservation>,
 }
 
+// Nearly every message is a record: boxing it would cost an allocation per request (and a
+// free on the writer thread), more than the channel's slots of this size do.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "records are the messages; a box per record costs more"
+)]
 enum Message {
-    Record(Box<Event>),
+    Record(Event),
     /// Time for a checkpoint, if one is due (sent every second or so when signing).
     Tick,
     Shutdown(oneshot::Sender<()>),
@@ -240,7 +246,7 @@ impl InferenceLog {
 
     /// Queues a record, following the `on_full` policy.
     pub(crate) async fn record(&self, event: Event) {
-        let message = Message::Record(Box::new(event));
+        let message = Message::Record(event);
         let lost = match self.on_full {
             OnFull::Block => self.tx.send(message).await.is_err(),
             OnFull::Drop => match self.tx.try_send(message) {
