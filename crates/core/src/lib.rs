@@ -26,7 +26,8 @@ pub use datatype::DataType;
 pub use error::{Error, ErrorCode, Result};
 pub use manifest::{Embeddings, Limits, Manifest, ModelEntry, Provenance, Scheduling, Warmup};
 pub use runtime::{Embedder, LoadRequest, Model, ModelSignature, Runtime, Token};
-pub use tensor::{Element, Tensor, TensorData};
+pub use tensor::{Element, Shape, Tensor, TensorData};
 
 pub use bytes;
+pub use smallvec;
 pub use half;

@@ -41,13 +41,18 @@ pub enum TensorData {
     Strings(Vec<Bytes>),
 }
 
+/// A tensor's concrete shape: up to four dimensions held inline, so that building, cloning and
+/// splitting a tensor of common rank allocates nothing for its shape. Built from a `Vec<usize>`
+/// (`.into()`), a slice or an iterator.
+pub type Shape = smallvec::SmallVec<[usize; 4]>;
+
 /// A tensor: name, datatype, concrete shape and data. The constructor checks that the data
 /// matches the datatype and shape, so every `Tensor` is consistent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
     name: String,
     datatype: DataType,
-    shape: Vec<usize>,
+    shape: Shape,
     data: TensorData,
 }
 
@@ -76,10 +81,11 @@ impl Tensor {
     pub fn new(
         name: impl Into<String>,
         datatype: DataType,
-        shape: Vec<usize>,
+        shape: impl Into<Shape>,
         data: TensorData,
     ) -> Result<Self> {
         let name = name.into();
+        let shape = shape.into();
         let count = element_count(&shape).ok_or_else(|| {
             Error::invalid(format!("tensor '{name}': shape {shape:?} is too large"))
         })?;
@@ -132,7 +138,7 @@ impl Tensor {
     /// A tensor that takes ownership of a typed vector, without copying it.
     pub fn from_vec<T: Element>(
         name: impl Into<String>,
-        shape: Vec<usize>,
+        shape: impl Into<Shape>,
         values: Vec<T>,
     ) -> Result<Self> {
         Tensor::new(
@@ -144,7 +150,11 @@ impl Tensor {
     }
 
     /// A `BOOL` tensor.
-    pub fn from_bools(name: impl Into<String>, shape: Vec<usize>, values: &[bool]) -> Result<Self> {
+    pub fn from_bools(
+        name: impl Into<String>,
+        shape: impl Into<Shape>,
+        values: &[bool],
+    ) -> Result<Self> {
         let bytes: Vec<u8> = values.iter().map(|&b| u8::from(b)).collect();
         Tensor::new(name, DataType::Bool, shape, TensorData::Raw(bytes.into()))
     }
@@ -152,7 +162,7 @@ impl Tensor {
     /// A `BYTES` tensor.
     pub fn from_strings<B: Into<Bytes>>(
         name: impl Into<String>,
-        shape: Vec<usize>,
+        shape: impl Into<Shape>,
         values: impl IntoIterator<Item = B>,
     ) -> Result<Self> {
         let items = values.into_iter().map(Into::into).collect();
@@ -200,7 +210,7 @@ impl Tensor {
 
     /// Takes the tensor apart without copying: its name, datatype, shape and data (for an
     /// encoder that moves them into a message of its own).
-    pub fn into_parts(self) -> (String, DataType, Vec<usize>, TensorData) {
+    pub fn into_parts(self) -> (String, DataType, Shape, TensorData) {
         (self.name, self.datatype, self.shape, self.data)
     }
 

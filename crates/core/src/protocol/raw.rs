@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::tensor::element_count;
+use crate::tensor::{Shape, element_count};
 use crate::{DataType, Error, Result, Tensor, TensorData};
 
 /// Splits length-prefixed `BYTES` elements out of `data` (zero-copy slices).
@@ -49,10 +49,11 @@ pub fn encode_bytes_elements(items: &[Bytes]) -> Bytes {
 pub fn tensor_from_raw(
     name: impl Into<String>,
     datatype: DataType,
-    shape: Vec<usize>,
+    shape: impl Into<Shape>,
     data: Bytes,
 ) -> Result<Tensor> {
     let name = name.into();
+    let shape = shape.into();
     let count = element_count(&shape)
         .ok_or_else(|| Error::invalid(format!("input '{name}': shape {shape:?} is too large")))?;
     let data = match datatype.size() {

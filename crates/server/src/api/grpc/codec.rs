@@ -66,7 +66,7 @@ fn into_pb_parameter(p: Parameter) -> pb::InferParameter {
 /// Narrows typed gRPC contents to a tensor of `T`, refusing values out of range.
 fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S> + oxinfer_core::Element>(
     name: &str,
-    shape: Vec<usize>,
+    shape: oxinfer_core::Shape,
     values: &[S],
 ) -> Result<Tensor, Error> {
     let narrowed = values
@@ -86,7 +86,7 @@ fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S> + oxinfer_core::Element>(
 fn from_contents(
     name: &str,
     datatype: DataType,
-    shape: Vec<usize>,
+    shape: oxinfer_core::Shape,
     count: usize,
     c: pb::InferTensorContents,
 ) -> Result<Tensor, Error> {
@@ -191,8 +191,8 @@ pub(super) fn decode(
 
 /// Encodes a response: every output in `raw_output_contents`, one entry per output, in order.
 pub(super) fn encode(response: InferResponse) -> pb::ModelInferResponse {
-    // The response is taken apart, not copied: names, shapes and parameters move into the
-    // message (a shape's `usize`s become `i64`s in place), and raw data is shared.
+    // The response is taken apart, not copied: names and parameters move into the message,
+    // shapes become `i64`s, and raw data is shared.
     let (outputs, raw_output_contents) = response
         .outputs
         .into_iter()
