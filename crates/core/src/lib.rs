@@ -29,5 +29,5 @@ pub use runtime::{Embedder, LoadRequest, Model, ModelSignature, Runtime, Token};
 pub use tensor::{Element, Shape, Tensor, TensorData};
 
 pub use bytes;
-pub use smallvec;
 pub use half;
+pub use smallvec;
