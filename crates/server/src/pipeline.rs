@@ -220,17 +220,18 @@ pub(crate) async fn handle(
         log.record(Event {
             timestamp: arrived,
             request_id: id.clone(),
+            // The served model's own record; named as asked when the name differs.
             model: match &model {
                 Some(m) if m.record.name == call.model => m.record.clone(),
-                _ => Arc::new(ModelRecord {
+                Some(m) => Arc::new(ModelRecord {
                     name: call.model.to_string(),
-                    version: model
-                        .as_ref()
-                        .map(|m| m.version.clone())
-                        .or(call.version.map(str::to_string))
-                        .unwrap_or_default(),
-                    sha256: model.as_ref().map(|m| m.sha256.clone()),
-                    origin: model.as_ref().and_then(|m| m.record.origin.clone()),
+                    ..ModelRecord::clone(&m.record)
+                }),
+                None => Arc::new(ModelRecord {
+                    name: call.model.to_string(),
+                    version: call.version.unwrap_or_default().to_string(),
+                    sha256: None,
+                    origin: None,
                 }),
             },
             protocol: call.protocol.as_str(),

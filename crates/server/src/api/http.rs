@@ -2,7 +2,7 @@
 //! in-flight budget middleware and access control (`[auth]`).
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -14,6 +14,11 @@ use crate::auth::Need;
 use crate::budget::{CountedBody, HeldBody};
 use crate::listen::{Caller, Identity};
 use crate::state::AppState;
+
+/// The request id header (OIP and the embedding APIs): accepted from the client, always
+/// returned. A `HeaderName`, not a `&str`: inserting a custom header by `&str` copies the name
+/// into a new allocation.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A response with a JSON body (`Content-Type: application/json`, no charset: the kserve client
 /// compares the header exactly).

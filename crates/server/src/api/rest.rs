@@ -25,7 +25,7 @@ use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::admin;
 use crate::api::embeddings;
-use crate::api::http::{Frames, json_response};
+use crate::api::http::{Frames, X_REQUEST_ID, json_response};
 use crate::auth::Grant;
 use crate::budget::{self, CountedBody, HeldBody, Reservation};
 use crate::models::ServedModel;
@@ -80,10 +80,6 @@ type ApiResult = Result<Response, ApiError>;
 /// The binary tensor extension's header: the length of the JSON part of the body.
 const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName =
     HeaderName::from_static("inference-header-content-length");
-
-/// The request id header: accepted from the client, always returned. (A `HeaderName`, not a
-/// `&str`: inserting a custom header by `&str` copies the name into a new allocation.)
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The REST API over `state`. Tested without a socket through `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> RestApp {

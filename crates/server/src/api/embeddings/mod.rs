@@ -24,6 +24,7 @@ use oxinfer_core::protocol::{InferRequest, RequestedOutput};
 use oxinfer_core::{Error, ErrorCode, Tensor};
 use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 
+use crate::api::http::X_REQUEST_ID;
 use crate::auth::Grant;
 use crate::budget::Reservation;
 use crate::models::ServedModel;
@@ -362,7 +363,7 @@ pub(super) async fn embed(
 ) -> (String, Result<Embedded, Failure>) {
     let header_id = origin
         .headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .map(str::to_string);
@@ -564,7 +565,7 @@ pub(super) fn with_request_id(
     id: Option<&str>,
 ) -> axum::response::Response {
     if let Some(value) = id.and_then(|id| axum::http::HeaderValue::from_str(id).ok()) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(X_REQUEST_ID, value);
     }
     response
 }
