@@ -26,7 +26,7 @@ pub use datatype::DataType;
 pub use error::{Error, ErrorCode, Result};
 pub use manifest::{Embeddings, Limits, Manifest, ModelEntry, Provenance, Scheduling, Warmup};
 pub use runtime::{Embedder, LoadRequest, Model, ModelSignature, Runtime, Token};
-pub use tensor::{Element, Shape, Tensor, TensorData};
+pub use tensor::{Element, Shape, Tensor, TensorData, TensorName};
 
 pub use bytes;
 pub use half;

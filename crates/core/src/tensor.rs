@@ -46,11 +46,104 @@ pub enum TensorData {
 /// (`.into()`), a slice or an iterator.
 pub type Shape = smallvec::SmallVec<[usize; 4]>;
 
+/// A tensor's name: held inline up to 24 bytes (nearly every name), so that building a tensor
+/// from a request and cloning one (the inference log keeps a copy of each request's tensors)
+/// allocates nothing for its name. Built from a `&str`, `String`, `&String`, `Cow<str>` or
+/// `Box<str>` with `.into()`, and read as a `&str`.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TensorName(compact_str::CompactString);
+
+impl TensorName {
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TensorName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for TensorName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TensorName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for TensorName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl From<&str> for TensorName {
+    fn from(s: &str) -> Self {
+        TensorName(s.into())
+    }
+}
+
+impl From<String> for TensorName {
+    fn from(s: String) -> Self {
+        TensorName(s.into())
+    }
+}
+
+impl From<&String> for TensorName {
+    fn from(s: &String) -> Self {
+        TensorName(s.into())
+    }
+}
+
+impl From<std::borrow::Cow<'_, str>> for TensorName {
+    fn from(s: std::borrow::Cow<'_, str>) -> Self {
+        TensorName(s.into())
+    }
+}
+
+impl From<Box<str>> for TensorName {
+    fn from(s: Box<str>) -> Self {
+        TensorName(s.into())
+    }
+}
+
+impl From<&TensorName> for TensorName {
+    fn from(s: &TensorName) -> Self {
+        s.clone()
+    }
+}
+
+impl From<TensorName> for String {
+    fn from(name: TensorName) -> Self {
+        name.0.into()
+    }
+}
+
+impl PartialEq<str> for TensorName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for TensorName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A tensor: name, datatype, concrete shape and data. The constructor checks that the data
 /// matches the datatype and shape, so every `Tensor` is consistent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
-    name: String,
+    name: TensorName,
     datatype: DataType,
     shape: Shape,
     data: TensorData,
@@ -79,7 +172,7 @@ impl Tensor {
     /// Builds a tensor, checking that `data` holds exactly the elements `shape` calls for
     /// in the layout `datatype` needs.
     pub fn new(
-        name: impl Into<String>,
+        name: impl Into<TensorName>,
         datatype: DataType,
         shape: impl Into<Shape>,
         data: TensorData,
@@ -137,7 +230,7 @@ impl Tensor {
 
     /// A tensor that takes ownership of a typed vector, without copying it.
     pub fn from_vec<T: Element>(
-        name: impl Into<String>,
+        name: impl Into<TensorName>,
         shape: impl Into<Shape>,
         values: Vec<T>,
     ) -> Result<Self> {
@@ -151,7 +244,7 @@ impl Tensor {
 
     /// A `BOOL` tensor.
     pub fn from_bools(
-        name: impl Into<String>,
+        name: impl Into<TensorName>,
         shape: impl Into<Shape>,
         values: &[bool],
     ) -> Result<Self> {
@@ -161,7 +254,7 @@ impl Tensor {
 
     /// A `BYTES` tensor.
     pub fn from_strings<B: Into<Bytes>>(
-        name: impl Into<String>,
+        name: impl Into<TensorName>,
         shape: impl Into<Shape>,
         values: impl IntoIterator<Item = B>,
     ) -> Result<Self> {
@@ -175,7 +268,7 @@ impl Tensor {
     }
 
     /// Renames the tensor.
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+    pub fn with_name(mut self, name: impl Into<TensorName>) -> Self {
         self.name = name.into();
         self
     }
@@ -211,7 +304,7 @@ impl Tensor {
     /// Takes the tensor apart without copying: its name, datatype, shape and data (for an
     /// encoder that moves them into a message of its own).
     pub fn into_parts(self) -> (String, DataType, Shape, TensorData) {
-        (self.name, self.datatype, self.shape, self.data)
+        (self.name.into(), self.datatype, self.shape, self.data)
     }
 
     /// The raw little-endian bytes of a fixed-size tensor; `None` for `BYTES`.
@@ -387,6 +480,28 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tensor_name_is_built_from_any_string_and_reads_as_one() {
+        let long = "x".repeat(100);
+        let names: [TensorName; 6] = [
+            "in".into(),
+            String::from("in").into(),
+            (&String::from("in")).into(),
+            std::borrow::Cow::Borrowed("in").into(),
+            Box::<str>::from("in").into(),
+            long.as_str().into(),
+        ];
+        for name in &names[..5] {
+            assert_eq!(name, "in");
+            assert_eq!(name.as_str(), "in");
+            assert_eq!(format!("{name}/{name:?}"), "in/\"in\"");
+        }
+        assert_eq!(names[5].as_str(), long);
+        let t = Tensor::from_vec(names[5].clone(), vec![1], vec![1u8]).unwrap();
+        assert_eq!(t.clone().name(), long);
+        assert_eq!(t.with_name("out").into_parts().0, "out");
+    }
 
     #[test]
     fn rows_concatenate_and_split_back_exactly() {

@@ -521,7 +521,7 @@ fn output_tensor(meta: &TensorMetadata, value: DynValue) -> Result<Tensor> {
     } else {
         TensorData::Raw(Bytes::from_owner(OutputBytes { value, datatype }))
     };
-    Tensor::new(meta.name.clone(), datatype, shape, data)
+    Tensor::new(&meta.name, datatype, shape, data)
 }
 
 fn run_error(e: ort::Error) -> Error {

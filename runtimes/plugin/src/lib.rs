@@ -551,7 +551,7 @@ impl Model for PluginModel {
                         self.name, meta.name
                     ))
                 })?;
-                raw::tensor_from_raw(meta.name.clone(), dt, shape, Bytes::from_owner(data))
+                raw::tensor_from_raw(&meta.name, dt, shape, Bytes::from_owner(data))
                     .map_err(|e| Error::Execution(format!("plugin '{}': {e}", self.name)))
             })
             .collect()

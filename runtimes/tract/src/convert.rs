@@ -104,5 +104,5 @@ pub(crate) fn from_tract(meta: &TensorMetadata, value: TValue) -> Result<Tensor>
     } else {
         TensorData::Raw(Bytes::from_owner(TractBytes(tensor.clone())))
     };
-    Tensor::new(meta.name.clone(), datatype, shape, data)
+    Tensor::new(&meta.name, datatype, shape, data)
 }

@@ -41,9 +41,10 @@ struct WireRequest<'a> {
 
 #[derive(Deserialize)]
 struct WireInput<'a> {
-    name: String,
-    // Inline up to 4 dimensions, and the datatype borrowed from the body unless escaped: two
-    // allocations fewer per input.
+    // The name and the datatype borrowed from the body unless escaped, and the shape inline up
+    // to 4 dimensions: no allocation per input for any of them (a tensor's name is inline too).
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
     shape: smallvec::SmallVec<[i64; 4]>,
     #[serde(borrow)]
     datatype: std::borrow::Cow<'a, str>,
@@ -922,6 +923,22 @@ mod tests {
             flat.inputs[0].to_vec::<f32>().unwrap(),
             vec![1.0, 2.5, 3.0, 4.0]
         );
+    }
+
+    #[test]
+    fn input_names_are_read_whether_borrowed_escaped_or_long() {
+        let long = "an_input_name_longer_than_twenty_four_bytes";
+        let body = format!(
+            r#"{{"inputs":[
+            {{"name":"plain","shape":[1],"datatype":"INT32","data":[1]}},
+            {{"name":"quo\"te\u00e9","shape":[1],"datatype":"INT32","data":[2]}},
+            {{"name":"{long}","shape":[1],"datatype":"INT32","data":[3]}}]}}"#
+        );
+        let request = decode_infer_request(&Bytes::from(body), None).unwrap();
+        let names: Vec<&str> = request.inputs.iter().map(Tensor::name).collect();
+        assert_eq!(names, ["plain", "quo\"te\u{e9}", long]);
+        let copy = request.inputs[2].clone();
+        assert_eq!(copy.name(), long);
     }
 
     #[test]

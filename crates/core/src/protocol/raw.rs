@@ -47,7 +47,7 @@ pub fn encode_bytes_elements(items: &[Bytes]) -> Bytes {
 
 /// Builds a tensor from raw bytes, checking the size against the shape.
 pub fn tensor_from_raw(
-    name: impl Into<String>,
+    name: impl Into<crate::TensorName>,
     datatype: DataType,
     shape: impl Into<Shape>,
     data: Bytes,
