@@ -153,8 +153,7 @@ impl InferenceLog {
         std::thread::Builder::new()
             .name("oxinfer-inference-log".into())
             .spawn(move || {
-                // Records taken since the writer last woke from gathering, and when that was.
-                let (mut taken, mut woke) = (0u64, Instant::now());
+                let mut arrivals = Arrivals::new(Instant::now());
                 loop {
                     let message = if writer.failing() {
                         // Writes are failing: retry what is held every RETRY_INTERVAL, taking
@@ -169,12 +168,20 @@ impl InferenceLog {
                             Err(mpsc::error::TryRecvError::Disconnected) => None,
                         }
                     } else {
-                        rx.blocking_recv()
+                        match rx.try_recv() {
+                            Ok(message) => Some(message),
+                            Err(mpsc::error::TryRecvError::Empty) => {
+                                let message = rx.blocking_recv();
+                                arrivals.waited(Instant::now());
+                                message
+                            }
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        }
                     };
                     match message {
                         Some(Message::Record(event)) => {
                             writer.append(&event);
-                            taken += 1;
+                            arrivals.took();
                         }
                         Some(Message::Tick) => writer.tick(),
                         Some(Message::Shutdown(done)) => {
@@ -190,8 +197,8 @@ impl InferenceLog {
                         // Let records gather before waiting for the next one: a sender wakes
                         // the writer (a futex call on a request thread) only while it waits,
                         // so under load one wake-up carries a batch instead of a record.
-                        std::thread::sleep(gather_pause(taken, woke.elapsed(), rx.max_capacity()));
-                        (taken, woke) = (0, Instant::now());
+                        std::thread::sleep(arrivals.pause(Instant::now(), rx.max_capacity()));
+                        arrivals.slept(Instant::now());
                     }
                 }
                 writer.finish();
@@ -319,6 +326,49 @@ pub fn load_signing_key(settings: &InferenceLogSettings) -> Result<Option<Signin
 const TICK: Duration = Duration::from_secs(1);
 /// How long the writer lets records gather after draining its queue, at most.
 const GATHER: Duration = Duration::from_millis(4);
+
+/// What the writer knows of the rate at which records come: how many it took since when.
+struct Arrivals {
+    taken: u64,
+    since: Instant,
+}
+
+impl Arrivals {
+    fn new(now: Instant) -> Self {
+        Arrivals {
+            taken: 0,
+            since: now,
+        }
+    }
+
+    /// The writer waited for a record (its queue was empty) until `now`: the time it waited
+    /// says nothing of the rate at which records come from now on (a burst after an idle
+    /// spell), so the count starts again here. Counted from before the wait, one record after
+    /// a long idle spell made the next pause the full [`GATHER`], whatever the queue's size: a
+    /// small queue could fill during it, and senders wait for room (`on_full = "block"`).
+    fn waited(&mut self, now: Instant) {
+        *self = Arrivals::new(now);
+    }
+
+    /// One record taken.
+    fn took(&mut self) {
+        self.taken += 1;
+    }
+
+    /// How long to let records gather, the queue (`capacity` records) drained at `now`.
+    fn pause(&self, now: Instant, capacity: usize) -> Duration {
+        gather_pause(
+            self.taken,
+            now.saturating_duration_since(self.since),
+            capacity,
+        )
+    }
+
+    /// Back from a pause at `now`: the count starts again.
+    fn slept(&mut self, now: Instant) {
+        *self = Arrivals::new(now);
+    }
+}
 
 /// How long the writer lets records gather after draining its queue, having taken `taken`
 /// records over `over` since it last woke: [`GATHER`], or less when, at that rate, the queue
@@ -1344,8 +1394,36 @@ mod tests {
         assert_eq!(gather_pause(160, ms(4), 16), Duration::from_micros(100));
         assert_eq!(gather_pause(1, ms(1), 1), ms(1));
         assert_eq!(gather_pause(u64::MAX, ms(1), 4096), Duration::ZERO);
-        // After a long idle spell (the writer waited for its first record): the full pause.
         assert_eq!(gather_pause(1, Duration::MAX / 2, usize::MAX), GATHER);
+    }
+
+    #[test]
+    fn after_an_idle_spell_the_writer_counts_the_rate_from_the_first_record() {
+        let us = Duration::from_micros;
+        let t0 = Instant::now();
+        // Ten idle seconds, then one record, written in 5 us, and the queue is empty again.
+        let mut arrivals = Arrivals::new(t0);
+        arrivals.waited(t0 + Duration::from_secs(10));
+        arrivals.took();
+        let drained = t0 + Duration::from_secs(10) + us(5);
+        // A queue of 16: a quarter (4 records) at one record per 5 us, not the full pause
+        // that counting from before the wait gave.
+        assert_eq!(arrivals.pause(drained, 16), us(20));
+        assert_eq!(
+            gather_pause(1, drained - t0, 16),
+            GATHER,
+            "the count from before the wait"
+        );
+        // The default queue: the full pause either way.
+        assert_eq!(arrivals.pause(drained, 4096), GATHER);
+        // Under load, no waiting: 160 records over the 4 ms since the last pause.
+        let mut arrivals = Arrivals::new(t0);
+        for _ in 0..160 {
+            arrivals.took();
+        }
+        assert_eq!(arrivals.pause(t0 + Duration::from_millis(4), 16), us(100));
+        arrivals.slept(t0 + Duration::from_millis(4));
+        assert_eq!(arrivals.taken, 0);
     }
 
     #[test]
