@@ -141,7 +141,8 @@ pub(crate) async fn handle(
     call: Call<'_>,
     decoded: Result<InferRequest>,
 ) -> (String, Result<InferResponse>) {
-    let arrived = SystemTime::now();
+    // The wall-clock time is for the log's record only.
+    let arrived = state.log.as_ref().map(|_| SystemTime::now());
     let started = Instant::now();
     let given = match &decoded {
         Ok(r) if r.id.as_deref().is_some_and(|id| !id.is_empty()) => r.id.as_deref(),
@@ -218,7 +219,7 @@ pub(crate) async fn handle(
     });
     if let Some(log) = &state.log {
         log.record(Event {
-            timestamp: arrived,
+            timestamp: arrived.unwrap_or_else(SystemTime::now),
             request_id: id.clone(),
             // The served model's own record; named as asked when the name differs.
             model: match &model {
