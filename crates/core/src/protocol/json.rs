@@ -777,8 +777,6 @@ pub fn write_tensor(out: &mut Vec<u8>, t: &Tensor) -> Result<()> {
         }
         out.push(b']');
     }
-    let float = write_f32;
-    let double = write_f64;
 
     let strings = match (t.data(), t.datatype()) {
         (TensorData::Strings(items), _) => Some(
@@ -822,13 +820,13 @@ pub fn write_tensor(out: &mut Vec<u8>, t: &Tensor) -> Result<()> {
             DataType::Int16 => each::<i16>(out, raw, write_int),
             DataType::Int32 => each::<i32>(out, raw, write_int),
             DataType::Int64 => each::<i64>(out, raw, write_int),
-            DataType::Fp32 => each::<f32>(out, raw, float),
-            DataType::Fp64 => each::<f64>(out, raw, double),
+            DataType::Fp32 => each::<f32>(out, raw, write_f32),
+            DataType::Fp64 => each::<f64>(out, raw, write_f64),
             DataType::Fp16 => each::<[u8; 2]>(out, raw, |out, b| {
-                float(out, f16::from_le_bytes(b).to_f32())
+                write_f32(out, f16::from_le_bytes(b).to_f32())
             }),
             DataType::Bf16 => each::<[u8; 2]>(out, raw, |out, b| {
-                float(out, bf16::from_le_bytes(b).to_f32())
+                write_f32(out, bf16::from_le_bytes(b).to_f32())
             }),
             // Refused above.
             DataType::Bytes => {}

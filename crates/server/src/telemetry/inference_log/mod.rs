@@ -172,7 +172,7 @@ impl InferenceLog {
                             Ok(message) => Some(message),
                             Err(mpsc::error::TryRecvError::Empty) => {
                                 let message = rx.blocking_recv();
-                                arrivals.waited(Instant::now());
+                                arrivals.restart(Instant::now());
                                 message
                             }
                             Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -198,7 +198,7 @@ impl InferenceLog {
                         // the writer (a futex call on a request thread) only while it waits,
                         // so under load one wake-up carries a batch instead of a record.
                         std::thread::sleep(arrivals.pause(Instant::now(), rx.max_capacity()));
-                        arrivals.slept(Instant::now());
+                        arrivals.restart(Instant::now());
                     }
                 }
                 writer.finish();
@@ -341,12 +341,12 @@ impl Arrivals {
         }
     }
 
-    /// The writer waited for a record (its queue was empty) until `now`: the time it waited
-    /// says nothing of the rate at which records come from now on (a burst after an idle
-    /// spell), so the count starts again here. Counted from before the wait, one record after
-    /// a long idle spell made the next pause the full [`GATHER`], whatever the queue's size: a
+    /// Starts the count again at `now`: back from a pause, or after waiting for a record (the
+    /// queue was empty). The time it waited says nothing of the rate at which records come from
+    /// now on (a burst after an idle spell). Counted from before the wait, one record after a
+    /// long idle spell made the next pause the full [`GATHER`], whatever the queue's size: a
     /// small queue could fill during it, and senders wait for room (`on_full = "block"`).
-    fn waited(&mut self, now: Instant) {
+    fn restart(&mut self, now: Instant) {
         *self = Arrivals::new(now);
     }
 
@@ -362,11 +362,6 @@ impl Arrivals {
             now.saturating_duration_since(self.since),
             capacity,
         )
-    }
-
-    /// Back from a pause at `now`: the count starts again.
-    fn slept(&mut self, now: Instant) {
-        *self = Arrivals::new(now);
     }
 }
 
@@ -1403,7 +1398,7 @@ mod tests {
         let t0 = Instant::now();
         // Ten idle seconds, then one record, written in 5 us, and the queue is empty again.
         let mut arrivals = Arrivals::new(t0);
-        arrivals.waited(t0 + Duration::from_secs(10));
+        arrivals.restart(t0 + Duration::from_secs(10));
         arrivals.took();
         let drained = t0 + Duration::from_secs(10) + us(5);
         // A queue of 16: a quarter (4 records) at one record per 5 us, not the full pause
@@ -1422,7 +1417,7 @@ mod tests {
             arrivals.took();
         }
         assert_eq!(arrivals.pause(t0 + Duration::from_millis(4), 16), us(100));
-        arrivals.slept(t0 + Duration::from_millis(4));
+        arrivals.restart(t0 + Duration::from_millis(4));
         assert_eq!(arrivals.taken, 0);
     }
 
