@@ -76,7 +76,7 @@ pub(crate) fn statistics(
         .map(|m| ModelStatistics {
             name: m.name.clone(),
             version: m.version.clone(),
-            stats: m.telemetry.stats().snapshot(),
+            stats: m.telemetry.stats(),
             runtime_counters: m.model.counters().into_iter().collect(),
         })
         .collect())

@@ -275,7 +275,7 @@ mod tests {
         ] {
             assert!(out.contains(line), "{line} not in\n{out}");
         }
-        let s = t.stats().snapshot().inference_stats;
+        let s = t.stats().inference_stats;
         assert_eq!((s.success.count, s.success.ns), (1, 2_000_000));
         assert_eq!((s.fail.count, s.fail.ns), (1, 1_000_000));
         assert_eq!((s.queue.count, s.queue.ns), (1, 30_000));

@@ -1,21 +1,25 @@
 //! What the server records about the requests it serves.
 //!
-//! - [`ModelTelemetry`]: the one place a model version's timings and counts are recorded; the
-//!   Triton statistics ([`stats`]) and the Prometheus metrics ([`metrics`]) are two views of it;
+//! - [`ModelTelemetry`]: the one place a model version's timings and counts are recorded (in
+//!   per-thread shards, [`shards`]); the Triton statistics ([`stats`]) and the Prometheus
+//!   metrics ([`metrics`]) are two views of it;
 //! - [`metrics`]: `GET /metrics`, rendered per scrape from the models being served;
 //! - [`inference_log`]: the tamper-evident record of every request, its writer and verifier.
 
 pub mod inference_log;
 pub(crate) mod metrics;
+mod shards;
 pub(crate) mod stats;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Bucket, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 
-use stats::ModelStats;
+use shards::{Count, HistogramCells, HistogramTotals, Sharded};
+use stats::{Duration64, InferenceStats, StatsSnapshot};
 
 /// The protocols a request can arrive by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,29 +53,130 @@ impl Protocol {
     ];
 }
 
-/// Upper bounds (seconds) of the latency histograms' buckets.
+/// Upper bounds (seconds) of the latency histograms' buckets, as exposed.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 10.0,
 ];
 
-/// Upper bounds of the batch size histogram's buckets.
-const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+/// [`LATENCY_BUCKETS`] in nanoseconds, as observed, and `+Inf`.
+const LATENCY_BOUNDS_NS: [u64; 17] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    10_000_000_000,
+    u64::MAX,
+];
+
+/// Upper bounds of the batch size histogram's buckets, and `+Inf`.
+const BATCH_BOUNDS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, u64::MAX];
+
+/// A latency histogram's copy in one shard.
+type Latency = HistogramCells<17>;
+
+/// A count and a cumulative duration in nanoseconds.
+#[derive(Debug, Default)]
+struct Timed {
+    count: Count,
+    ns: Count,
+}
+
+impl Timed {
+    fn record(&self, d: Duration) {
+        self.count.add(1);
+        self.ns.add(shards::nanos(d));
+    }
+
+    fn total<'a>(copies: impl Iterator<Item = &'a Timed>) -> Duration64 {
+        copies.fold(Duration64::default(), |t, c| Duration64 {
+            count: t.count.wrapping_add(c.count.get()),
+            ns: t.ns.wrapping_add(c.ns.get()),
+        })
+    }
+}
+
+/// One shard's copy of the counters that every request updates ([`shards`]). The Triton
+/// statistics and the Prometheus series are both read from them: a statistic that a series
+/// also counts (the queue and compute times, executions and inferences) is not counted twice.
+#[derive(Debug, Default)]
+struct Cells {
+    /// `[protocol][success, failure]`.
+    requests: [[Count; 2]; Protocol::ALL.len()],
+    /// Per protocol, both outcomes.
+    request_duration: [Latency; Protocol::ALL.len()],
+    /// All protocols, by outcome (the counts are `requests`').
+    success_ns: Count,
+    fail_ns: Count,
+    queue: Latency,
+    compute: Latency,
+    /// Rows per execution: its count is the executions, its sum the inferences.
+    batch: HistogramCells<11>,
+    compute_input: Timed,
+    compute_output: Timed,
+    /// Milliseconds since the epoch of this shard's last successful execution.
+    last_inference_ms: AtomicU64,
+}
+
+/// [`Cells`] added up over the shards.
+#[derive(Debug, Default)]
+struct Totals {
+    requests: [[u64; 2]; Protocol::ALL.len()],
+    request_duration: [HistogramTotals<17>; Protocol::ALL.len()],
+    success_ns: u64,
+    fail_ns: u64,
+    queue: HistogramTotals<17>,
+    compute: HistogramTotals<17>,
+    batch: HistogramTotals<11>,
+    compute_input: Duration64,
+    compute_output: Duration64,
+    last_inference_ms: u64,
+}
+
+/// The names, help and label names of the series read from [`Cells`].
+const REQUESTS: (&str, &str) = (
+    "oxinfer_requests_total",
+    "Inference requests by model, version, protocol and outcome.",
+);
+const REQUEST_DURATION: (&str, &str) = (
+    "oxinfer_request_duration_seconds",
+    "Time from a request's arrival to its response.",
+);
+const QUEUE_DURATION: (&str, &str) = (
+    "oxinfer_queue_duration_seconds",
+    "Time waiting for a worker thread.",
+);
+const COMPUTE_DURATION: (&str, &str) = (
+    "oxinfer_compute_duration_seconds",
+    "Time in the runtime's execution.",
+);
+const BATCH_SIZE: (&str, &str) = (
+    "oxinfer_batch_size",
+    "Batch size (first input dimension) of each execution.",
+);
 
 /// Everything recorded about one served model version: its Triton statistics and its Prometheus
 /// series (labelled `model`, `version`). Created with the loaded instance, so both restart from
 /// zero when a model is reloaded (Prometheus handles counter resets).
 #[derive(Debug)]
 pub(crate) struct ModelTelemetry {
-    stats: ModelStats,
-    /// `[protocol][success, failure]`, resolved once so the request path does no label lookup.
-    requests: [[IntCounter; 2]; Protocol::ALL.len()],
-    requests_family: IntCounterVec,
-    request_duration: [Histogram; Protocol::ALL.len()],
-    request_duration_family: HistogramVec,
-    queue_duration: Histogram,
-    compute_duration: Histogram,
-    batch_size: Histogram,
+    model: String,
+    version: String,
+    /// What every request updates, per shard.
+    cells: Sharded<Cells>,
+    /// The descriptors of the series read from `cells`, for the registry of a scrape.
+    descs: Vec<Desc>,
     queue_depth: IntGauge,
     /// Requests refused because the queue was full.
     pub(crate) rejected: IntCounter,
@@ -89,72 +194,99 @@ fn opts(name: &str, help: &str, model: &str, version: &str) -> Opts {
         .const_label("version", version)
 }
 
-fn histogram(name: &str, help: &str, model: &str, version: &str, buckets: &[f64]) -> Histogram {
-    Histogram::with_opts(
-        HistogramOpts::from(opts(name, help, model, version)).buckets(buckets.to_vec()),
-    )
-    .expect("valid histogram options")
-}
-
 fn counter(name: &str, help: &str, model: &str, version: &str) -> IntCounter {
     IntCounter::with_opts(opts(name, help, model, version)).expect("valid counter options")
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut pair = LabelPair::default();
+    pair.set_name(name.to_string());
+    pair.set_value(value.to_string());
+    pair
+}
+
+fn family((name, help): (&str, &str), kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+/// A histogram's series: `bounds` are the exposed upper bounds, `totals` has one more bucket
+/// (`+Inf`); `scale` turns a summed value into the exposed unit.
+fn histogram_metric<const N: usize>(
+    labels: Vec<LabelPair>,
+    bounds: &[f64],
+    totals: &HistogramTotals<N>,
+    scale: f64,
+) -> Metric {
+    let mut cumulative = 0u64;
+    let buckets = bounds
+        .iter()
+        .zip(&totals.buckets)
+        .map(|(&bound, &n)| {
+            cumulative = cumulative.wrapping_add(n);
+            let mut bucket = Bucket::default();
+            bucket.set_upper_bound(bound);
+            bucket.set_cumulative_count(cumulative);
+            bucket
+        })
+        .collect();
+    let mut histogram = prometheus::proto::Histogram::default();
+    histogram.set_sample_count(totals.count());
+    histogram.set_sample_sum(totals.sum as f64 * scale);
+    histogram.set_bucket(buckets);
+    let mut metric = Metric::from_label(labels);
+    metric.set_histogram(histogram);
+    metric
+}
+
+/// The series read from [`Cells`], as of one scrape.
+struct CellSeries {
+    descs: Vec<Desc>,
+    families: Vec<MetricFamily>,
+}
+
+impl Collector for CellSeries {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.families.clone()
+    }
 }
 
 impl ModelTelemetry {
     /// The series of model `name`, version `version`, all at zero.
     pub(crate) fn new(name: &str, version: &str) -> Self {
-        let requests_family = IntCounterVec::new(
-            opts(
-                "oxinfer_requests_total",
-                "Inference requests by model, version, protocol and outcome.",
-                name,
-                version,
-            ),
-            &["protocol", "outcome"],
-        )
-        .expect("valid counter options");
-        let request_duration_family = HistogramVec::new(
-            HistogramOpts::from(opts(
-                "oxinfer_request_duration_seconds",
-                "Time from a request's arrival to its response.",
-                name,
-                version,
-            ))
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["protocol"],
-        )
-        .expect("valid histogram options");
-        let by_outcome = |p: Protocol| {
-            ["success", "failure"].map(|o| requests_family.with_label_values(&[p.as_str(), o]))
+        let labels: std::collections::HashMap<String, String> = [
+            ("model".to_string(), name.to_string()),
+            ("version".to_string(), version.to_string()),
+        ]
+        .into();
+        let desc = |(fq_name, help): (&str, &str), variable: &[&str]| {
+            Desc::new(
+                fq_name.to_string(),
+                help.to_string(),
+                variable.iter().map(|l| l.to_string()).collect(),
+                labels.clone(),
+            )
+            .expect("valid descriptor")
         };
         ModelTelemetry {
-            stats: ModelStats::default(),
-            requests: Protocol::ALL.map(by_outcome),
-            request_duration: Protocol::ALL
-                .map(|p| request_duration_family.with_label_values(&[p.as_str()])),
-            requests_family,
-            request_duration_family,
-            queue_duration: histogram(
-                "oxinfer_queue_duration_seconds",
-                "Time waiting for a worker thread.",
-                name,
-                version,
-                &LATENCY_BUCKETS,
-            ),
-            compute_duration: histogram(
-                "oxinfer_compute_duration_seconds",
-                "Time in the runtime's execution.",
-                name,
-                version,
-                &LATENCY_BUCKETS,
-            ),
-            batch_size: histogram(
-                "oxinfer_batch_size",
-                "Batch size (first input dimension) of each execution.",
-                name,
-                version,
-                &BATCH_BUCKETS,
-            ),
+            model: name.to_string(),
+            version: version.to_string(),
+            cells: Sharded::new(),
+            descs: vec![
+                desc(REQUESTS, &["protocol", "outcome"]),
+                desc(REQUEST_DURATION, &["protocol"]),
+                desc(QUEUE_DURATION, &[]),
+                desc(COMPUTE_DURATION, &[]),
+                desc(BATCH_SIZE, &[]),
+            ],
             queue_depth: IntGauge::with_opts(opts(
                 "oxinfer_queue_depth",
                 "Requests waiting for a worker thread.",
@@ -189,49 +321,51 @@ impl ModelTelemetry {
         }
     }
 
-    /// The Triton statistics view.
-    pub(crate) fn stats(&self) -> &ModelStats {
-        &self.stats
-    }
-
     /// A finished request, from its arrival to its response, by outcome.
     pub(crate) fn request(&self, protocol: Protocol, success: bool, elapsed: Duration) {
+        let cells = self.cells.local();
         let p = protocol as usize;
-        self.requests[p][usize::from(!success)].inc();
-        self.request_duration[p].observe(elapsed.as_secs_f64());
+        cells.requests[p][usize::from(!success)].add(1);
+        let ns = shards::nanos(elapsed);
+        cells.request_duration[p].observe(&LATENCY_BOUNDS_NS, ns);
         if success {
-            self.stats.success.record(elapsed);
+            cells.success_ns.add(ns);
         } else {
-            self.stats.fail.record(elapsed);
+            cells.fail_ns.add(ns);
         }
     }
 
     /// The request's input checks against the model signature.
     pub(crate) fn input_checked(&self, elapsed: Duration) {
-        self.stats.compute_input.record(elapsed);
+        self.cells.local().compute_input.record(elapsed);
     }
 
     /// The time a request waited in the queue (executed or expired there).
     pub(crate) fn queued(&self, waited: Duration) {
-        self.stats.queue.record(waited);
-        self.queue_duration.observe(waited.as_secs_f64());
+        let ns = shards::nanos(waited);
+        self.cells.local().queue.observe(&LATENCY_BOUNDS_NS, ns);
     }
 
     /// One call of the runtime's `execute`.
     pub(crate) fn computed(&self, elapsed: Duration) {
-        self.stats.compute_infer.record(elapsed);
-        self.compute_duration.observe(elapsed.as_secs_f64());
+        let ns = shards::nanos(elapsed);
+        self.cells.local().compute.observe(&LATENCY_BOUNDS_NS, ns);
     }
 
     /// A successful execution of `rows` inferences (one request, or several batched).
     pub(crate) fn executed(&self, rows: u64) {
-        self.stats.record_execution(rows);
-        self.batch_size.observe(rows as f64);
+        let cells = self.cells.local();
+        cells.batch.observe(&BATCH_BOUNDS, rows);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        cells.last_inference_ms.store(now, Ordering::Relaxed);
     }
 
     /// The selection and assembly of the requested outputs.
     pub(crate) fn output_assembled(&self, elapsed: Duration) {
-        self.stats.compute_output.record(elapsed);
+        self.cells.local().compute_output.record(elapsed);
     }
 
     /// The number of requests waiting for a worker now.
@@ -239,20 +373,142 @@ impl ModelTelemetry {
         self.queue_depth.set(n as i64);
     }
 
+    /// Every shard's counters added up.
+    fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for cells in self.cells.each() {
+            for (total, counts) in t.requests.iter_mut().zip(&cells.requests) {
+                for (n, count) in total.iter_mut().zip(counts) {
+                    *n = n.wrapping_add(count.get());
+                }
+            }
+            for (total, h) in t.request_duration.iter_mut().zip(&cells.request_duration) {
+                total.add(h);
+            }
+            t.success_ns = t.success_ns.wrapping_add(cells.success_ns.get());
+            t.fail_ns = t.fail_ns.wrapping_add(cells.fail_ns.get());
+            t.queue.add(&cells.queue);
+            t.compute.add(&cells.compute);
+            t.batch.add(&cells.batch);
+            t.last_inference_ms = t
+                .last_inference_ms
+                .max(cells.last_inference_ms.load(Ordering::Relaxed));
+        }
+        t.compute_input = Timed::total(self.cells.each().map(|c| &c.compute_input));
+        t.compute_output = Timed::total(self.cells.each().map(|c| &c.compute_output));
+        t
+    }
+
+    /// The Triton statistics view.
+    pub(crate) fn stats(&self) -> StatsSnapshot {
+        let t = self.totals();
+        let outcome = |o: usize, ns: u64| Duration64 {
+            count: t.requests.iter().fold(0u64, |n, r| n.wrapping_add(r[o])),
+            ns,
+        };
+        StatsSnapshot {
+            last_inference: t.last_inference_ms,
+            inference_count: t.batch.sum,
+            execution_count: t.batch.count(),
+            inference_stats: InferenceStats {
+                success: outcome(0, t.success_ns),
+                fail: outcome(1, t.fail_ns),
+                queue: Duration64 {
+                    count: t.queue.count(),
+                    ns: t.queue.sum,
+                },
+                compute_input: t.compute_input,
+                compute_infer: Duration64 {
+                    count: t.compute.count(),
+                    ns: t.compute.sum,
+                },
+                compute_output: t.compute_output,
+                cache_hit: Duration64::default(),
+                cache_miss: Duration64::default(),
+            },
+        }
+    }
+
     /// The Prometheus view: every series of this model version.
     pub(crate) fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
         vec![
-            Box::new(self.requests_family.clone()),
-            Box::new(self.request_duration_family.clone()),
-            Box::new(self.queue_duration.clone()),
-            Box::new(self.compute_duration.clone()),
-            Box::new(self.batch_size.clone()),
+            Box::new(self.cell_series()),
             Box::new(self.queue_depth.clone()),
             Box::new(self.rejected.clone()),
             Box::new(self.expired.clone()),
             Box::new(self.cancelled.clone()),
             Box::new(self.batched_executions.clone()),
         ]
+    }
+
+    /// The series read from the shards' counters, labelled as the `prometheus` crate labels
+    /// (label pairs sorted by name).
+    fn cell_series(&self) -> CellSeries {
+        let t = self.totals();
+        let model = || label("model", &self.model);
+        let version = || label("version", &self.version);
+        let requests = Protocol::ALL
+            .iter()
+            .zip(&t.requests)
+            .flat_map(|(p, counts)| {
+                ["success", "failure"]
+                    .iter()
+                    .zip(counts)
+                    .map(move |(outcome, &n)| (p, outcome, n))
+            })
+            .map(|(p, outcome, n)| {
+                let labels = vec![
+                    model(),
+                    label("outcome", outcome),
+                    label("protocol", p.as_str()),
+                    version(),
+                ];
+                let mut counter = prometheus::proto::Counter::default();
+                counter.set_value(n as f64);
+                let mut metric = Metric::from_label(labels);
+                metric.set_counter(counter);
+                metric
+            })
+            .collect();
+        let request_duration = Protocol::ALL
+            .iter()
+            .zip(&t.request_duration)
+            .map(|(p, h)| {
+                let labels = vec![model(), label("protocol", p.as_str()), version()];
+                histogram_metric(labels, &LATENCY_BUCKETS, h, 1e-9)
+            })
+            .collect();
+        let alone = |h: &HistogramTotals<17>| {
+            vec![histogram_metric(
+                vec![model(), version()],
+                &LATENCY_BUCKETS,
+                h,
+                1e-9,
+            )]
+        };
+        let batch_bounds: Vec<f64> = BATCH_BOUNDS[..BATCH_BOUNDS.len() - 1]
+            .iter()
+            .map(|&b| b as f64)
+            .collect();
+        CellSeries {
+            descs: self.descs.clone(),
+            families: vec![
+                family(REQUESTS, MetricType::COUNTER, requests),
+                family(REQUEST_DURATION, MetricType::HISTOGRAM, request_duration),
+                family(QUEUE_DURATION, MetricType::HISTOGRAM, alone(&t.queue)),
+                family(COMPUTE_DURATION, MetricType::HISTOGRAM, alone(&t.compute)),
+                family(
+                    BATCH_SIZE,
+                    MetricType::HISTOGRAM,
+                    vec![histogram_metric(
+                        vec![model(), version()],
+                        &batch_bounds,
+                        &t.batch,
+                        1.0,
+                    )],
+                ),
+            ],
+        }
     }
 }
 
@@ -283,5 +539,95 @@ impl ServerMetrics {
     /// Counts a request that failed before a model was found.
     pub(crate) fn record_rejected(&self, protocol: Protocol) {
         self.rejected.with_label_values(&[protocol.as_str()]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observed_bounds_are_the_exposed_ones() {
+        for (secs, ns) in LATENCY_BUCKETS.iter().zip(LATENCY_BOUNDS_NS) {
+            assert_eq!((secs * 1e9).round() as u64, ns);
+        }
+        assert_eq!(LATENCY_BOUNDS_NS.len(), LATENCY_BUCKETS.len() + 1);
+        assert_eq!(LATENCY_BOUNDS_NS.last(), Some(&u64::MAX));
+        assert_eq!(BATCH_BOUNDS.last(), Some(&u64::MAX));
+    }
+
+    #[test]
+    fn statistics_are_read_from_the_series_counts() {
+        let t = ModelTelemetry::new("m", "1");
+        t.input_checked(Duration::from_micros(2));
+        t.queued(Duration::from_micros(50));
+        t.queued(Duration::from_micros(51));
+        t.computed(Duration::from_micros(7));
+        t.executed(3);
+        t.executed(4);
+        t.output_assembled(Duration::from_nanos(900));
+        // Recorded from another thread (another shard): added up with the rest.
+        std::thread::scope(|s| {
+            s.spawn(|| t.request(Protocol::Tei, true, Duration::from_micros(100)));
+        });
+        t.request(Protocol::Http, true, Duration::from_micros(20));
+        t.request(Protocol::Grpc, false, Duration::from_secs(11));
+        let s = t.stats();
+        assert_eq!((s.inference_count, s.execution_count), (7, 2));
+        assert!(s.last_inference > 0);
+        let i = s.inference_stats;
+        assert_eq!((i.queue.count, i.queue.ns), (2, 101_000));
+        assert_eq!((i.compute_infer.count, i.compute_infer.ns), (1, 7_000));
+        assert_eq!((i.compute_input.count, i.compute_input.ns), (1, 2_000));
+        assert_eq!((i.compute_output.count, i.compute_output.ns), (1, 900));
+        assert_eq!((i.success.count, i.success.ns), (2, 120_000));
+        assert_eq!((i.fail.count, i.fail.ns), (1, 11_000_000_000));
+
+        let registry = prometheus::Registry::new();
+        for c in t.collectors() {
+            registry.register(c).unwrap();
+        }
+        // A second model's series go in the same registry.
+        for c in ModelTelemetry::new("m", "2").collectors() {
+            registry.register(c).unwrap();
+        }
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut out,
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let http = "model=\"m\",protocol=\"http\",version=\"1\"";
+        let grpc = "model=\"m\",protocol=\"grpc\",version=\"1\"";
+        for line in [
+            "# TYPE oxinfer_request_duration_seconds histogram".to_string(),
+            format!("oxinfer_request_duration_seconds_bucket{{{http},le=\"0.00005\"}} 1"),
+            format!("oxinfer_request_duration_seconds_bucket{{{http},le=\"+Inf\"}} 1"),
+            format!("oxinfer_request_duration_seconds_sum{{{http}}} 0.00002"),
+            format!("oxinfer_request_duration_seconds_bucket{{{grpc},le=\"10\"}} 0"),
+            format!("oxinfer_request_duration_seconds_bucket{{{grpc},le=\"+Inf\"}} 1"),
+            format!("oxinfer_request_duration_seconds_count{{{grpc}}} 1"),
+            "oxinfer_queue_duration_seconds_bucket{model=\"m\",version=\"1\",le=\"0.00005\"} 1"
+                .to_string(),
+            "oxinfer_queue_duration_seconds_bucket{model=\"m\",version=\"1\",le=\"0.0001\"} 2"
+                .to_string(),
+            "oxinfer_compute_duration_seconds_count{model=\"m\",version=\"1\"} 1".to_string(),
+            "oxinfer_batch_size_sum{model=\"m\",version=\"1\"} 7".to_string(),
+            "oxinfer_requests_total{model=\"m\",outcome=\"success\",protocol=\"tei\",version=\"1\"} 1"
+                .to_string(),
+            "oxinfer_requests_total{model=\"m\",outcome=\"failure\",protocol=\"grpc\",version=\"2\"} 0"
+                .to_string(),
+            "# HELP oxinfer_compute_duration_seconds Time in the runtime's execution.".to_string(),
+        ] {
+            assert!(out.contains(&format!("{line}\n")), "{line} not in\n{out}");
+        }
+        // The exposed bounds and nothing else.
+        assert_eq!(
+            out.matches(&format!("oxinfer_request_duration_seconds_bucket{{{http},"))
+                .count(),
+            LATENCY_BUCKETS.len() + 1
+        );
     }
 }
