@@ -491,6 +491,24 @@ fn write_timestamp(out: &mut Vec<u8>, t: SystemTime) {
     }
 }
 
+/// A client address as its `Display` writes it (nothing in it needs escaping). IPv4, what most
+/// clients have, without `core::fmt` (about a twentieth of the writer's time went to it).
+fn write_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                json::write_int(out, octet);
+            }
+            out.push(b':');
+            json::write_int(out, v4.port());
+        }
+        SocketAddr::V6(v6) => write!(out, "{v6}").expect("writing to a Vec cannot fail"),
+    }
+}
+
 /// How much of a request's tensors a record carries.
 #[derive(Clone, Copy)]
 enum Detail {
@@ -660,8 +678,11 @@ fn serialize_into(out: &mut Vec<u8>, event: &Event, prev_hash: &str, detail: Det
     json::write_str(out, event.protocol);
     out.extend_from_slice(b",\"client\":");
     match event.client {
-        // An address has nothing to escape.
-        Some(addr) => write!(out, "\"{addr}\"").expect("writing to a Vec cannot fail"),
+        Some(addr) => {
+            out.push(b'"');
+            write_addr(out, addr);
+            out.push(b'"');
+        }
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"identity\":");
@@ -1320,6 +1341,25 @@ mod tests {
                 prev_hash,
             })
             .unwrap()
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for addr in [
+            "0.0.0.0:0",
+            "127.0.0.1:9",
+            "10.20.255.7:65535",
+            "192.168.100.1:8080",
+            "[::1]:80",
+            "[::ffff:10.0.0.1]:443",
+            "[fe80::1%3]:1",
+            "[2001:db8::8:800:200c:417a]:8001",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut out = Vec::new();
+            write_addr(&mut out, addr);
+            assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
         }
     }
 
