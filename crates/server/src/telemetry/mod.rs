@@ -144,7 +144,7 @@ struct Totals {
     last_inference_ms: u64,
 }
 
-/// The names, help and label names of the series read from [`Cells`].
+/// The names and help of the series read from [`Cells`].
 const REQUESTS: (&str, &str) = (
     "oxinfer_requests_total",
     "Inference requests by model, version, protocol and outcome.",
