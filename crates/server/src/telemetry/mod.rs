@@ -215,12 +215,13 @@ fn family((name, help): (&str, &str), kind: MetricType, metrics: Vec<Metric>) ->
 }
 
 /// A histogram's series: `bounds` are the exposed upper bounds, `totals` has one more bucket
-/// (`+Inf`); `scale` turns a summed value into the exposed unit.
+/// (`+Inf`); the sum is divided by `per_unit` into the exposed unit (a division, so that a
+/// whole number of nanoseconds is written as the shortest decimal of its seconds).
 fn histogram_metric<const N: usize>(
     labels: Vec<LabelPair>,
     bounds: &[f64],
     totals: &HistogramTotals<N>,
-    scale: f64,
+    per_unit: f64,
 ) -> Metric {
     let mut cumulative = 0u64;
     let buckets = bounds
@@ -236,7 +237,7 @@ fn histogram_metric<const N: usize>(
         .collect();
     let mut histogram = prometheus::proto::Histogram::default();
     histogram.set_sample_count(totals.count());
-    histogram.set_sample_sum(totals.sum as f64 * scale);
+    histogram.set_sample_sum(totals.sum as f64 / per_unit);
     histogram.set_bucket(buckets);
     let mut metric = Metric::from_label(labels);
     metric.set_histogram(histogram);
@@ -475,7 +476,7 @@ impl ModelTelemetry {
             .zip(&t.request_duration)
             .map(|(p, h)| {
                 let labels = vec![model(), label("protocol", p.as_str()), version()];
-                histogram_metric(labels, &LATENCY_BUCKETS, h, 1e-9)
+                histogram_metric(labels, &LATENCY_BUCKETS, h, 1e9)
             })
             .collect();
         let alone = |h: &HistogramTotals<17>| {
@@ -483,7 +484,7 @@ impl ModelTelemetry {
                 vec![model(), version()],
                 &LATENCY_BUCKETS,
                 h,
-                1e-9,
+                1e9,
             )]
         };
         let batch_bounds: Vec<f64> = BATCH_BOUNDS[..BATCH_BOUNDS.len() - 1]
@@ -570,7 +571,7 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| t.request(Protocol::Tei, true, Duration::from_micros(100)));
         });
-        t.request(Protocol::Http, true, Duration::from_micros(20));
+        t.request(Protocol::Http, true, Duration::from_nanos(438_773));
         t.request(Protocol::Grpc, false, Duration::from_secs(11));
         let s = t.stats();
         assert_eq!((s.inference_count, s.execution_count), (7, 2));
@@ -580,7 +581,7 @@ mod tests {
         assert_eq!((i.compute_infer.count, i.compute_infer.ns), (1, 7_000));
         assert_eq!((i.compute_input.count, i.compute_input.ns), (1, 2_000));
         assert_eq!((i.compute_output.count, i.compute_output.ns), (1, 900));
-        assert_eq!((i.success.count, i.success.ns), (2, 120_000));
+        assert_eq!((i.success.count, i.success.ns), (2, 538_773));
         assert_eq!((i.fail.count, i.fail.ns), (1, 11_000_000_000));
 
         let registry = prometheus::Registry::new();
@@ -603,9 +604,10 @@ mod tests {
         let grpc = "model=\"m\",protocol=\"grpc\",version=\"1\"";
         for line in [
             "# TYPE oxinfer_request_duration_seconds histogram".to_string(),
-            format!("oxinfer_request_duration_seconds_bucket{{{http},le=\"0.00005\"}} 1"),
+            format!("oxinfer_request_duration_seconds_bucket{{{http},le=\"0.0005\"}} 1"),
             format!("oxinfer_request_duration_seconds_bucket{{{http},le=\"+Inf\"}} 1"),
-            format!("oxinfer_request_duration_seconds_sum{{{http}}} 0.00002"),
+            format!("oxinfer_request_duration_seconds_bucket{{{http},le=\"0.00025\"}} 0"),
+            format!("oxinfer_request_duration_seconds_sum{{{http}}} 0.000438773"),
             format!("oxinfer_request_duration_seconds_bucket{{{grpc},le=\"10\"}} 0"),
             format!("oxinfer_request_duration_seconds_bucket{{{grpc},le=\"+Inf\"}} 1"),
             format!("oxinfer_request_duration_seconds_count{{{grpc}}} 1"),
