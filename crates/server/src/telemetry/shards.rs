@@ -16,10 +16,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// How many copies a model's counters are split into: more than the threads that record at
-/// once on most machines (the I/O threads, one per core, and the model's worker threads); two
-/// threads that share a shard are still counted exactly.
-pub(crate) const SHARDS: usize = 16;
+/// How many copies a model's counters are split into: the threads that record at once are the
+/// I/O threads (one per core) and the models' worker threads, so up to 64 of them write lines
+/// of their own; two threads that share a shard are still counted exactly. An unused shard
+/// costs a model 16 bytes.
+pub(crate) const SHARDS: usize = 64;
 
 /// The shard the next thread to record takes.
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
