@@ -99,11 +99,10 @@ impl Timed {
         self.ns.add(shards::nanos(d));
     }
 
-    fn total<'a>(copies: impl Iterator<Item = &'a Timed>) -> Duration64 {
-        copies.fold(Duration64::default(), |t, c| Duration64 {
-            count: t.count.wrapping_add(c.count.get()),
-            ns: t.ns.wrapping_add(c.ns.get()),
-        })
+    /// Adds this copy's count and duration to `total`.
+    fn add_to(&self, total: &mut Duration64) {
+        total.count = total.count.wrapping_add(self.count.get());
+        total.ns = total.ns.wrapping_add(self.ns.get());
     }
 }
 
@@ -394,9 +393,9 @@ impl ModelTelemetry {
             t.last_inference_ms = t
                 .last_inference_ms
                 .max(cells.last_inference_ms.load(Ordering::Relaxed));
+            cells.compute_input.add_to(&mut t.compute_input);
+            cells.compute_output.add_to(&mut t.compute_output);
         }
-        t.compute_input = Timed::total(self.cells.each().map(|c| &c.compute_input));
-        t.compute_output = Timed::total(self.cells.each().map(|c| &c.compute_output));
         t
     }
 
