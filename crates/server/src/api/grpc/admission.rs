@@ -213,7 +213,9 @@ where
 /// The encoder of [`AdmissionCodec`]: prost's, after reserving the message's encoded length,
 /// so that a response is written into one allocation of its size. prost alone grows the
 /// buffer as it writes, to at least twice its capacity each time: three 200 KB outputs were
-/// copied through two reallocations into an 800 KB buffer.
+/// copied through two reallocations into an 800 KB buffer. (Outputs are encoded here on
+/// `ModelStreamInfer` and in compressed responses; an uncompressed `ModelInfer` response has
+/// them appended after the message by [`super::tail`], without a copy.)
 #[derive(Debug)]
 pub struct SizedEncoder<T>(ProstEncoder<T>);
 
