@@ -1,9 +1,14 @@
 //! The inference log: one tamper-evident JSON Lines record per inference request.
 //!
-//! - Records are built on the request path from cheap clones (tensor data is reference-counted)
-//!   and handed to a bounded queue; a dedicated writer thread encodes them (tensors as OIP JSON,
-//!   or their SHA-256 above `max_tensor_bytes`) and appends them to the file. When the queue is
-//!   full the configured policy applies: wait, or drop and count the drop.
+//! - Records are handed from the request path to a bounded queue, and a dedicated writer thread
+//!   chains them and appends them to the file. A small record (tensors of at most 4 KiB in
+//!   all, `PREPARE_MAX_TENSOR_BYTES`) is encoded by the request thread up to its `prev_hash`,
+//!   the last field, and SHA-256 fed with it: the writer adds `prev_hash` and finishes the hash,
+//!   half of what encoding the whole record cost it (`Prepared`). A larger one is queued as
+//!   cheap clones (tensor data is reference-counted) and encoded by the writer (tensors as OIP
+//!   JSON, or their SHA-256 above `max_tensor_bytes`), so that an I/O thread never spends long
+//!   on it. When the queue is full the configured policy applies: wait, or drop and count the
+//!   drop.
 //! - **Hash chain.** Each record carries `prev_hash`, the `hash` of the record before it (64
 //!   zeros for the first record ever), and ends with `hash`: the SHA-256 of the record's own line
 //!   up to that field, i.e. the line with the trailing `,"hash":"<64 hex>"}` replaced by `}`.
@@ -88,23 +93,45 @@ pub(crate) struct Event {
     pub(crate) _held: Option<crate::budget::Reservation>,
 }
 
-// Nearly every message is a record: boxing it would cost an allocation per request (and a
-// free on the writer thread), more than the channel's slots of this size do.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "records are the messages; a box per record costs more"
-)]
+// Nearly every message is a record, carried in the channel's slot: boxing it would cost an
+// allocation per request (and a free on the writer thread).
 enum Message {
+    /// A small record, encoded on the request path up to its `prev_hash` ([`Prepared`]).
+    Prepared(Prepared),
+    /// A record with more tensor data than [`PREPARE_MAX_TENSOR_BYTES`], for the writer to
+    /// encode (their JSON or digests would hold an I/O thread too long).
     Record(Event),
     /// Time for a checkpoint, if one is due (sent every second or so when signing).
     Tick,
     Shutdown(oneshot::Sender<()>),
 }
 
+/// A record encoded on the request thread that made it, but for its `prev_hash` and `hash`:
+/// the writer appends the one and computes the other, which only it can (they chain the
+/// records in the order it writes them). The tensors are then dropped by the thread that
+/// allocated them; dropped on the writer's thread, their memory went back to the request
+/// threads' allocator pages through its cross-thread free lists, and the writer read them from
+/// the other core's cache.
+struct Prepared {
+    /// The record up to and including `,"prev_hash":`.
+    head: Vec<u8>,
+    /// SHA-256 fed with `head`: the writer goes on from there.
+    sha: Sha256,
+    /// The request's bytes against the in-flight budget, until the record is written.
+    _held: Option<crate::budget::Reservation>,
+}
+
+/// Records whose tensors hold at most this many bytes in all are encoded on the request path
+/// (the inputs and outputs of a small request: a few microseconds); larger ones by the writer.
+const PREPARE_MAX_TENSOR_BYTES: usize = 4096;
+
 /// The sending side of the log, shared by the request handlers.
 #[derive(Debug, Clone)]
 pub struct InferenceLog {
     tx: mpsc::Sender<Message>,
+    /// `max_tensor_bytes` and `max_record_bytes`, for records encoded on the request path.
+    max_tensor_bytes: usize,
+    max_record_bytes: usize,
     on_full: OnFull,
     on_error: OnError,
     counters: Arc<LogCounters>,
@@ -179,8 +206,12 @@ impl InferenceLog {
                         }
                     };
                     match message {
+                        Some(Message::Prepared(prepared)) => {
+                            writer.append(Record::Prepared(prepared));
+                            arrivals.took();
+                        }
                         Some(Message::Record(event)) => {
-                            writer.append(&event);
+                            writer.append(Record::Event(&event));
                             arrivals.took();
                         }
                         Some(Message::Tick) => writer.tick(),
@@ -245,15 +276,33 @@ impl InferenceLog {
         }
         Ok(InferenceLog {
             tx,
+            max_tensor_bytes: settings.max_tensor_bytes,
+            max_record_bytes: settings.max_record_bytes,
             on_full: settings.on_full,
             on_error: settings.on_error,
             counters,
         })
     }
 
-    /// Queues a record, following the `on_full` policy.
-    pub(crate) async fn record(&self, event: Event) {
-        let message = Message::Record(event);
+    /// Queues a record, following the `on_full` policy. A small one is encoded here, and its
+    /// tensors dropped here ([`Prepared`]).
+    pub(crate) async fn record(&self, mut event: Event) {
+        let tensor_bytes = event
+            .inputs
+            .iter()
+            .chain(&event.outputs)
+            .map(raw::raw_len)
+            .fold(0usize, usize::saturating_add);
+        let message = if tensor_bytes <= PREPARE_MAX_TENSOR_BYTES {
+            let (head, sha) = prepare(&event, self.max_tensor_bytes, self.max_record_bytes);
+            Message::Prepared(Prepared {
+                head,
+                sha,
+                _held: event._held.take(),
+            })
+        } else {
+            Message::Record(event)
+        };
         let lost = match self.on_full {
             OnFull::Block => self.tx.send(message).await.is_err(),
             OnFull::Drop => match self.tx.try_send(message) {
@@ -529,6 +578,24 @@ fn encode(event: &Event, prev_hash: &str, cap: usize, max_record: usize) -> (Vec
     (line, hash)
 }
 
+/// The length of `"<64 hex digits>"}`: what follows a record's head ([`serialize_head_into`])
+/// before its hash.
+const PREV_HASH_TAIL: usize = 67;
+
+/// A record's head onto the end of `out`, at the level of detail that keeps the whole record
+/// (with a 64-digit `prev_hash`, without its own hash) within `max_record` bytes.
+fn head_into(out: &mut Vec<u8>, event: &Event, cap: usize, max_record: usize) {
+    let start = out.len();
+    serialize_head_into(out, event, Detail::Capped(cap));
+    for detail in [Detail::Digests, Detail::Omitted] {
+        if out.len() - start + PREV_HASH_TAIL <= max_record {
+            break;
+        }
+        out.truncate(start);
+        serialize_head_into(out, event, detail);
+    }
+}
+
 /// [`encode`] onto the end of `out` (the writer's pending records: no buffer of its own to
 /// allocate and copy per record); returns the record's hash.
 fn encode_into(
@@ -539,15 +606,37 @@ fn encode_into(
     max_record: usize,
 ) -> String {
     let start = out.len();
-    serialize_into(out, event, prev_hash, Detail::Capped(cap));
-    for detail in [Detail::Digests, Detail::Omitted] {
-        if out.len() - start <= max_record {
-            break;
-        }
-        out.truncate(start);
-        serialize_into(out, event, prev_hash, detail);
-    }
+    head_into(out, event, cap, max_record);
+    json::write_str(out, prev_hash);
+    out.push(b'}');
     seal_into(out, start)
+}
+
+thread_local! {
+    /// The length of the last record head this thread encoded: the next one's first capacity
+    /// (records of one model are much alike), so that it is made without growing.
+    static HEAD_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(1024) };
+}
+
+/// A record's head ([`head_into`]) in a buffer of its own, with the SHA-256 of it so far: what
+/// the request path hands the writer ([`Prepared`]).
+fn prepare(event: &Event, cap: usize, max_record: usize) -> (Vec<u8>, Sha256) {
+    let mut head = Vec::with_capacity(HEAD_BYTES.get().saturating_add(64).min(64 * 1024));
+    head_into(&mut head, event, cap, max_record);
+    HEAD_BYTES.set(head.len());
+    let sha = Sha256::new_with_prefix(&head);
+    (head, sha)
+}
+
+/// Appends a prepared record, chained after `prev_hash`, onto the end of `out`; returns its
+/// hash. The same bytes as [`encode_into`].
+fn chain_into(out: &mut Vec<u8>, head: &[u8], mut sha: Sha256, prev_hash: &str) -> String {
+    out.extend_from_slice(head);
+    let tail = out.len();
+    json::write_str(out, prev_hash);
+    out.push(b'}');
+    sha.update(&out[tail..]);
+    seal_digest(out, sha)
 }
 
 /// Appends a record's hash to it: `line` is the record serialized without its hash; returns
@@ -559,9 +648,14 @@ fn seal(mut line: Vec<u8>) -> (Vec<u8>, String) {
 
 /// [`seal`] for the record that `out[start..]` holds.
 fn seal_into(out: &mut Vec<u8>, start: usize) -> String {
+    let sha = Sha256::new_with_prefix(&out[start..]);
+    seal_digest(out, sha)
+}
+
+/// Ends the record at the end of `out` with its hash, `sha` having been fed all of it.
+fn seal_digest(out: &mut Vec<u8>, sha: Sha256) -> String {
     let mut hash = [0u8; 64];
-    hex::encode_to_slice(Sha256::digest(&out[start..]), &mut hash)
-        .expect("a SHA-256 is 64 hex digits");
+    hex::encode_to_slice(sha.finalize(), &mut hash).expect("a SHA-256 is 64 hex digits");
     out.pop(); // the closing brace
     out.extend_from_slice(b",\"hash\":\"");
     out.extend_from_slice(&hash);
@@ -630,10 +724,20 @@ fn encode_checkpoint(
     seal(serde_json::to_vec(&record).expect("checkpoints serialize"))
 }
 
-/// One record without its hash, onto the end of `out`. Written field by field rather than
-/// through serde: this runs for every request, and serde's calls per key and per element were
-/// most of the writer thread's time (the bytes are the same: see the tests).
+/// One record without its hash, onto the end of `out`.
+#[cfg(test)]
 fn serialize_into(out: &mut Vec<u8>, event: &Event, prev_hash: &str, detail: Detail) {
+    serialize_head_into(out, event, detail);
+    json::write_str(out, prev_hash);
+    out.push(b'}');
+}
+
+/// One record up to and including `,"prev_hash":` (its last field, so that all but the chain
+/// can be encoded and hashed before the writer knows the record before it), onto the end of
+/// `out`. Written field by field rather than through serde: this runs for every request, and
+/// serde's calls per key and per element were most of the writer thread's time (the bytes are
+/// the same: see the tests).
+fn serialize_head_into(out: &mut Vec<u8>, event: &Event, detail: Detail) {
     fn tensors(out: &mut Vec<u8>, list: &[Tensor], detail: Detail) {
         out.push(b'[');
         if !matches!(detail, Detail::Omitted) {
@@ -708,8 +812,6 @@ fn serialize_into(out: &mut Vec<u8>, event: &Event, prev_hash: &str, detail: Det
         json::write_int(out, event.inputs.len() + event.outputs.len());
     }
     out.extend_from_slice(b",\"prev_hash\":");
-    json::write_str(out, prev_hash);
-    out.push(b'}');
 }
 
 /// How often the writer retries while writes fail.
@@ -887,6 +989,12 @@ fn rotated_files(path: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// A record for [`Writer::append`].
+enum Record<'a> {
+    Prepared(Prepared),
+    Event(&'a Event),
+}
+
 impl Writer {
     fn open(
         settings: InferenceLogSettings,
@@ -971,7 +1079,7 @@ impl Writer {
         self.counters.failing.load(Ordering::Relaxed)
     }
 
-    fn append(&mut self, event: &Event) {
+    fn append(&mut self, record: Record<'_>) {
         // Pending records belong to the current file: they are written before it rotates, so a
         // file rotates at its size whatever the batching (and never while writes fail).
         if self.rotation_due()
@@ -980,13 +1088,16 @@ impl Writer {
         {
             tracing::error!("inference log rotation failed: {e}");
         }
-        self.prev_hash = encode_into(
-            &mut self.pending,
-            event,
-            &self.prev_hash,
-            self.settings.max_tensor_bytes,
-            self.settings.max_record_bytes,
-        );
+        self.prev_hash = match record {
+            Record::Prepared(p) => chain_into(&mut self.pending, &p.head, p.sha, &self.prev_hash),
+            Record::Event(event) => encode_into(
+                &mut self.pending,
+                event,
+                &self.prev_hash,
+                self.settings.max_tensor_bytes,
+                self.settings.max_record_bytes,
+            ),
+        };
         self.pending_records += 1;
         if let Some(c) = &mut self.checkpoints {
             c.encoded.since_checkpoint += 1;
@@ -1461,6 +1572,97 @@ mod tests {
         assert_eq!(arrivals.taken, 0);
     }
 
+    fn prepared(event: &Event, cap: usize, max_record: usize) -> Prepared {
+        let (head, sha) = prepare(event, cap, max_record);
+        Prepared {
+            head,
+            sha,
+            _held: None,
+        }
+    }
+
+    #[test]
+    fn a_record_prepared_on_the_request_path_is_the_one_the_writer_would_encode() {
+        let mut small = event("small", 1.0);
+        small.error = Some("e\"".repeat(40));
+        let mut big = event("big", 2.0);
+        big.inputs
+            .push(Tensor::from_vec("x2", vec![1000], vec![0.5f32; 1000]).unwrap());
+        let odd = prev_odd();
+        for e in [event("plain", 3.0), small, big] {
+            // The whole record, its tensors as digests, then without them: each cap is what
+            // one of them needs (the line but its `,"hash":"<64 hex>"` and newline: 75
+            // bytes), or one byte less.
+            let needs = |cap| encode(&e, GENESIS, cap, 1 << 20).0.len() - 75;
+            let (full, digests) = (needs(1 << 20), needs(0));
+            assert_eq!(encode(&e, GENESIS, 1 << 20, full).0.len() - 75, full);
+            assert!(encode(&e, GENESIS, 1 << 20, full - 1).0.len() - 75 < full);
+            for max_record in [1 << 20, full, full - 1, digests, digests - 1, 10] {
+                for cap in [0, 8, 64, 1 << 20] {
+                    for prev in [GENESIS, &"ab".repeat(32), odd.as_str()] {
+                        let (line, hash) = encode(&e, prev, cap, max_record);
+                        let mut out = b"pending".to_vec();
+                        let p = prepared(&e, cap, max_record);
+                        let chained = chain_into(&mut out, &p.head, p.sha, prev);
+                        assert_eq!(
+                            String::from_utf8(out[7..].to_vec()).unwrap(),
+                            String::from_utf8(line).unwrap()
+                        );
+                        assert_eq!(chained, hash);
+                    }
+                }
+            }
+        }
+        // A head's first capacity follows the last one's length on this thread.
+        let e = event("again", 1.0);
+        let (head, _) = prepare(&e, 64, 1 << 20);
+        assert_eq!(HEAD_BYTES.get(), head.len());
+        let (next, _) = prepare(&e, 64, 1 << 20);
+        assert_eq!(next.len(), head.len());
+        assert!(next.capacity() >= head.len());
+    }
+
+    #[tokio::test]
+    async fn small_records_are_encoded_on_the_request_path_and_large_ones_by_the_writer() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let log = InferenceLog {
+            tx,
+            max_tensor_bytes: 64,
+            max_record_bytes: 1 << 20,
+            on_full: OnFull::Block,
+            on_error: OnError::Serve,
+            counters: Arc::default(),
+        };
+        // event(): 108 bytes of tensors; PREPARE_MAX_TENSOR_BYTES of them still qualify.
+        let small = event("small", 1.0);
+        let mut edge = event("edge", 1.0);
+        let fill = (PREPARE_MAX_TENSOR_BYTES - 108) / 4;
+        edge.inputs
+            .push(Tensor::from_vec("fill", vec![fill], vec![0f32; fill]).unwrap());
+        let mut large = edge.clone();
+        large
+            .inputs
+            .push(Tensor::from_vec("one", vec![1], vec![0u8]).unwrap());
+        for e in [&small, &edge] {
+            log.record(e.clone()).await;
+            match rx.try_recv() {
+                Ok(Message::Prepared(p)) => {
+                    let mut out = Vec::new();
+                    chain_into(&mut out, &p.head, p.sha, GENESIS);
+                    assert_eq!(out, encode(e, GENESIS, 64, 1 << 20).0);
+                }
+                _ => panic!("{} was not prepared", e.request_id),
+            }
+        }
+        log.record(large).await;
+        assert!(matches!(rx.try_recv(), Ok(Message::Record(e)) if e.request_id == "edge"));
+    }
+
+    /// A `prev_hash` that needs escaping (a tampered file's last hash is read as it is).
+    fn prev_odd() -> String {
+        "\"quoted\\".to_string()
+    }
+
     #[test]
     fn records_chain_and_verify() {
         let mut prev = GENESIS.to_string();
@@ -1867,7 +2069,13 @@ mod tests {
         };
         let mut writer = open();
         for i in 0..7 {
-            writer.append(&event(&format!("w{i}"), i as f32));
+            // Records encoded by the writer and on the request path, in one chain.
+            let e = event(&format!("w{i}"), i as f32);
+            if i % 2 == 0 {
+                writer.append(Record::Event(&e));
+            } else {
+                writer.append(Record::Prepared(prepared(&e, 64, 1 << 20)));
+            }
         }
         writer.finish();
         drop(writer);
@@ -1921,8 +2129,8 @@ mod tests {
             None,
         )
         .unwrap();
-        unsigned.append(&event("u0", 0.0));
-        unsigned.append(&event("u1", 0.0));
+        unsigned.append(Record::Event(&event("u0", 0.0)));
+        unsigned.append(Record::Event(&event("u1", 0.0)));
         unsigned.finish();
         drop(unsigned);
         assert_eq!(
@@ -1932,7 +2140,7 @@ mod tests {
             2
         );
         let mut writer = open();
-        writer.append(&event("w7", 0.0));
+        writer.append(Record::Event(&event("w7", 0.0)));
         writer.finish();
         let ok = verify(files, std::slice::from_ref(&public)).unwrap();
         // u0, u1, a recovered checkpoint for them, w7, a shutdown checkpoint for it.
@@ -1952,10 +2160,10 @@ mod tests {
         assert_eq!((last.reason, last.records), (Reason::Shutdown, 1));
         // Rotated away: the count goes on across files.
         let mut writer = open();
-        writer.append(&event("w8", 0.0));
+        writer.append(Record::Event(&event("w8", 0.0)));
         writer.write_out();
         writer.rotate().unwrap();
-        writer.append(&event("w9", 0.0));
+        writer.append(Record::Event(&event("w9", 0.0)));
         writer.finish();
         let mut all = rotated_files(&path);
         all.push(path.clone());
@@ -2005,7 +2213,7 @@ mod tests {
         // shutdown checkpoint.
         let mut writer = open();
         for i in 0..5 {
-            writer.append(&event(&format!("a{i}"), i as f32));
+            writer.append(Record::Event(&event(&format!("a{i}"), i as f32)));
         }
         writer.write_out();
         drop(writer);
@@ -2021,7 +2229,7 @@ mod tests {
         let after_open = std::fs::read_to_string(&path).unwrap();
         assert!(after_open.starts_with(&forged));
         assert_eq!(after_open.lines().count(), 7);
-        writer.append(&event("b0", 0.0));
+        writer.append(Record::Event(&event("b0", 0.0)));
         writer.finish();
         drop(writer);
         assert_eq!(
@@ -2053,7 +2261,7 @@ mod tests {
         // unverified.
         let mut writer = open();
         for i in 1..4 {
-            writer.append(&event(&format!("b{i}"), 0.0));
+            writer.append(Record::Event(&event(&format!("b{i}"), 0.0)));
         }
         writer.write_out();
         drop(writer);
@@ -2085,7 +2293,7 @@ mod tests {
             None,
         )
         .unwrap();
-        unsigned.append(&event("u0", 0.0));
+        unsigned.append(Record::Event(&event("u0", 0.0)));
         unsigned.write_out();
         drop(unsigned);
         assert_eq!(reasons().len(), 16);
@@ -2099,7 +2307,7 @@ mod tests {
         assert_eq!(settings.sync_interval_ms, 100);
         let mut writer = Writer::open(settings.clone(), Arc::default(), None).unwrap();
         writer.last_sync = Instant::now();
-        writer.append(&event("a", 0.0));
+        writer.append(Record::Event(&event("a", 0.0)));
         writer.drained();
         // In the file (a crash of the process loses nothing), not yet synced to the disk.
         assert_eq!(
@@ -2123,7 +2331,7 @@ mod tests {
             None,
         )
         .unwrap();
-        eager.append(&event("b", 0.0));
+        eager.append(Record::Event(&event("b", 0.0)));
         eager.drained();
         assert!(eager.synced);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -2140,7 +2348,7 @@ mod tests {
         let written = || std::fs::read_to_string(&settings.path).unwrap_or_default();
         writer.tick();
         assert!(written().is_empty(), "nothing written, no checkpoint");
-        writer.append(&event("a", 0.0));
+        writer.append(Record::Event(&event("a", 0.0)));
         writer.tick();
         assert_eq!(written().lines().count(), 1);
         assert!(writer.pending.is_empty());
