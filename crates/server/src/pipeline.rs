@@ -220,7 +220,7 @@ pub(crate) async fn handle(
     if let Some(log) = &state.log {
         log.record(Event {
             timestamp: arrived.unwrap_or_else(SystemTime::now),
-            request_id: id.clone(),
+            request_id: id.as_str().into(),
             // The served model's own record; named as asked when the name differs.
             model: match &model {
                 Some(m) if m.record.name == call.model => m.record.clone(),
@@ -245,7 +245,7 @@ pub(crate) async fn handle(
             inputs,
             outputs: result
                 .as_ref()
-                .map(|r| r.outputs.clone())
+                .map(|r| r.outputs.as_slice().into())
                 .unwrap_or_default(),
         })
         .await;

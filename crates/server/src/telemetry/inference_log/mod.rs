@@ -33,6 +33,7 @@
 //!   it signed; `verify` reports them as not vouched for.
 //! - Files are created with mode 0600 and directories with mode 0700 (Unix).
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -63,13 +64,15 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The `prev_hash` of the first record of a new chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// What the request path knows about one finished request.
+/// What the request path knows about one finished request. It borrows what the request still
+/// holds (its id, the response's outputs) for a record encoded before the response is sent,
+/// and is made owned ([`Event::into_owned`]) only for the writer to encode.
 #[derive(Debug, Clone)]
-pub(crate) struct Event {
+pub(crate) struct Event<'a> {
     /// When the request arrived.
     pub(crate) timestamp: SystemTime,
     /// The request id (the client's or a generated one).
-    pub(crate) request_id: String,
+    pub(crate) request_id: Cow<'a, str>,
     /// The model asked for and what answered.
     pub(crate) model: Arc<ModelRecord>,
     /// `http` or `grpc`.
@@ -87,10 +90,30 @@ pub(crate) struct Event {
     /// The decoded inputs (empty when decoding failed).
     pub(crate) inputs: Vec<Tensor>,
     /// The outputs returned (empty on failure).
-    pub(crate) outputs: Vec<Tensor>,
+    pub(crate) outputs: Cow<'a, [Tensor]>,
     /// The request's bytes against the in-flight budget: the tensors above stay counted until
     /// the record is written and the event dropped.
     pub(crate) _held: Option<crate::budget::Reservation>,
+}
+
+impl Event<'_> {
+    /// The event with everything it borrows copied (tensor data is reference-counted).
+    fn into_owned(self) -> Event<'static> {
+        Event {
+            request_id: Cow::Owned(self.request_id.into_owned()),
+            outputs: Cow::Owned(self.outputs.into_owned()),
+            timestamp: self.timestamp,
+            model: self.model,
+            protocol: self.protocol,
+            client: self.client,
+            identity: self.identity,
+            user: self.user,
+            error: self.error,
+            latency_us: self.latency_us,
+            inputs: self.inputs,
+            _held: self._held,
+        }
+    }
 }
 
 // Nearly every message is a record, carried in the channel's slot: boxing it would cost an
@@ -100,7 +123,7 @@ enum Message {
     Prepared(Prepared),
     /// A record with more tensor data than [`PREPARE_MAX_TENSOR_BYTES`], for the writer to
     /// encode (their JSON or digests would hold an I/O thread too long).
-    Record(Event),
+    Record(Event<'static>),
     /// Time for a checkpoint, if one is due (sent every second or so when signing).
     Tick,
     Shutdown(oneshot::Sender<()>),
@@ -286,11 +309,11 @@ impl InferenceLog {
 
     /// Queues a record, following the `on_full` policy. A small one is encoded here, and its
     /// tensors dropped here ([`Prepared`]).
-    pub(crate) async fn record(&self, mut event: Event) {
+    pub(crate) async fn record(&self, mut event: Event<'_>) {
         let tensor_bytes = event
             .inputs
             .iter()
-            .chain(&event.outputs)
+            .chain(event.outputs.iter())
             .map(raw::raw_len)
             .fold(0usize, usize::saturating_add);
         let message = if tensor_bytes <= PREPARE_MAX_TENSOR_BYTES {
@@ -301,7 +324,7 @@ impl InferenceLog {
                 _held: event._held.take(),
             })
         } else {
-            Message::Record(event)
+            Message::Record(event.into_owned())
         };
         let lost = match self.on_full {
             OnFull::Block => self.tx.send(message).await.is_err(),
@@ -992,7 +1015,7 @@ fn rotated_files(path: &Path) -> Vec<PathBuf> {
 /// A record for [`Writer::append`].
 enum Record<'a> {
     Prepared(Prepared),
-    Event(&'a Event),
+    Event(&'a Event<'a>),
 }
 
 impl Writer {
@@ -1311,10 +1334,10 @@ impl Writer {
 mod tests {
     use super::*;
 
-    fn event(id: &str, value: f32) -> Event {
+    fn event(id: &str, value: f32) -> Event<'static> {
         Event {
             timestamp: SystemTime::now(),
-            request_id: id.into(),
+            request_id: id.to_string().into(),
             model: Arc::new(ModelRecord {
                 name: "m".into(),
                 version: "1".into(),
@@ -1329,7 +1352,7 @@ mod tests {
             error: None,
             latency_us: 12,
             inputs: vec![Tensor::from_vec("x", vec![2], vec![value, 2.0]).unwrap()],
-            outputs: vec![Tensor::from_vec("big", vec![100], vec![1u8; 100]).unwrap()],
+            outputs: vec![Tensor::from_vec("big", vec![100], vec![1u8; 100]).unwrap()].into(),
         }
     }
 
@@ -1656,6 +1679,38 @@ mod tests {
         }
         log.record(large).await;
         assert!(matches!(rx.try_recv(), Ok(Message::Record(e)) if e.request_id == "edge"));
+        // What pipeline::handle passes: the id and the outputs borrowed from the response.
+        let id = String::from("borrowed");
+        let outputs = edge.inputs.clone();
+        let borrowed = Event {
+            request_id: Cow::Borrowed(&id),
+            outputs: Cow::Borrowed(&outputs),
+            ..event("", 1.0)
+        };
+        let expected = encode(&borrowed, GENESIS, 64, 1 << 20).0;
+        log.record(borrowed.clone()).await;
+        match rx.try_recv() {
+            Ok(Message::Prepared(p)) => {
+                let mut out = Vec::new();
+                chain_into(&mut out, &p.head, p.sha, GENESIS);
+                assert_eq!(out, expected);
+            }
+            _ => panic!("the borrowed event was not prepared"),
+        }
+        let mut owned_outputs = outputs.clone();
+        owned_outputs.push(Tensor::from_vec("more", vec![100], vec![0u8; 100]).unwrap());
+        log.record(Event {
+            outputs: Cow::Borrowed(&owned_outputs),
+            ..borrowed
+        })
+        .await;
+        match rx.try_recv() {
+            Ok(Message::Record(e)) => {
+                assert!(matches!(e.request_id, Cow::Owned(ref id) if id == "borrowed"));
+                assert!(matches!(e.outputs, Cow::Owned(ref o) if *o == owned_outputs));
+            }
+            _ => panic!("the large borrowed event was not queued for the writer"),
+        }
     }
 
     /// A `prev_hash` that needs escaping (a tampered file's last hash is read as it is).
