@@ -630,9 +630,8 @@ fn encode_into(
 ) -> String {
     let start = out.len();
     head_into(out, event, cap, max_record);
-    json::write_str(out, prev_hash);
-    out.push(b'}');
-    seal_into(out, start)
+    let sha = Sha256::new_with_prefix(&out[start..]);
+    chain_tail(out, sha, prev_hash)
 }
 
 thread_local! {
@@ -653,8 +652,15 @@ fn prepare(event: &Event, cap: usize, max_record: usize) -> (Vec<u8>, Sha256) {
 
 /// Appends a prepared record, chained after `prev_hash`, onto the end of `out`; returns its
 /// hash. The same bytes as [`encode_into`].
-fn chain_into(out: &mut Vec<u8>, head: &[u8], mut sha: Sha256, prev_hash: &str) -> String {
+fn chain_into(out: &mut Vec<u8>, head: &[u8], sha: Sha256, prev_hash: &str) -> String {
     out.extend_from_slice(head);
+    chain_tail(out, sha, prev_hash)
+}
+
+/// Ends the record whose head ([`head_into`]) is at the end of `out`, `sha` having been fed
+/// that head: its `prev_hash`, the closing brace, then its hash ([`seal_digest`]). Both ways
+/// of encoding a record ([`encode_into`], [`chain_into`]) end here.
+fn chain_tail(out: &mut Vec<u8>, mut sha: Sha256, prev_hash: &str) -> String {
     let tail = out.len();
     json::write_str(out, prev_hash);
     out.push(b'}');
