@@ -6,6 +6,15 @@
 //! async side awaits the reply on a oneshot channel, so an async thread does not block on a
 //! model (the one exception, bounded: inline execution, below).
 //!
+//! - **Workers start with the first queued job** (a model's first request is always queued:
+//!   inline execution needs a recent execution time), not when the model loads: a model not
+//!   called yet has no thread. A thread per model at load was 1,000 threads for 1,000 small
+//!   models (each with its stack, allocator state and kernel task, and counted against a
+//!   container's `pids.max`): 79 MiB of RSS and 207 ms to load them all, against 56 MiB and
+//!   100 ms now. A worker that cannot be started leaves its instance for the next queued job to
+//!   try again; when no worker runs at all, the queued jobs are answered with
+//!   [`Error::Unavailable`] instead of waiting for one.
+//!
 //! - **Backpressure**: the queue holds at most `max_queue_size` jobs; [`Scheduler::submit`]
 //!   refuses more at once with [`Error::Overloaded`] (HTTP 503, gRPC `UNAVAILABLE`).
 //! - **Deadlines**: a job carries the request's deadline (its `timeout` parameter, else the
@@ -71,6 +80,11 @@ struct Queue {
     /// Workers waiting for a job (in [`Shared::next_candidates`]): a job queued while none
     /// waits wakes nobody, since the workers look at the queue before they wait again.
     idle: usize,
+    /// The instances whose worker has not started yet, with their index (module doc): all of
+    /// them until a job is first queued.
+    unstarted: Vec<(usize, Arc<dyn Model>)>,
+    /// Workers started.
+    workers: usize,
 }
 
 struct Shared {
@@ -207,8 +221,9 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// Starts one worker thread per instance. With dynamic batching on in `config`, the
-    /// caller has checked that the model's signature allows it.
+    /// A scheduler for `instances`, one worker thread each, started when a job is first queued
+    /// (module doc). With dynamic batching on in `config`, the caller has checked that the
+    /// model's signature allows it.
     pub(crate) fn start(
         label: &str,
         instances: Vec<Arc<dyn Model>>,
@@ -227,6 +242,8 @@ impl Scheduler {
                 jobs: VecDeque::with_capacity(config.max_queue_size.min(1024)),
                 closed: false,
                 idle: 0,
+                unstarted: instances.into_iter().enumerate().collect(),
+                workers: 0,
             }),
             ready: Condvar::new(),
             config,
@@ -237,29 +254,6 @@ impl Scheduler {
             recent_ns: AtomicU64::new(u64::MAX),
             waiting: AtomicUsize::new(0),
         });
-        for (i, model) in instances.into_iter().enumerate() {
-            let for_worker = shared.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("oxinfer-{label}-{i}"))
-                .spawn(move || {
-                    // The first worker takes turns with inline runs on its instance.
-                    let busy = if i == 0 {
-                        for_worker.inline.as_ref().map(|inline| &inline.busy)
-                    } else {
-                        None
-                    };
-                    worker(&for_worker, model.as_ref(), busy)
-                });
-            if let Err(e) = spawned {
-                // Let the workers already started exit (and free their instances).
-                let mut queue = lock(&shared.queue);
-                queue.closed = true;
-                shared.publish(&queue);
-                drop(queue);
-                shared.ready.notify_all();
-                return Err(Error::Load(format!("cannot start a worker thread: {e}")));
-            }
-        }
         Ok(Scheduler { shared })
     }
 
@@ -347,7 +341,14 @@ impl Scheduler {
             queue.jobs.push_back(job);
             shared.publish(&queue);
             shared.telemetry.queue_depth(queue.jobs.len());
-            queue.idle > 0
+            let unstarted = std::mem::take(&mut queue.unstarted);
+            let wake = queue.idle > 0;
+            drop(queue);
+            if !unstarted.is_empty() {
+                // A new worker looks at the queue before it waits: no wake-up needed for it.
+                start_workers(shared, unstarted);
+            }
+            wake
         };
         if config.batching() {
             // A worker gathering a batch and an idle one may both want this job.
@@ -576,6 +577,63 @@ impl Shared {
     }
 }
 
+/// Starts a worker thread for each of `unstarted` (taken out of the queue's). One that fails
+/// to start goes back with those after it, for the next queued job to try again; if then no
+/// worker runs, the queued jobs are answered with the error, since none would take them.
+fn start_workers(shared: &Arc<Shared>, unstarted: Vec<(usize, Arc<dyn Model>)>) {
+    start_workers_with(shared, unstarted, |name, body| {
+        std::thread::Builder::new().name(name).spawn(body).map(drop)
+    });
+}
+
+/// A worker's body, for [`start_workers_with`]'s `spawn`.
+type WorkerBody = Box<dyn FnOnce() + Send>;
+
+/// [`start_workers`], each thread started by `spawn(name, body)`.
+fn start_workers_with(
+    shared: &Arc<Shared>,
+    unstarted: Vec<(usize, Arc<dyn Model>)>,
+    spawn: impl Fn(String, WorkerBody) -> std::io::Result<()>,
+) {
+    let mut instances = unstarted.into_iter();
+    while let Some((i, model)) = instances.next() {
+        let for_worker = shared.clone();
+        let instance = model.clone();
+        let spawned = spawn(
+            format!("oxinfer-{}-{i}", shared.label),
+            Box::new(move || {
+                // The first worker takes turns with inline runs on its instance.
+                let busy = if i == 0 {
+                    for_worker.inline.as_ref().map(|inline| &inline.busy)
+                } else {
+                    None
+                };
+                worker(&for_worker, instance.as_ref(), busy)
+            }),
+        );
+        let mut queue = lock(&shared.queue);
+        match spawned {
+            Ok(()) => queue.workers += 1,
+            Err(e) => {
+                tracing::error!(model = %shared.label, "cannot start a worker thread: {e}");
+                queue.unstarted.push((i, model));
+                queue.unstarted.extend(instances);
+                if queue.workers == 0 {
+                    let error = Error::Unavailable(format!(
+                        "cannot start a worker thread for the model: {e}"
+                    ));
+                    for job in std::mem::take(&mut queue.jobs) {
+                        let _ = job.reply.send(Err(error.clone()));
+                    }
+                    shared.publish(&queue);
+                    shared.telemetry.queue_depth(0);
+                }
+                return;
+            }
+        }
+    }
+}
+
 /// A worker thread's loop; `busy` is the lock the first worker shares with inline runs.
 fn worker(shared: &Shared, model: &dyn Model, busy: Option<&Mutex<()>>) {
     while let Some(batch) = shared.next_batch() {
@@ -763,6 +821,108 @@ mod tests {
         !threads[0].starts_with("oxinfer-where-")
     }
 
+    /// The worker threads named for `label` that are running now (Linux: /proc).
+    fn workers_named(label: &str) -> usize {
+        let prefix = format!("oxinfer-{label}-");
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with(&prefix))
+            .count()
+    }
+
+    #[test]
+    fn workers_start_with_the_first_queued_job() {
+        let model = Arc::new(Where {
+            signature: ModelSignature {
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            },
+            threads: Mutex::default(),
+        });
+        let scheduler = Scheduler::start(
+            "lazy",
+            vec![model.clone(), model.clone()],
+            Scheduling::default(),
+            Arc::new(ModelTelemetry::new("lazy", "1")),
+        )
+        .unwrap();
+        assert_eq!(workers_named("lazy"), 0, "none at start");
+        assert_eq!(lock(&scheduler.shared.queue).unstarted.len(), 2);
+        // An inline run needs no worker (recent executions were fast).
+        scheduler.shared.recent_ns.store(1_000, Ordering::Relaxed);
+        wait(scheduler.submit(Vec::new(), None, Inline::Lone).unwrap());
+        assert_eq!(workers_named("lazy"), 0, "none after an inline run");
+        // The first queued job starts both.
+        wait(scheduler.submit(Vec::new(), None, Inline::No).unwrap());
+        let queue = lock(&scheduler.shared.queue);
+        assert!(queue.unstarted.is_empty());
+        assert_eq!(queue.workers, 2);
+        drop(queue);
+        assert_eq!(workers_named("lazy"), 2);
+        let threads = model.threads.lock().unwrap().clone();
+        assert_eq!(threads.len(), 2, "{threads:?}");
+        assert!(threads[1].starts_with("oxinfer-lazy-"), "{threads:?}");
+        // Closed, they exit.
+        drop(scheduler);
+        let until = Instant::now() + Duration::from_secs(10);
+        while workers_named("lazy") > 0 {
+            assert!(Instant::now() < until, "the workers did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_worker_that_cannot_start_fails_the_queued_jobs_and_is_tried_again() {
+        let (model, scheduler) = started("nospawn", Duration::from_secs(1));
+        let shared = &scheduler.shared;
+        // Jobs queued as submit queues them, then a start that fails.
+        let tickets: Vec<Ticket> = (0..3)
+            .map(|_| {
+                let (reply, receiver) = oneshot::channel();
+                let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let mut queue = lock(&shared.queue);
+                queue.jobs.push_back(Job {
+                    id,
+                    inputs: Vec::new(),
+                    rows: 1,
+                    key: None,
+                    enqueued: Instant::now(),
+                    deadline: None,
+                    reply,
+                });
+                shared.publish(&queue);
+                Ticket {
+                    receiver,
+                    deadline: None,
+                    id,
+                    shared: shared.clone(),
+                }
+            })
+            .collect();
+        let unstarted = std::mem::take(&mut lock(&shared.queue).unstarted);
+        start_workers_with(shared, unstarted, |_, _| {
+            Err(std::io::Error::other("no threads left"))
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        for ticket in tickets {
+            let e = runtime.block_on(ticket.outcome()).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+            assert!(e.to_string().contains("no threads left"), "{e}");
+        }
+        assert_eq!(shared.waiting.load(Ordering::Acquire), 0);
+        {
+            let queue = lock(&shared.queue);
+            assert_eq!((queue.unstarted.len(), queue.workers), (1, 0));
+        }
+        // The next queued job starts it.
+        wait(scheduler.submit(Vec::new(), None, Inline::No).unwrap());
+        assert_eq!(*model.threads.lock().unwrap(), ["oxinfer-nospawn-0"]);
+    }
+
     #[test]
     fn a_request_that_finds_the_instance_busy_goes_to_its_worker() {
         let (model, scheduler) = started("busy", Duration::from_micros(1));
@@ -781,8 +941,11 @@ mod tests {
     fn a_request_does_not_run_inline_ahead_of_queued_ones() {
         let (model, scheduler) = started("behind", Duration::from_micros(1));
         let shared = &scheduler.shared;
-        // Once the worker waits for work, a job is queued without waking it (as by another
-        // thread just before): the instance is free, and the next request goes behind it.
+        // The worker started (as by an earlier queued job). Once it waits for work, a job is
+        // queued without waking it (as by another thread just before): the instance is free,
+        // and the next request goes behind it.
+        let unstarted = std::mem::take(&mut lock(&shared.queue).unstarted);
+        start_workers(shared, unstarted);
         while lock(&shared.queue).idle == 0 {
             std::thread::yield_now();
         }
