@@ -580,6 +580,9 @@ impl Shared {
 /// Starts a worker thread for each of `unstarted` (taken out of the queue's). One that fails
 /// to start goes back with those after it, for the next queued job to try again; if then no
 /// worker runs, the queued jobs are answered with the error, since none would take them.
+// Once per model: kept out of `submit`'s code, which runs for every request.
+#[cold]
+#[inline(never)]
 fn start_workers(shared: &Arc<Shared>, unstarted: Vec<(usize, Arc<dyn Model>)>) {
     start_workers_with(shared, unstarted, |name, body| {
         std::thread::Builder::new().name(name).spawn(body).map(drop)
