@@ -1,8 +1,10 @@
 //! The models being served: which runtimes are compiled in ([`registry`]), how a manifest
 //! entry is loaded ([`served`]; models named by URI are fetched by `oxinfer-sources` first),
 //! the repository of loaded versions with its load/unload semantics ([`repository`]), and the
-//! Triton model configuration they report ([`model_config`]).
+//! Triton model configuration they report ([`model_config`]); after loads and unloads, the C
+//! heap's free memory goes back to the system ([`heap`]).
 
+pub(crate) mod heap;
 pub(crate) mod model_config;
 pub(crate) mod registry;
 pub(crate) mod repository;
