@@ -11,9 +11,10 @@
 //!   called yet has no thread. A thread per model at load was 1,000 threads for 1,000 small
 //!   models (each with its stack, allocator state and kernel task, and counted against a
 //!   container's `pids.max`): 79 MiB of RSS and 207 ms to load them all, against 56 MiB and
-//!   100 ms now. A worker that cannot be started leaves its instance for the next queued job to
-//!   try again; when no worker runs at all, the queued jobs are answered with
-//!   [`Error::Unavailable`] instead of waiting for one.
+//!   100 ms now. The async thread that queues the first job starts them (tens of microseconds
+//!   per thread, counted in that job's queue time). A worker that cannot be started leaves its
+//!   instance for the next queued job to try again; when no worker runs at all, the queued jobs
+//!   are answered with [`Error::Unavailable`] instead of waiting for one.
 //!
 //! - **Backpressure**: the queue holds at most `max_queue_size` jobs; [`Scheduler::submit`]
 //!   refuses more at once with [`Error::Overloaded`] (HTTP 503, gRPC `UNAVAILABLE`).
@@ -50,7 +51,7 @@
 //!   (zero-copy for fixed-size data).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,8 @@ struct Shared {
     /// of a busy server took turns on one lock for every request (about 4% of a tiny model's
     /// server CPU time over gRPC at 16 connections).
     waiting: AtomicUsize,
+    /// A worker thread failed to start (logged at error level once).
+    spawn_failed: AtomicBool,
 }
 
 /// The first instance, shared by its worker and inline runs.
@@ -253,6 +256,7 @@ impl Scheduler {
             inline,
             recent_ns: AtomicU64::new(u64::MAX),
             waiting: AtomicUsize::new(0),
+            spawn_failed: AtomicBool::new(false),
         });
         Ok(Scheduler { shared })
     }
@@ -611,25 +615,44 @@ fn start_workers_with(
                 } else {
                     None
                 };
-                worker(&for_worker, instance.as_ref(), busy)
+                worker(&for_worker, instance.as_ref(), busy);
+                // The scheduler is closed (the model unloaded, or the server stopping). The
+                // last worker out frees what the model still held (its instances, through
+                // `Shared`), then gives the C heap's free pages back: the repository's own
+                // call after an unload comes before the workers have finished.
+                drop(instance);
+                if let Some(last) = Arc::into_inner(for_worker) {
+                    drop(last);
+                    crate::models::heap::release_free_memory();
+                }
             }),
         );
         let mut queue = lock(&shared.queue);
         match spawned {
             Ok(()) => queue.workers += 1,
             Err(e) => {
-                tracing::error!(model = %shared.label, "cannot start a worker thread: {e}");
                 queue.unstarted.push((i, model));
                 queue.unstarted.extend(instances);
-                if queue.workers == 0 {
-                    let error = Error::Unavailable(format!(
-                        "cannot start a worker thread for the model: {e}"
-                    ));
-                    for job in std::mem::take(&mut queue.jobs) {
-                        let _ = job.reply.send(Err(error.clone()));
-                    }
+                let failed = if queue.workers == 0 {
+                    let jobs = std::mem::take(&mut queue.jobs);
                     shared.publish(&queue);
                     shared.telemetry.queue_depth(0);
+                    jobs
+                } else {
+                    VecDeque::new()
+                };
+                drop(queue);
+                let error =
+                    Error::Unavailable(format!("cannot start a worker thread for the model: {e}"));
+                for job in failed {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+                // Once per scheduler at error level: every queued job tries again, and a
+                // process at its thread limit would otherwise log once per request.
+                if !shared.spawn_failed.swap(true, Ordering::Relaxed) {
+                    tracing::error!(model = %shared.label, "cannot start a worker thread: {e}");
+                } else {
+                    tracing::debug!(model = %shared.label, "cannot start a worker thread: {e}");
                 }
                 return;
             }
@@ -862,6 +885,12 @@ mod tests {
         assert!(queue.unstarted.is_empty());
         assert_eq!(queue.workers, 2);
         drop(queue);
+        // A thread takes its name once it runs: wait for both.
+        let until = Instant::now() + Duration::from_secs(10);
+        while workers_named("lazy") < 2 {
+            assert!(Instant::now() < until, "the workers did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(workers_named("lazy"), 2);
         let threads = model.threads.lock().unwrap().clone();
         assert_eq!(threads.len(), 2, "{threads:?}");

@@ -10,8 +10,10 @@
 //! instead of waiting for reuse).
 
 /// Returns the C heap's free pages to the system (glibc on Linux; elsewhere nothing). Called
-/// once after a manifest's models are loaded, and after models are unloaded or reloaded: a few
-/// milliseconds at most, never on the request path.
+/// once after a manifest's models are loaded, after models are unloaded or reloaded, and by the
+/// last worker thread of a closed scheduler once it let go of the model's instances; never on
+/// the request path. It holds each malloc arena's lock while it walks that arena (a few
+/// milliseconds at most), so allocations by other models' C code may wait that long.
 pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -30,9 +32,10 @@ mod tests {
 
     /// This process's resident set, in bytes.
     fn rss() -> usize {
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-        pages * 4096
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
     }
 
     #[test]
@@ -51,10 +54,11 @@ mod tests {
                 p
             })
             .collect();
+        // Measured before the frees: another test's trim may run while they happen.
+        let held = rss();
         for &p in &blocks[..BLOCKS - 1] {
             unsafe { libc::free(p.cast()) };
         }
-        let held = rss();
         release_free_memory();
         let after = rss();
         unsafe { libc::free(blocks[BLOCKS - 1].cast()) };
