@@ -17,7 +17,8 @@
 //! - `listen`: accepting connections on both ports: TLS, connection timeouts,
 //!   `max_connections` and `max_concurrent_requests`;
 //! - `budget`: the process-wide budget of bytes held by requests in flight, which every
-//!   inference request reserves against from its first byte to its log record.
+//!   inference request reserves against from its first byte to its log record;
+//! - `heap`: giving the C heap's free pages back after models load or unload.
 //!
 //! The binary (`crates/oxinfer`) builds a [`ModelRepository`] from a manifest with a
 //! [`RuntimeRegistry`] of the runtimes compiled in, wraps it in an [`AppState`], and runs
@@ -27,6 +28,7 @@ mod admin;
 mod api;
 mod auth;
 mod budget;
+mod heap;
 mod listen;
 mod models;
 mod pipeline;

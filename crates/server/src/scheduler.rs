@@ -623,7 +623,7 @@ fn start_workers_with(
                 drop(instance);
                 if let Some(last) = Arc::into_inner(for_worker) {
                     drop(last);
-                    crate::models::heap::release_free_memory();
+                    crate::heap::release_free_memory();
                 }
             }),
         );

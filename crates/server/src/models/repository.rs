@@ -182,7 +182,7 @@ impl ModelRepository {
                 .or_default()
                 .insert(entry.version_number(), Slot::Ready(Arc::new(served)));
         }
-        super::heap::release_free_memory();
+        crate::heap::release_free_memory();
         Ok(ModelRepository {
             registry,
             manifest: RwLock::new(Arc::new(manifest)),
@@ -373,7 +373,7 @@ impl ModelRepository {
             replaced
         };
         drop(replaced);
-        super::heap::release_free_memory();
+        crate::heap::release_free_memory();
         self.reloads[usize::from(!report.complete())].fetch_add(1, Ordering::Relaxed);
         report
     }
@@ -558,7 +558,7 @@ impl ModelRepository {
         };
         // Freed (if no request still holds them) after the lock is released.
         drop(replaced);
-        super::heap::release_free_memory();
+        crate::heap::release_free_memory();
         tracing::info!(model = name, "model unloaded");
         Ok(())
     }
@@ -602,7 +602,7 @@ impl ModelRepository {
             };
             drop(replaced);
         }
-        super::heap::release_free_memory();
+        crate::heap::release_free_memory();
         match first_error {
             Some(e) => Err(e),
             None => {

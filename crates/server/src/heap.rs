@@ -6,8 +6,8 @@
 //! freed: all-MiniLM-L6-v2 left the server at 135-170 MiB of RSS from one start to the next,
 //! depending on where the last allocations fell. `malloc_trim(0)` returns every free page of
 //! every arena (`madvise`), whatever its place in the heap: 168 -> 135 MiB for that model, and
-//! after unloading it the server is at 48 MiB instead of 91 (its session's memory goes back
-//! instead of waiting for reuse).
+//! after serving requests and unloading it the server is at 50 MiB instead of 122 (its
+//! session's memory goes back instead of waiting for reuse).
 
 /// Returns the C heap's free pages to the system (glibc on Linux; elsewhere nothing). Called
 /// once after a manifest's models are loaded, after models are unloaded or reloaded, and by the
