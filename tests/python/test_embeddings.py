@@ -19,7 +19,7 @@ import openai
 import pytest
 import tokenizers
 
-from conftest import Server
+from conftest import Server, wait_for
 
 # sbert.net's quickstart for all-MiniLM-L6-v2 publishes these similarities.
 PUBLISHED = (
@@ -312,8 +312,14 @@ def test_requests_from_every_api_batch_together_and_are_recorded(srv, client):
     raw = urllib.request.urlopen(srv.url + "/metrics", timeout=30).read().decode()
     for api in ("openai", "tei", "http"):
         assert f'oxinfer_requests_total{{model="minilm",outcome="success",protocol="{api}",version="1"}}' in raw, api
-    records = [json.loads(line) for line in open(srv.log_path)]
-    openai_records = [r for r in records if r["protocol"] == "openai" and r.get("user", "").startswith("user-")]
+    # The writer appends records shortly after their responses (it lets records gather for up
+    # to a few ms before it writes): wait for them rather than read the file at once.
+    def written():
+        records = [json.loads(line) for line in open(srv.log_path)]
+        openai_records = [r for r in records if r["protocol"] == "openai" and r.get("user", "").startswith("user-")]
+        return (records, openai_records) if len(openai_records) >= 4 else None
+
+    records, openai_records = wait_for(written, what="the 4 OpenAI records in the log")
     assert len(openai_records) == 4
     assert any(r["protocol"] == "tei" and r["status"] == "ok" for r in records)
 
