@@ -809,6 +809,11 @@ mod tests {
     /// A scheduler labelled `label` with one [`Where`] instance, whose recent executions took
     /// `recent`.
     fn started(label: &str, recent: Duration) -> (Arc<Where>, Scheduler) {
+        started_with(label, recent, 1)
+    }
+
+    /// [`started`] with `instances` instances (of one shared [`Where`]).
+    fn started_with(label: &str, recent: Duration, instances: usize) -> (Arc<Where>, Scheduler) {
         let model = Arc::new(Where {
             signature: ModelSignature {
                 inputs: Vec::new(),
@@ -818,7 +823,7 @@ mod tests {
         });
         let scheduler = Scheduler::start(
             label,
-            vec![model.clone()],
+            vec![model.clone() as Arc<dyn Model>; instances],
             Scheduling::default(),
             Arc::new(ModelTelemetry::new(label, "1")),
         )
@@ -828,13 +833,37 @@ mod tests {
         (model, scheduler)
     }
 
-    /// Waits for a ticket's outcome, from a thread outside any runtime.
-    fn wait(ticket: Ticket) {
+    /// A ticket's outcome, awaited from a thread outside any runtime.
+    fn outcome(ticket: Ticket) -> Result<Vec<Tensor>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
-        runtime.block_on(ticket.outcome()).unwrap();
+        runtime.block_on(ticket.outcome())
+    }
+
+    /// Waits for a ticket's outcome, which must be a success.
+    fn wait(ticket: Ticket) {
+        outcome(ticket).unwrap();
+    }
+
+    /// Queues a job with `id` straight into `shared`'s queue, waking nobody and starting no
+    /// worker (as another thread's submit would have just before); its reply comes on the
+    /// receiver.
+    fn queue_directly(shared: &Shared, id: u64) -> oneshot::Receiver<Result<Vec<Tensor>>> {
+        let (reply, receiver) = oneshot::channel();
+        let mut queue = lock(&shared.queue);
+        queue.jobs.push_back(Job {
+            id,
+            inputs: Vec::new(),
+            rows: 1,
+            key: None,
+            enqueued: Instant::now(),
+            deadline: None,
+            reply,
+        });
+        shared.publish(&queue);
+        receiver
     }
 
     /// Whether one request submitted with `inline` runs on the submitting thread, when the
@@ -857,26 +886,22 @@ mod tests {
             .count()
     }
 
+    /// Waits (10 s at most) until `count(workers_named(label))` holds: a thread takes its name
+    /// once it runs, and loses it when it exits.
+    fn wait_for_workers(label: &str, count: impl Fn(usize) -> bool, what: &str) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !count(workers_named(label)) {
+            assert!(Instant::now() < until, "the workers did not {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn workers_start_with_the_first_queued_job() {
-        let model = Arc::new(Where {
-            signature: ModelSignature {
-                inputs: Vec::new(),
-                outputs: Vec::new(),
-            },
-            threads: Mutex::default(),
-        });
-        let scheduler = Scheduler::start(
-            "lazy",
-            vec![model.clone(), model.clone()],
-            Scheduling::default(),
-            Arc::new(ModelTelemetry::new("lazy", "1")),
-        )
-        .unwrap();
+        // Recent executions were fast: an inline run needs no worker.
+        let (model, scheduler) = started_with("lazy", Duration::from_micros(1), 2);
         assert_eq!(workers_named("lazy"), 0, "none at start");
         assert_eq!(lock(&scheduler.shared.queue).unstarted.len(), 2);
-        // An inline run needs no worker (recent executions were fast).
-        scheduler.shared.recent_ns.store(1_000, Ordering::Relaxed);
         wait(scheduler.submit(Vec::new(), None, Inline::Lone).unwrap());
         assert_eq!(workers_named("lazy"), 0, "none after an inline run");
         // The first queued job starts both.
@@ -885,23 +910,14 @@ mod tests {
         assert!(queue.unstarted.is_empty());
         assert_eq!(queue.workers, 2);
         drop(queue);
-        // A thread takes its name once it runs: wait for both.
-        let until = Instant::now() + Duration::from_secs(10);
-        while workers_named("lazy") < 2 {
-            assert!(Instant::now() < until, "the workers did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_workers("lazy", |n| n >= 2, "start");
         assert_eq!(workers_named("lazy"), 2);
         let threads = model.threads.lock().unwrap().clone();
         assert_eq!(threads.len(), 2, "{threads:?}");
         assert!(threads[1].starts_with("oxinfer-lazy-"), "{threads:?}");
         // Closed, they exit.
         drop(scheduler);
-        let until = Instant::now() + Duration::from_secs(10);
-        while workers_named("lazy") > 0 {
-            assert!(Instant::now() < until, "the workers did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_workers("lazy", |n| n == 0, "exit");
     }
 
     #[test]
@@ -911,21 +927,9 @@ mod tests {
         // Jobs queued as submit queues them, then a start that fails.
         let tickets: Vec<Ticket> = (0..3)
             .map(|_| {
-                let (reply, receiver) = oneshot::channel();
                 let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-                let mut queue = lock(&shared.queue);
-                queue.jobs.push_back(Job {
-                    id,
-                    inputs: Vec::new(),
-                    rows: 1,
-                    key: None,
-                    enqueued: Instant::now(),
-                    deadline: None,
-                    reply,
-                });
-                shared.publish(&queue);
                 Ticket {
-                    receiver,
+                    receiver: queue_directly(shared, id),
                     deadline: None,
                     id,
                     shared: shared.clone(),
@@ -936,12 +940,8 @@ mod tests {
         start_workers_with(shared, unstarted, |_, _| {
             Err(std::io::Error::other("no threads left"))
         });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
         for ticket in tickets {
-            let e = runtime.block_on(ticket.outcome()).unwrap_err();
+            let e = outcome(ticket).unwrap_err();
             assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
             assert!(e.to_string().contains("no threads left"), "{e}");
         }
@@ -981,20 +981,7 @@ mod tests {
         while lock(&shared.queue).idle == 0 {
             std::thread::yield_now();
         }
-        let (reply, first) = oneshot::channel();
-        {
-            let mut queue = lock(&shared.queue);
-            queue.jobs.push_back(Job {
-                id: u64::MAX,
-                inputs: Vec::new(),
-                rows: 0,
-                key: None,
-                enqueued: Instant::now(),
-                deadline: None,
-                reply,
-            });
-            shared.publish(&queue);
-        }
+        let first = queue_directly(shared, u64::MAX);
         assert_eq!(shared.waiting.load(Ordering::Relaxed), 1);
         wait(scheduler.submit(Vec::new(), None, Inline::Lone).unwrap());
         assert!(first.blocking_recv().unwrap().is_ok());
