@@ -189,7 +189,9 @@ def test_sighup_applies_the_manifest_difference_under_load(tmp_path):
         path.write_text("[[models]]\nname = \n")
         server.proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: metric(server, 'oxinfer_manifest_reloads_total{outcome="failure"}') == failures + 1)
-        assert any("manifest reload refused" in line and "m.toml" in line for line in server.log)
+        # Counted before it is logged, and the log is read from the server's stderr by a thread
+        # of this test: wait for the line rather than look once.
+        assert wait_for(lambda: any("manifest reload refused" in line and "m.toml" in line for line in server.log))
         # A model that fails to load: that model keeps what it served; the rest applies. A
         # [server] change is reported as needing a restart.
         broken = tmp_path / "broken.onnx"
@@ -201,7 +203,7 @@ def test_sighup_applies_the_manifest_difference_under_load(tmp_path):
         assert wait_for(lambda: requests.get(f"{server.url}/v2/models/simple/config", timeout=10).json()["instance_group"][0]["count"] == 1)
         successes = metric(server, 'oxinfer_manifest_reloads_total{outcome="success"}')
         assert successes == 2
-        assert any("[server] changed; it needs a restart" in line for line in server.log)
+        assert wait_for(lambda: any("[server] changed; it needs a restart" in line for line in server.log))
     finally:
         stop.set()
         for w in workers:
