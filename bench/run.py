@@ -18,6 +18,10 @@ Needs `wrk` and `h2load` (Debian packages wrk, nghttp2-client) and the openssl C
    and oxinfer at c=16 (REST JSON by wrk, gRPC by h2load) under `perf record`, each request's
    server CPU time split by the crate or library that spent it, and allocation calls per
    request counted with uprobes (`perf probe`; needs root). Needs `perf` (Debian linux-perf).
+   The calibrated floor: the gRPC floor again with a busy loop per request as long as the
+   user-space time oxinfer spends beyond it (bench-floor --work-ns), to see whether that time
+   alone accounts for oxinfer's throughput and kernel time over gRPC, and how much of it 75% of
+   the floor would need cut.
 2. A real model: all-MiniLM-L6-v2 (the ONNX export of examples/models/export_minilm.py, sequence
    length 128) through oxinfer's onnxruntime runtime: batch-1 latency against the same model run
    in-process by Python onnxruntime with the same session options; throughput at concurrency 32
@@ -151,9 +155,10 @@ def mlserver(*models):
     return Proc("mlserver", argv, f"http://127.0.0.1:{http}/v2/health/ready")
 
 
-def floor():
+def floor(work_ns=0):
+    """The floors (REST and gRPC); `work_ns`: busy work per gRPC request (bench-floor --work-ns)."""
     http, grpc = PORTS["floor"]
-    argv = [str(RELEASE / "bench-floor"), f"127.0.0.1:{http}", f"127.0.0.1:{grpc}"]
+    argv = [str(RELEASE / "bench-floor"), f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", "--work-ns", str(work_ns)]
     proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     p = Proc.__new__(Proc)
@@ -565,10 +570,27 @@ def h2load_grpc(url, body_file, connections, seconds, headers, window_bits=None,
     return {"rps": rps, "mean_us": mean}
 
 
+def cpu_split(pid):
+    """(user, system) CPU time of a process (all its threads), in seconds."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_seconds(pid):
     """User + system CPU time of a process (all its threads), in seconds."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_split(pid))
+
+
+def grpc_cpu(pid, url, body_file, seconds):
+    """h2load c=16 on `url` (after a 1 s warm-up): requests/s and the server's user and system
+    CPU microseconds per request over the run."""
+    h2load_grpc(url, body_file, 16, 1, {})
+    (user0, sys0), started = cpu_split(pid), time.monotonic()
+    r = h2load_grpc(url, body_file, 16, seconds, {})
+    (user1, sys1), elapsed = cpu_split(pid), time.monotonic() - started
+    requests = r["rps"] * elapsed
+    return {**r, "user_us": 1e6 * (user1 - user0) / requests, "sys_us": 1e6 * (sys1 - sys0) / requests}
 
 
 AUTH_SYMBOLS = re.compile(r"oxinfer_server::auth::|oxinfer_server::api::http::authorize|oxinfer_server::api::grpc::access|sha2::")
@@ -733,7 +755,36 @@ def profile(tmp, seconds, results):
                 out[f"{server} {protocol}"] = row
         finally:
             p.stop()
+    out["calibrated"] = calibrated_floor(grpc_body, seconds)
     results["profile"] = out
+
+
+def calibrated_floor(grpc_body, seconds):
+    """The gRPC floor made to spend, in a busy loop, the user-space time per request that
+    oxinfer spends beyond it (h2load c=16, no profiler attached): whether that time alone
+    accounts for oxinfer's throughput and kernel time, and how much less of it 75% of the floor
+    needs. The floor and oxinfer are measured in turn (TINY_ROUNDS rounds), then the busy floor."""
+    add = ROOT / "examples" / "models" / "add.onnx"
+    floor_p = floor()
+    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add}"\n')
+    try:
+        procs = {"floor": floor_p, "oxinfer": p}
+        url = {s: f"http://127.0.0.1:{PORTS[s][1]}/inference.GRPCInferenceService/ModelInfer" for s in procs}
+        out = alternate(lambda s: grpc_cpu(procs[s].proc.pid, url[s], grpc_body, seconds), list(procs))
+    finally:
+        p.stop()
+        floor_p.stop()
+    work_ns = max(0, round(1000 * (out["oxinfer"]["user_us"] - out["floor"]["user_us"])))
+    busy_p = floor(work_ns)
+    try:
+        busy_url = f"http://127.0.0.1:{PORTS['floor'][1]}/inference.GRPCInferenceService/ModelInfer"
+        out["busy floor"] = median_of_rounds(
+            [grpc_cpu(busy_p.proc.pid, busy_url, grpc_body, seconds) for _ in range(TINY_ROUNDS)])
+    finally:
+        busy_p.stop()
+    out["work_ns"] = work_ns
+    log("calibrated floor", {k: {m: v[m] for m in ("rps", "user_us", "sys_us")} if isinstance(v, dict) else v for k, v in out.items()})
+    return out
 
 
 def security(tmp, seconds, results):
@@ -1451,6 +1502,46 @@ def profile_report(prof):
     lines.append("| requests/s during the profile | " + " | ".join(f"{c['rps']:,.0f}" for c in cols) + " |")
     lines.append("| allocation calls per request | " + " | ".join(
         f"{c['allocations']:.0f}" if isinstance(c["allocations"], float) else str(c["allocations"]) for c in cols) + " |")
+    if "calibrated" in prof:
+        lines += calibrated_report(prof["calibrated"])
+    return lines
+
+
+def calibrated_report(cal):
+    """The calibrated floor's table, and what 75% of the floor over gRPC would take."""
+    fl, ox, busy = cal["floor"], cal["oxinfer"], cal["busy floor"]
+    work_us = cal["work_ns"] / 1000
+    # Time per request (1 / requests/s) grows about linearly with the work a request costs: the
+    # busy floor gives the slope, in microseconds of throughput per microsecond of busy work.
+    slope = (1e6 / busy["rps"] - 1e6 / fl["rps"]) / work_us if work_us > 0 else 0.0
+    target_us = 1e6 / (0.75 * fl["rps"])
+    cut_us = (1e6 / ox["rps"] - target_us) / slope if slope > 0 else float("nan")
+    rows = [("the gRPC floor", fl), ("oxinfer", ox), (f"the floor + {work_us:.1f} µs of busy work per request", busy)]
+    lines = [
+        "",
+        "### The gRPC gap, calibrated",
+        "",
+        "Over gRPC the kernel's share is larger in oxinfer than in its floor (above), though both make",
+        "the same system calls per request. The floor is run again with a busy loop in its handler",
+        "(`bench-floor --work-ns`) as long as the user-space time per request that oxinfer spends",
+        "beyond it in this run; h2load c=16, no profiler attached, the floor and oxinfer in turn",
+        f"({TINY_ROUNDS} rounds, medians), then the busy floor ({TINY_ROUNDS} rounds). CPU time per request is",
+        "the server's, from `/proc/PID/stat`:",
+        "",
+        "| server | requests/s | user µs per request | kernel µs per request |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {name} | {r['rps']:,.0f} | {r['user_us']:.1f} | {r['sys_us']:.1f} |" for name, r in rows]
+    lines += [
+        "",
+        f"With user-space work alone added, the floor serves {busy['rps'] / ox['rps']:.2f}x oxinfer's requests/s,",
+        f"and its kernel time rises from {fl['sys_us']:.1f} to {busy['sys_us']:.1f} µs per request (oxinfer: {ox['sys_us']:.1f}):",
+        "on two cores shared with the load generator, a longer request means more preemptions, wake-ups",
+        "and context switches, so the kernel time follows the user-space time and is not a separate",
+        "cost. By the busy floor's slope, 75% of the floor would need oxinfer to spend about",
+        f"{cut_us:.1f} µs less user-space time per request, of the {work_us:.1f} µs it spends beyond the floor (its",
+        "model, checks, ids, metrics and admission, in the table above).",
+    ]
     return lines
 
 

@@ -111,6 +111,39 @@ def test_floor_echoes_bodies_and_answers_grpc_like_oxinfer(tmp_path):
         floor.wait()
 
 
+def test_the_busy_floor_spends_its_work_and_still_adds():
+    """`bench-floor --work-ns N` spins for N ns in each gRPC ModelInfer before it answers (the
+    calibrated floor of bench/run.py's section 1), and refuses a value that is not a number."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    refused = subprocess.run([str(DEBUG / "bench-floor"), "127.0.0.1:0", "--work-ns", "soon"],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "--work-ns takes a number of nanoseconds" in refused.stderr
+
+    port, grpc_port = free_port(), free_port()
+    work_s = 0.05
+    floor = subprocess.Popen([str(DEBUG / "bench-floor"), f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}",
+                              "--work-ns", str(int(work_s * 1e9))], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "floor listening on" in floor.stderr.readline()
+        assert "gRPC floor listening on" in floor.stderr.readline()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        inputs = [grpcclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
+        inputs[0].set_data_from_numpy(np.array([A], dtype=np.float32))
+        inputs[1].set_data_from_numpy(np.array([B], dtype=np.float32))
+        client.infer("add", inputs)  # the connection is made
+        started = time.monotonic()
+        result = client.infer("add", inputs)
+        # A lower bound only: the handler cannot answer before its busy loop ends.
+        assert time.monotonic() - started >= work_s
+        assert result.as_numpy("OUTPUT0").tolist() == [[a + b for a, b in zip(A, B)]]
+        client.close()
+    finally:
+        floor.terminate()
+        floor.wait()
+
+
 def bench_run():
     """bench/run.py as a module (its main() runs only as a script)."""
     import importlib.util
@@ -218,3 +251,22 @@ def test_floor_and_oxinfer_are_measured_in_turn_and_reported_by_their_medians():
     with pytest.raises(AssertionError):
         run.median_of_rounds([{"rps": 1}, {"rps": 2}])
     assert run.TINY_ROUNDS % 2 == 1
+
+
+def test_the_calibrated_floor_report_derives_the_cut_from_the_busy_floor():
+    """The busy floor's slope (time per request per µs of work) turns oxinfer's distance from
+    75% of the floor into microseconds of work to cut."""
+    run = bench_run()
+    cal = {
+        "floor": {"rps": 80_000.0, "user_us": 8.0, "sys_us": 4.5},
+        "oxinfer": {"rps": 50_000.0, "user_us": 14.0, "sys_us": 6.5},
+        # 6 µs of work: 12.5 -> 20.0 µs per request, a slope of 1.25.
+        "busy floor": {"rps": 50_000.0, "user_us": 14.5, "sys_us": 6.6},
+        "work_ns": 6000,
+    }
+    text = "\n".join(run.calibrated_report(cal))
+    assert "| the floor + 6.0 µs of busy work per request | 50,000 | 14.5 | 6.6 |" in text
+    assert "serves 1.00x oxinfer's requests/s" in text
+    assert "from 4.5 to 6.6 µs per request (oxinfer: 6.5)" in text
+    # 75% of 80k is 60k, 16.67 µs per request; oxinfer is at 20.0: 3.33 µs / 1.25 = 2.7 µs.
+    assert "about\n2.7 µs less user-space time per request, of the 6.0 µs" in text

@@ -14,10 +14,17 @@
 //! HTTP/2 settings are oxinfer's defaults (16 MiB stream and 32 MiB connection windows,
 //! `TCP_NODELAY`), so that the comparison is of the work, not of flow control.
 //!
-//! `bench-floor 127.0.0.1:8280 [127.0.0.1:8281]`
+//! With `--work-ns N` (after the addresses), the gRPC `ModelInfer` handler also spins for N
+//! nanoseconds of user-space work per request before it answers: the floor made to spend what a
+//! server's own code spends, to see what that costs on the same stack (`bench/run.py`'s
+//! "calibrated floor").
+//!
+//! `bench-floor 127.0.0.1:8280 [127.0.0.1:8281] [--work-ns N]`
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -87,9 +94,25 @@ async fn echo(body: Bytes) -> ([(&'static str, &'static str); 1], Bytes) {
     ([("content-type", "application/octet-stream")], body)
 }
 
+/// Nanoseconds of busy work per gRPC `ModelInfer` (`--work-ns`; 0: none).
+static WORK_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Spins on the clock for `WORK_NS`: user-space time, no system call, no allocation.
+fn busy_work() {
+    let work = Duration::from_nanos(WORK_NS.load(Ordering::Relaxed));
+    if work.is_zero() {
+        return;
+    }
+    let start = Instant::now();
+    while start.elapsed() < work {
+        std::hint::spin_loop();
+    }
+}
+
 /// The gRPC floor's `ModelInfer`: the sum of two FP32 inputs, or every input echoed.
 fn model_infer(request: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, tonic::Status> {
     use pb::model_infer_response::InferOutputTensor;
+    busy_work();
     let raw = &request.raw_input_contents;
     if raw.len() != request.inputs.len() {
         return Err(tonic::Status::invalid_argument(
@@ -190,7 +213,16 @@ impl tower::Service<axum::http::Request<tonic::body::Body>> for GrpcFloor {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|a| a == "--work-ns") {
+        let work = args
+            .get(at + 1)
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| std::io::Error::other("--work-ns takes a number of nanoseconds"))?;
+        WORK_NS.store(work, Ordering::Relaxed);
+        args.drain(at..at + 2);
+    }
+    let mut args = args.into_iter();
     let address = args.next().unwrap_or_else(|| "127.0.0.1:8280".into());
     let grpc_address = args.next();
     let app = axum::Router::new()
