@@ -1512,7 +1512,7 @@ def calibrated_report(cal):
     fl, ox, busy = cal["floor"], cal["oxinfer"], cal["busy floor"]
     work_us = cal["work_ns"] / 1000
     # Time per request (1 / requests/s) grows about linearly with the work a request costs: the
-    # busy floor gives the slope, in microseconds of throughput per microsecond of busy work.
+    # busy floor gives the slope, in microseconds per request per microsecond of busy work.
     slope = (1e6 / busy["rps"] - 1e6 / fl["rps"]) / work_us if work_us > 0 else 0.0
     target_us = 1e6 / (0.75 * fl["rps"])
     cut_us = (1e6 / ox["rps"] - target_us) / slope if slope > 0 else float("nan")
@@ -1521,8 +1521,8 @@ def calibrated_report(cal):
         "",
         "### The gRPC gap, calibrated",
         "",
-        "Over gRPC the kernel's share is larger in oxinfer than in its floor (above), though both make",
-        "the same system calls per request. The floor is run again with a busy loop in its handler",
+        "Over gRPC the kernel's share is larger in oxinfer than in its floor (above). To see whether it",
+        "is a cost of its own or follows from the user-space work, the floor is run again with a busy loop in its handler",
         "(`bench-floor --work-ns`) as long as the user-space time per request that oxinfer spends",
         "beyond it in this run; h2load c=16, no profiler attached, the floor and oxinfer in turn",
         f"({TINY_ROUNDS} rounds, medians), then the busy floor ({TINY_ROUNDS} rounds). CPU time per request is",
