@@ -74,6 +74,14 @@ import urllib.request
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "target" / "release"
 PORTS = {"oxinfer": (8380, 8381), "mlserver": (8180, 8181), "floor": (8280, 8281)}
+# The tiny model of sections 1, 5, 6 and 9, and a manifest serving it (default runtime: tract).
+ADD_ONNX = ROOT / "examples" / "models" / "add.onnx"
+TINY_MANIFEST = f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{ADD_ONNX}"\n'
+
+
+def model_infer_url(port, scheme="http"):
+    """The URL of gRPC ModelInfer on `port`, for h2load."""
+    return f"{scheme}://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
 CONCURRENCY = [1, 16, 64]
 
 
@@ -448,7 +456,6 @@ def tiny(tmp, seconds, results):
     json_file, binary_file, header_len = write_tiny_requests(tmp)
     json_lua = wrk_lua(json_file, {"Content-Type": "application/json"})
     binary_lua = wrk_lua(binary_file, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_len)})
-    add = ROOT / "examples" / "models" / "add.onnx"
     rows = []
 
     def run_rest(server, port, kind, lua):
@@ -466,11 +473,8 @@ def tiny(tmp, seconds, results):
     grpc_body = write_grpc_add(tmp)
     h2 = results["tiny_h2load"] = {}
 
-    def h2load_url(port):
-        return f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
-
     def run_h2load(server, port):
-        url = h2load_url(port)
+        url = model_infer_url(port)
         h2load_grpc(url, grpc_body, 16, 1, {})
         h2[server] = h2load_grpc(url, grpc_body, 16, seconds, {})
         log(server, "gRPC (h2load) c=16", h2[server])
@@ -478,7 +482,7 @@ def tiny(tmp, seconds, results):
     # The floor and oxinfer run side by side (the idle one waits in epoll) and are measured in
     # turn, TINY_ROUNDS times each, so that a slow or fast moment of the host lands on both.
     floor_p = floor()
-    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add}"\n')
+    p = oxinfer(TINY_MANIFEST)
     try:
         ports = {"floor": PORTS["floor"], "oxinfer": PORTS["oxinfer"]}
         for kind, measure in (
@@ -490,8 +494,8 @@ def tiny(tmp, seconds, results):
                     log(server, kind, f"c={c}", r)
                     rows.append({"server": server, "protocol": kind, "c": c, **r})
         for port in ports.values():
-            h2load_grpc(h2load_url(port[1]), grpc_body, 16, 1, {})
-        measured = alternate(lambda server: h2load_grpc(h2load_url(ports[server][1]), grpc_body, 16, seconds, {}), list(ports))
+            h2load_grpc(model_infer_url(port[1]), grpc_body, 16, 1, {})
+        measured = alternate(lambda server: h2load_grpc(model_infer_url(ports[server][1]), grpc_body, 16, seconds, {}), list(ports))
         for server, r in measured.items():
             h2[server] = r
             log(server, "gRPC (h2load) c=16", r)
@@ -500,7 +504,7 @@ def tiny(tmp, seconds, results):
         p.stop()
         floor_p.stop()
     # The same file through oxinfer's onnxruntime runtime: MLServer's engine, one thread.
-    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "onnxruntime"\npath = "{add}"\n[models.options]\nintra_op_threads = 1\n')
+    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "onnxruntime"\npath = "{ADD_ONNX}"\n[models.options]\nintra_op_threads = 1\n')
     try:
         run_rest("oxinfer-ort", PORTS["oxinfer"][0], "REST JSON", json_lua)
     finally:
@@ -724,7 +728,6 @@ def profile(tmp, seconds, results):
     json_file, _, _ = write_tiny_requests(tmp)
     lua = wrk_lua(json_file, {"Content-Type": "application/json"})
     grpc_body = write_grpc_add(tmp)
-    add = ROOT / "examples" / "models" / "add.onnx"
     out = {}
     for server in ("floor", "oxinfer"):
         if server == "floor":
@@ -733,12 +736,12 @@ def profile(tmp, seconds, results):
                         if re.search(r"/libc[.-]", line))
             probe_binary, symbols = libc, ["malloc", "calloc", "realloc", "posix_memalign"]
         else:
-            p = oxinfer(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add}"\n')
+            p = oxinfer(TINY_MANIFEST)
             probe_binary, symbols = RELEASE / "oxinfer", ["mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned"]
         try:
             http, grpc = PORTS[server]
             rest_url = f"http://127.0.0.1:{http}/v2/models/add/infer"
-            grpc_url = f"http://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer"
+            grpc_url = model_infer_url(grpc)
             wrk(rest_url, lua, 16, 1)
             h2load_grpc(grpc_url, grpc_body, 16, 1, {})
             for protocol, run, count in (
@@ -764,12 +767,11 @@ def calibrated_floor(grpc_body, seconds):
     oxinfer spends beyond it (h2load c=16, no profiler attached): whether that time alone
     accounts for oxinfer's throughput and kernel time, and how much less of it 75% of the floor
     needs. The floor and oxinfer are measured in turn (TINY_ROUNDS rounds), then the busy floor."""
-    add = ROOT / "examples" / "models" / "add.onnx"
     floor_p = floor()
-    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add}"\n')
+    p = oxinfer(TINY_MANIFEST)
     try:
         procs = {"floor": floor_p, "oxinfer": p}
-        url = {s: f"http://127.0.0.1:{PORTS[s][1]}/inference.GRPCInferenceService/ModelInfer" for s in procs}
+        url = {s: model_infer_url(PORTS[s][1]) for s in procs}
         out = alternate(lambda s: grpc_cpu(procs[s].proc.pid, url[s], grpc_body, seconds), list(procs))
     finally:
         p.stop()
@@ -777,7 +779,7 @@ def calibrated_floor(grpc_body, seconds):
     work_ns = max(0, round(1000 * (out["oxinfer"]["user_us"] - out["floor"]["user_us"])))
     busy_p = floor(work_ns)
     try:
-        busy_url = f"http://127.0.0.1:{PORTS['floor'][1]}/inference.GRPCInferenceService/ModelInfer"
+        busy_url = model_infer_url(PORTS['floor'][1])
         out["busy floor"] = median_of_rounds(
             [grpc_cpu(busy_p.proc.pid, busy_url, grpc_body, seconds) for _ in range(TINY_ROUNDS)])
     finally:
@@ -807,7 +809,6 @@ def security(tmp, seconds, results):
     import hashlib
     digest = hashlib.sha256(secret.encode()).hexdigest()
     grpc_body = write_grpc_add(tmp)
-    add = ROOT / "examples" / "models" / "add.onnx"
     rows = []
     for variant, tls, auth in (("plaintext", False, False), ("token", False, True), ("TLS", True, False), ("TLS + token", True, True)):
         manifest = ""
@@ -815,7 +816,7 @@ def security(tmp, seconds, results):
             manifest += f'[server.tls]\ncert = "{tmp / "server.pem"}"\nkey = "{tmp / "server.key"}"\n'
         if auth:
             manifest += f'[[auth.tokens]]\nname = "bench"\nsha256 = "{digest}"\nscopes = ["infer"]\n'
-        manifest += f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add}"\n'
+        manifest += TINY_MANIFEST
         scheme = "https" if tls else "http"
         headers = {"Authorization": f"Bearer {secret}"} if auth else {}
         p = oxinfer(manifest, scheme=scheme)
@@ -831,7 +832,7 @@ def security(tmp, seconds, results):
             lua = wrk_lua(json_file, {"Content-Type": "application/json", **headers})
             # A second of each load first, not measured: every variant starts warm.
             wrk(f"{scheme}://127.0.0.1:{http}/v2/models/add/infer", lua, 16, 1)
-            h2load_grpc(f"{scheme}://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer", grpc_body, 16, 1,
+            h2load_grpc(model_infer_url(grpc, scheme), grpc_body, 16, 1,
                         {k.lower(): v for k, v in headers.items()})
             # The server's CPU time per request: what the checks cost, whatever share of the two
             # cores the load generator takes in a given run.
@@ -846,14 +847,14 @@ def security(tmp, seconds, results):
                 r = measured(lambda: wrk(f"{scheme}://127.0.0.1:{http}/v2/models/add/infer", lua, c, seconds))
                 log("security", variant, "REST JSON", f"c={c}", r)
                 rows.append({"variant": variant, "protocol": "REST JSON", "c": c, "rps": r["rps"], "latency_us": r["p50_us"], "latency": "p50", "cpu_us": r["cpu_us"]})
-                r = measured(lambda: h2load_grpc(f"{scheme}://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer", grpc_body, c, seconds,
+                r = measured(lambda: h2load_grpc(model_infer_url(grpc, scheme), grpc_body, c, seconds,
                                                  {k.lower(): v for k, v in headers.items()}))
                 log("security", variant, "gRPC", f"c={c}", r)
                 rows.append({"variant": variant, "protocol": "gRPC (h2load)", "c": c, "rps": r["rps"], "latency_us": r["mean_us"], "latency": "mean", "cpu_us": r["cpu_us"]})
             if variant == "token" and shutil.which("perf"):
                 rest = auth_share(p.proc.pid, lambda: wrk(f"{scheme}://127.0.0.1:{http}/v2/models/add/infer", lua, 16, 3), tmp)
                 grpc_share = auth_share(p.proc.pid, lambda: h2load_grpc(
-                    f"{scheme}://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer", grpc_body, 16, 3,
+                    model_infer_url(grpc, scheme), grpc_body, 16, 3,
                     {k.lower(): v for k, v in headers.items()}), tmp)
                 results["auth_share"] = {"REST JSON": rest, "gRPC (h2load)": grpc_share}
                 log("security", "the token check's share of server CPU (perf):", results["auth_share"])
@@ -869,13 +870,12 @@ def inference_log(tmp, seconds, results, rounds=3):
     server is stopped and the log checked: as many records as requests answered, chain intact."""
     json_file, _, _ = write_tiny_requests(tmp)
     lua = wrk_lua(json_file, {"Content-Type": "application/json"})
-    add = ROOT / "examples" / "models" / "add.onnx"
     variants = {"off": None, "on (defaults)": "", "on, sync_interval_ms = 0": "sync_interval_ms = 0\n"}
     runs = {name: [] for name in variants}
     for round_ in range(rounds):
         for name, extra in variants.items():
             logdir = tmp / f"log-{round_}-{len(runs[name])}-{abs(hash(name))}"
-            manifest = f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add}"\n'
+            manifest = TINY_MANIFEST
             if extra is not None:
                 manifest += f'[inference_log]\npath = "{logdir / "inference.jsonl"}"\nmax_file_bytes = 10737418240\n{extra}'
             p = oxinfer(manifest)
@@ -1083,7 +1083,7 @@ def big_tensors(tmp, seconds, results):
         rows.append(row)
 
     def h2load_all(server, port):
-        url = f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
+        url = model_infer_url(port)
         h2load_grpc(url, grpc_body, 4, 1, {}, window_bits=30)
         for bits, window in ((16, "64 KB"), (30, "1 GB")):
             for c in (1, 4):
@@ -1135,12 +1135,11 @@ def growth(tmp, seconds, results):
     json_file, _, _ = write_tiny_requests(tmp)
     json_lua = wrk_lua(json_file, {"Content-Type": "application/json"})
     grpc_add = write_grpc_add(tmp)
-    add_onnx = ROOT / "examples" / "models" / "add.onnx"
-    p = oxinfer(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{add_onnx}"\n')
+    p = oxinfer(TINY_MANIFEST)
     try:
         http, grpc = PORTS["oxinfer"]
         url = f"http://127.0.0.1:{http}/v2/models/add/infer"
-        grpc_url = f"http://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer"
+        grpc_url = model_infer_url(grpc)
         wrk(url, json_lua, 16, 1)
         for c in GROWTH_CONNECTIONS:
             rest = wrk(url, json_lua, c, seconds)
@@ -1163,7 +1162,7 @@ def growth(tmp, seconds, results):
             try:
                 http, grpc = PORTS["oxinfer"]
                 rest_url = f"http://127.0.0.1:{http}/v2/models/tensor/infer"
-                grpc_url = f"http://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer"
+                grpc_url = model_infer_url(grpc)
                 time.sleep(0.3)
                 idle = rss_mib(p.proc)
                 # One request on the fresh server: what one request in flight costs at its peak.
@@ -1194,7 +1193,7 @@ def growth(tmp, seconds, results):
         out["sizes"].append(row)
 
     for count in GROWTH_MODELS:
-        manifest = "".join(f'[[models]]\nname = "m{i}"\nruntime = "tract"\npath = "{add_onnx}"\n' for i in range(count))
+        manifest = "".join(f'[[models]]\nname = "m{i}"\nruntime = "tract"\npath = "{ADD_ONNX}"\n' for i in range(count))
         p = oxinfer(manifest)
         try:
             time.sleep(0.5)
@@ -1224,7 +1223,6 @@ def memory(tmp, seconds, results, onnx):
     the tiny model (wrk c=16, REST JSON) and MiniLM (batches of 8, wrk c=4). The second of two
     starts of each (the first warms the page cache)."""
     json_file, _, _ = write_tiny_requests(tmp)
-    add_onnx = ROOT / "examples" / "models" / "add.onnx"
     n = 128
     minilm_body = tmp / "minilm-b8.json"
     minilm_body.write_text(json.dumps({"inputs": [
@@ -1233,7 +1231,7 @@ def memory(tmp, seconds, results, onnx):
         for name in ("input_ids", "attention_mask", "token_type_ids")
     ]}))
     models = {
-        "add": (add_onnx, wrk_lua(json_file, {"Content-Type": "application/json"}), 16),
+        "add": (ADD_ONNX, wrk_lua(json_file, {"Content-Type": "application/json"}), 16),
         "minilm": (onnx, wrk_lua(minilm_body, {"Content-Type": "application/json"}), 4),
     }
     out = {}
