@@ -2,7 +2,8 @@
 the real binary.
 
 - The Dockerfile passes hadolint with no rule ignored, and keeps its promises (numeric user,
-  pinned tags, the ports, the ONNX Runtime the tests use).
+  pinned tags, the ports, the ONNX Runtime the tests use, the release profile the docs describe:
+  fat LTO, panics that unwind).
 - The KServe resources validate against the OpenAPI schemas of KServe's CRDs
   (../shared/reference/kserve), and strictly: a field the schema does not declare fails, since the
   CRD schemas let unknown fields through (the API server would silently drop them).
@@ -233,6 +234,22 @@ def test_dockerignore_keeps_every_workspace_member_in_the_context():
         assert any(path == a or path.startswith(a + "/") for a in allowed), f"{path} is not in the context"
     for excluded in ["**/target/", "**/.venv*/"]:
         assert excluded in lines
+
+
+def test_the_image_builds_with_the_release_profile_the_docs_describe():
+    """The Dockerfile builds with `--release`, whose profile is the one README and
+    docs/deploying.md describe (fat LTO, one codegen unit), and keeps what the server relies on:
+    panics unwind (a runtime's or a plugin's panic is caught and answered as an error, by
+    crates/server/src/scheduler.rs; with `panic = "abort"` it would end the process) and the
+    symbol table stays (the bench's perf profile and allocation uprobes read it)."""
+    assert re.search(r"cargo build --release\b", (ROOT / "Dockerfile").read_text())
+    release = tomllib.loads((ROOT / "Cargo.toml").read_text())["profile"]["release"]
+    assert release.get("lto") == "fat"
+    assert release.get("codegen-units") == 1
+    assert release.get("panic", "unwind") == "unwind"
+    assert release.get("strip", "none") in ("none", "debuginfo", False)
+    for doc in ["README.md", "docs/deploying.md"]:
+        assert "fat LTO" in (ROOT / doc).read_text(), doc
 
 
 # --- KServe: the CRD schemas, strictly ------------------------------------------------------------
