@@ -77,12 +77,12 @@ PORTS = {"oxinfer": (8380, 8381), "mlserver": (8180, 8181), "floor": (8280, 8281
 # The tiny model of sections 1, 5, 6 and 9, and a manifest serving it (default runtime: tract).
 ADD_ONNX = ROOT / "examples" / "models" / "add.onnx"
 TINY_MANIFEST = f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{ADD_ONNX}"\n'
+CONCURRENCY = [1, 16, 64]
 
 
 def model_infer_url(port, scheme="http"):
     """The URL of gRPC ModelInfer on `port`, for h2load."""
     return f"{scheme}://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"
-CONCURRENCY = [1, 16, 64]
 
 
 def log(*a):
@@ -581,20 +581,22 @@ def cpu_split(pid):
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def cpu_seconds(pid):
-    """User + system CPU time of a process (all its threads), in seconds."""
-    return sum(cpu_split(pid))
+def server_cpu(pid, run):
+    """Runs the load `run` (which returns the load generator's result, with its requests/s)
+    against the server `pid`: that result, with the server's CPU time per request over the run
+    added, in microseconds: `cpu_us` in all, `user_us` in user space and `sys_us` in the kernel."""
+    (user0, sys0), started = cpu_split(pid), time.monotonic()
+    r = run()
+    (user1, sys1), elapsed = cpu_split(pid), time.monotonic() - started
+    requests = r["rps"] * elapsed
+    user_us, sys_us = 1e6 * (user1 - user0) / requests, 1e6 * (sys1 - sys0) / requests
+    return {**r, "cpu_us": user_us + sys_us, "user_us": user_us, "sys_us": sys_us}
 
 
 def grpc_cpu(pid, url, body_file, seconds):
-    """h2load c=16 on `url` (after a 1 s warm-up): requests/s and the server's user and system
-    CPU microseconds per request over the run."""
+    """h2load c=16 on `url` (after a 1 s warm-up), with the server's CPU time per request."""
     h2load_grpc(url, body_file, 16, 1, {})
-    (user0, sys0), started = cpu_split(pid), time.monotonic()
-    r = h2load_grpc(url, body_file, 16, seconds, {})
-    (user1, sys1), elapsed = cpu_split(pid), time.monotonic() - started
-    requests = r["rps"] * elapsed
-    return {**r, "user_us": 1e6 * (user1 - user0) / requests, "sys_us": 1e6 * (sys1 - sys0) / requests}
+    return server_cpu(pid, lambda: h2load_grpc(url, body_file, 16, seconds, {}))
 
 
 AUTH_SYMBOLS = re.compile(r"oxinfer_server::auth::|oxinfer_server::api::http::authorize|oxinfer_server::api::grpc::access|sha2::")
@@ -679,10 +681,15 @@ def perf_groups(pid, run, tmp):
     """Runs the load `run` (which returns the load generator's result) against the server `pid`,
     with `perf record` on the server for 2 s of it: the server's CPU time per request over the
     whole run and how it splits over PROFILE_GROUPS, in microseconds per request."""
-    before, started = cpu_seconds(pid), time.monotonic()
-    out, samples = perf_samples(pid, run, tmp, settle=1)
-    elapsed = time.monotonic() - started
-    cpu_us = 1e6 * (cpu_seconds(pid) - before) / (out["rps"] * elapsed)
+    samples = []
+
+    def profiled():
+        out, taken = perf_samples(pid, run, tmp, settle=1)
+        samples.extend(taken)
+        return out
+
+    out = server_cpu(pid, profiled)
+    cpu_us = out["cpu_us"]
     groups, other = {}, []
     for pct, dso, kind, symbol in samples:
         label = profile_group(dso, kind, symbol)
@@ -836,19 +843,12 @@ def security(tmp, seconds, results):
                         {k.lower(): v for k, v in headers.items()})
             # The server's CPU time per request: what the checks cost, whatever share of the two
             # cores the load generator takes in a given run.
-            def measured(run):
-                before, started = cpu_seconds(p.proc.pid), time.monotonic()
-                r = run()
-                elapsed = time.monotonic() - started
-                r["cpu_us"] = 1e6 * (cpu_seconds(p.proc.pid) - before) / (r["rps"] * elapsed)
-                return r
-
             for c in (1, 16):
-                r = measured(lambda: wrk(f"{scheme}://127.0.0.1:{http}/v2/models/add/infer", lua, c, seconds))
+                r = server_cpu(p.proc.pid, lambda: wrk(f"{scheme}://127.0.0.1:{http}/v2/models/add/infer", lua, c, seconds))
                 log("security", variant, "REST JSON", f"c={c}", r)
                 rows.append({"variant": variant, "protocol": "REST JSON", "c": c, "rps": r["rps"], "latency_us": r["p50_us"], "latency": "p50", "cpu_us": r["cpu_us"]})
-                r = measured(lambda: h2load_grpc(model_infer_url(grpc, scheme), grpc_body, c, seconds,
-                                                 {k.lower(): v for k, v in headers.items()}))
+                r = server_cpu(p.proc.pid, lambda: h2load_grpc(model_infer_url(grpc, scheme), grpc_body, c, seconds,
+                                                               {k.lower(): v for k, v in headers.items()}))
                 log("security", variant, "gRPC", f"c={c}", r)
                 rows.append({"variant": variant, "protocol": "gRPC (h2load)", "c": c, "rps": r["rps"], "latency_us": r["mean_us"], "latency": "mean", "cpu_us": r["cpu_us"]})
             if variant == "token" and shutil.which("perf"):
@@ -882,10 +882,7 @@ def inference_log(tmp, seconds, results, rounds=3):
             try:
                 url = f"http://127.0.0.1:{PORTS['oxinfer'][0]}/v2/models/add/infer"
                 warm = wrk(url, lua, 16, 1)
-                before, started = cpu_seconds(p.proc.pid), time.monotonic()
-                r = wrk(url, lua, 16, seconds)
-                elapsed = time.monotonic() - started
-                r["cpu_us"] = 1e6 * (cpu_seconds(p.proc.pid) - before) / (r["rps"] * elapsed)
+                r = server_cpu(p.proc.pid, lambda: wrk(url, lua, 16, seconds))
             finally:
                 p.stop()
             if extra is not None:
