@@ -5,6 +5,7 @@ serving add.onnx and echo what it is sent, and grpc-load must complete requests 
 against oxinfer's gRPC API.
 """
 
+import contextlib
 import json
 import pathlib
 import subprocess
@@ -26,17 +27,38 @@ REQUEST = {"inputs": [
 ]}
 
 
-def test_floor_adds_like_oxinfer(tmp_path):
-    port = free_port()
-    floor = subprocess.Popen([str(DEBUG / "bench-floor"), f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def bench_floor(*args, grpc=True):
+    """bench-floor on free ports (REST, and gRPC unless `grpc` is false), with `args` after the
+    addresses, once it says it listens: yields (REST port, gRPC port or None)."""
+    port, grpc_port = free_port(), free_port() if grpc else None
+    addresses = [f"127.0.0.1:{port}"] + ([f"127.0.0.1:{grpc_port}"] if grpc else [])
+    floor = subprocess.Popen([str(DEBUG / "bench-floor"), *addresses, *args], stderr=subprocess.PIPE, text=True)
     try:
         assert "floor listening on" in floor.stderr.readline()
-        r = requests.post(f"http://127.0.0.1:{port}/v2/models/add/infer", json=REQUEST, timeout=10)
-        assert r.status_code == 200, r.text
-        floor_out = r.json()["outputs"][0]
+        if grpc:
+            assert "gRPC floor listening on" in floor.stderr.readline()
+        yield port, grpc_port
     finally:
         floor.terminate()
         floor.wait()
+
+
+def add_inputs(grpcclient):
+    """The add model's two inputs, A and B, for tritonclient's gRPC client."""
+    import numpy as np
+
+    inputs = [grpcclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
+    inputs[0].set_data_from_numpy(np.array([A], dtype=np.float32))
+    inputs[1].set_data_from_numpy(np.array([B], dtype=np.float32))
+    return inputs
+
+
+def test_floor_adds_like_oxinfer(tmp_path):
+    with bench_floor(grpc=False) as (port, _):
+        r = requests.post(f"http://127.0.0.1:{port}/v2/models/add/infer", json=REQUEST, timeout=10)
+        assert r.status_code == 200, r.text
+        floor_out = r.json()["outputs"][0]
     manifest = tmp_path / "add.toml"
     manifest.write_text(f'[[models]]\nname = "add"\nruntime = "tract"\npath = "{ROOT / "examples/models/add.onnx"}"\n')
     s = Server(manifest)
@@ -79,21 +101,13 @@ def test_floor_echoes_bodies_and_answers_grpc_like_oxinfer(tmp_path):
     import numpy as np
     import tritonclient.grpc as grpcclient
 
-    port, grpc_port = free_port(), free_port()
-    floor = subprocess.Popen([str(DEBUG / "bench-floor"), f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"],
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        assert "floor listening on" in floor.stderr.readline()
-        assert "gRPC floor listening on" in floor.stderr.readline()
+    with bench_floor() as (port, grpc_port):
         body = bytes(range(256)) * 4096  # 1 MiB, above any default body limit
         r = requests.post(f"http://127.0.0.1:{port}/echo", data=body, timeout=10)
         assert r.status_code == 200 and r.content == body
 
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        inputs = [grpcclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
-        inputs[0].set_data_from_numpy(np.array([A], dtype=np.float32))
-        inputs[1].set_data_from_numpy(np.array([B], dtype=np.float32))
-        result = client.infer("add", inputs)
+        result = client.infer("add", add_inputs(grpcclient))
         assert result.as_numpy("OUTPUT0").tolist() == [[a + b for a, b in zip(A, B)]]
 
         image = np.arange(3 * 224 * 224, dtype=np.float32).reshape(1, 3, 224, 224)
@@ -106,32 +120,21 @@ def test_floor_echoes_bodies_and_answers_grpc_like_oxinfer(tmp_path):
         with pytest.raises(Exception, match="UNIMPLEMENTED|ModelInfer only"):
             client.get_server_metadata()
         client.close()
-    finally:
-        floor.terminate()
-        floor.wait()
 
 
 def test_the_busy_floor_spends_its_work_and_still_adds():
     """`bench-floor --work-ns N` spins for N ns in each gRPC ModelInfer before it answers (the
     calibrated floor of bench/run.py's section 1), and refuses a value that is not a number."""
-    import numpy as np
     import tritonclient.grpc as grpcclient
 
     refused = subprocess.run([str(DEBUG / "bench-floor"), "127.0.0.1:0", "--work-ns", "soon"],
                              capture_output=True, text=True, timeout=30)
     assert refused.returncode != 0 and "--work-ns takes a number of nanoseconds" in refused.stderr
 
-    port, grpc_port = free_port(), free_port()
     work_s = 0.05
-    floor = subprocess.Popen([str(DEBUG / "bench-floor"), f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}",
-                              "--work-ns", str(int(work_s * 1e9))], stderr=subprocess.PIPE, text=True)
-    try:
-        assert "floor listening on" in floor.stderr.readline()
-        assert "gRPC floor listening on" in floor.stderr.readline()
+    with bench_floor("--work-ns", str(int(work_s * 1e9))) as (_, grpc_port):
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        inputs = [grpcclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
-        inputs[0].set_data_from_numpy(np.array([A], dtype=np.float32))
-        inputs[1].set_data_from_numpy(np.array([B], dtype=np.float32))
+        inputs = add_inputs(grpcclient)
         client.infer("add", inputs)  # the connection is made
         started = time.monotonic()
         result = client.infer("add", inputs)
@@ -139,9 +142,6 @@ def test_the_busy_floor_spends_its_work_and_still_adds():
         assert time.monotonic() - started >= work_s
         assert result.as_numpy("OUTPUT0").tolist() == [[a + b for a, b in zip(A, B)]]
         client.close()
-    finally:
-        floor.terminate()
-        floor.wait()
 
 
 def bench_run():
