@@ -8,9 +8,14 @@ import pathlib
 import shutil
 import time
 
+import numpy as np
+import pytest
 import requests
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from conftest import MODELS, Server, _binary, run_oxinfer
+from reference import mlp_numpy
 
 X = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.5, 1.0, -0.25, 2.0]}]}
 
@@ -64,6 +69,37 @@ def test_a_model_repository_with_version_policies_and_detected_runtimes(tmp_path
         assert wait_for(lambda: index(server)[("mlp", "2")][0] == "UNAVAILABLE"), index(server)
         assert requests.post(f"{server.url}/v2/models/mlp/infer", json=X, timeout=10).json()["model_version"] == "3"
     finally:
+        server.stop()
+    assert server.proc.returncode == 0
+
+
+def test_grpc_answers_each_message_with_the_version_it_names(tmp_path):
+    """Two versions of a model served at once: a gRPC message is answered by the version it
+    names (the highest when it names none), the version number read as over REST ("01" is 1),
+    by that version's model; a version the server does not have is NOT_FOUND. (The codec finds
+    the model to check the message's inputs against it, and the handler runs that one.)"""
+    repo = tmp_path / "repo"
+    put(repo / "mlp" / "1" / "model.onnx", MODELS / "mlp.onnx")
+    put(repo / "mlp" / "2" / "model.onnx", MODELS / "mlp_v2.onnx")
+    (repo / "mlp" / "model.toml").write_text('runtime = "tract"\nversion_policy = { all = true }\n')
+    server = Server(None, "--model-repository", str(repo))
+    x = np.array([[0.5, 1.0, -0.25, 2.0]], dtype=np.float32)
+    inp = grpcclient.InferInput("x", [1, 4], "FP32")
+    inp.set_data_from_numpy(x)
+    client = grpcclient.InferenceServerClient(url=server.grpc_address)
+    try:
+        v1, v2 = mlp_numpy("mlp.onnx", x)[1], mlp_numpy("mlp_v2.onnx", x)[1]
+        assert not np.allclose(v1, v2, rtol=1e-3)
+        for asked, served, probs in (("", "2", v2), ("1", "1", v1), ("2", "2", v2), ("01", "1", v1), ("1", "1", v1)):
+            result = client.infer("mlp", [inp], model_version=asked, outputs=[grpcclient.InferRequestedOutput("probs")])
+            assert result.get_response().model_version == served, asked
+            np.testing.assert_allclose(result.as_numpy("probs"), probs, rtol=1e-5, atol=1e-6)
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("mlp", [inp], model_version="9")
+        assert refused.value.status() == "StatusCode.NOT_FOUND"
+        assert "unknown version '9' of model 'mlp' (versions: 1, 2)" in refused.value.message()
+    finally:
+        client.close()
         server.stop()
     assert server.proc.returncode == 0
 

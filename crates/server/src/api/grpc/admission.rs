@@ -41,6 +41,7 @@ use tonic_prost::{ProstDecoder, ProstEncoder};
 
 use super::{pb, status, version};
 use crate::budget::{CountedBody, Reservation};
+use crate::models::ServedModel;
 use crate::pipeline;
 use crate::state::AppState;
 
@@ -66,8 +67,9 @@ pub(super) struct Admission {
 /// What the codec decided about a message it admitted or refused.
 #[derive(Debug)]
 pub(super) enum Verdict {
-    /// Decoded; its memory is reserved here.
-    Admitted(Reservation),
+    /// Decoded; its memory is reserved here, for the model its inputs were checked against
+    /// (the handler's, unless the decoded name or version says otherwise: one lookup a call).
+    Admitted(Reservation, Arc<ServedModel>),
     /// Not decoded past its model name, version and id, for this reason.
     Refused(Error),
 }
@@ -141,7 +143,7 @@ impl Admission {
         let needed = message.len().saturating_add(scanned.decoded_bytes);
         match self.state.budget.reserve(needed) {
             Ok(reservation) => {
-                *verdict = Some(Verdict::Admitted(reservation));
+                *verdict = Some(Verdict::Admitted(reservation, model));
                 None
             }
             Err(e) => {

@@ -93,11 +93,21 @@ impl GrpcService {
         // As over REST: nothing is decoded for a model that is not served, and each input is
         // checked against the model before its contents are (by the codec, before prost
         // decodes them, and again here).
-        let target = self.state.repository.get(&model, version(&model_version));
-        let (held, refused) = match verdict {
-            Some(admission::Verdict::Admitted(held)) => (Some(held), None),
-            Some(admission::Verdict::Refused(e)) => (None, Some(e)),
-            None => (None, None),
+        let (held, refused, admitted) = match verdict {
+            Some(admission::Verdict::Admitted(held, served)) => (Some(held), None, Some(served)),
+            Some(admission::Verdict::Refused(e)) => (None, Some(e), None),
+            None => (None, None, None),
+        };
+        // The model the codec found for this message (by the same name and version: the same
+        // fields, read the same way; checked here), else a lookup.
+        let target = match admitted {
+            Some(served)
+                if served.name == model
+                    && version(&model_version).is_none_or(|v| v == served.version) =>
+            {
+                Ok(served)
+            }
+            _ => self.state.repository.get(&model, version(&model_version)),
         };
         let decoded = match (&target, refused) {
             (_, Some(e)) => Err(e),
