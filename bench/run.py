@@ -574,39 +574,51 @@ def h2load_grpc(url, body_file, connections, seconds, headers, window_bits=None,
     return {"rps": rps, "mean_us": mean}
 
 
+def stat_cpu(text):
+    """(name, user seconds, system seconds) from the text of a /proc/.../stat file."""
+    name, rest = text.split("(", 1)[1].rsplit(")", 1)
+    fields = rest.split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return name, int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_split(pid):
     """(user, system) CPU time of a process (all its threads), in seconds."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    _, user, system = stat_cpu(pathlib.Path(f"/proc/{pid}/stat").read_text())
+    return user, system
 
 
 def threads_cpu(pid, name):
     """CPU time (user and system, seconds) of the threads of process `pid` whose name starts with
     `name` (as /proc shows it: the first 15 bytes)."""
-    tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for stat in pathlib.Path(f"/proc/{pid}/task").glob("*/stat"):
         try:
-            comm, rest = stat.read_text().split("(", 1)[1].rsplit(")", 1)
+            comm, user, system = stat_cpu(stat.read_text())
         except (FileNotFoundError, ProcessLookupError):
             continue
         if comm.startswith(name[:15]):
-            fields = rest.split()
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            total += user + system
+    return total
 
 
-def server_cpu(pid, run):
+def server_cpu(pid, run, threads=None):
     """Runs the load `run` (which returns the load generator's result, with its requests/s)
     against the server `pid`: that result, with the server's CPU time per request over the run
-    added, in microseconds: `cpu_us` in all, `user_us` in user space and `sys_us` in the kernel."""
+    added, in microseconds: `cpu_us` in all, `user_us` in user space and `sys_us` in the kernel;
+    with `threads` (a thread name, as threads_cpu takes it), `threads_us`: those threads' share
+    of `cpu_us`, over the same run."""
     (user0, sys0), started = cpu_split(pid), time.monotonic()
+    named0 = threads_cpu(pid, threads) if threads else 0
     r = run()
     (user1, sys1), elapsed = cpu_split(pid), time.monotonic() - started
+    named1 = threads_cpu(pid, threads) if threads else 0
     requests = r["rps"] * elapsed
     user_us, sys_us = 1e6 * (user1 - user0) / requests, 1e6 * (sys1 - sys0) / requests
-    return {**r, "cpu_us": user_us + sys_us, "user_us": user_us, "sys_us": sys_us}
+    out = {**r, "cpu_us": user_us + sys_us, "user_us": user_us, "sys_us": sys_us}
+    if threads:
+        out["threads_us"] = 1e6 * (named1 - named0) / requests
+    return out
 
 
 def grpc_cpu(pid, url, body_file, seconds):
@@ -899,9 +911,7 @@ def inference_log(tmp, seconds, results, rounds=3):
                 url = f"http://127.0.0.1:{PORTS['oxinfer'][0]}/v2/models/add/infer"
                 warm = wrk(url, lua, 16, 1)
                 # The writer thread (and the one that ticks it), on the same cores as the rest.
-                writer0 = threads_cpu(p.proc.pid, "oxinfer-inference-log")
-                r = server_cpu(p.proc.pid, lambda: wrk(url, lua, 16, seconds))
-                r["writer_us"] = 1e6 * (threads_cpu(p.proc.pid, "oxinfer-inference-log") - writer0) / r["requests"]
+                r = server_cpu(p.proc.pid, lambda: wrk(url, lua, 16, seconds), threads="oxinfer-inference-log")
             finally:
                 p.stop()
             if extra is not None:
@@ -931,7 +941,7 @@ def inference_log(tmp, seconds, results, rounds=3):
         cpu = sorted(x["cpu_us"] for x in rs)
         rows.append({"variant": name, "rps_median": rps[len(rps) // 2], "rps_all": rps,
                      "cpu_us_median": cpu[len(cpu) // 2],
-                     "writer_us_median": sorted(x["writer_us"] for x in rs)[len(rs) // 2], "p50_us_median": sorted(x["p50_us"] for x in rs)[len(rs) // 2],
+                     "writer_us_median": sorted(x["threads_us"] for x in rs)[len(rs) // 2], "p50_us_median": sorted(x["p50_us"] for x in rs)[len(rs) // 2],
                      "records": sum(x.get("records", 0) for x in rs)})
     results["inference_log"] = rows
 
