@@ -265,8 +265,8 @@ impl<U: Message + Default + 'static> Decoder for AdmissionDecoder<U> {
 /// `[server] grpc_compression` to every call ([`compression_rule`]), and appends a
 /// `ModelInfer` response's raw outputs to its encoding ([`super::tail`]).
 ///
-/// Calls to the inference service go to it straight from here; tonic's router (the inner
-/// service) has the others. The router would only find the same service, after matching the
+/// Calls to the inference service go to it straight from here; tonic's routes (the inner
+/// service) have the others. They would only find the same service, after matching the
 /// path, recording it as a URL parameter and boxing the request and response bodies once more:
 /// about five allocations of every call.
 #[derive(Clone)]
@@ -328,7 +328,7 @@ where
             self.state.listening.transport.grpc_compression,
             request.headers_mut(),
         );
-        // A call goes on to the inference service for its paths, else to tonic's router.
+        // A call goes on to the inference service for its paths, else to tonic's routes.
         let (inference, inner) = (&mut self.inference, &mut self.inner);
         let mut forward = |request: http::Request<tonic::body::Body>| -> BoxFuture<Answer> {
             if request.uri().path().starts_with(INFERENCE_PATH) {

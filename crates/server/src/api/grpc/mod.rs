@@ -384,13 +384,12 @@ pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> std::io::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<GrpcInferenceServiceServer<GrpcService>>()
         .await;
     let limit = state.max_request_bytes;
-    let transport = state.listening.transport;
     let service_state = state.clone();
     let service = GrpcInferenceServiceServer::new(GrpcService { state })
         .max_decoding_message_size(limit)
@@ -411,32 +410,30 @@ pub async fn serve_grpc(
                 .await;
         }
     });
-    // Connections are accepted (TCP_NODELAY, max_connections, TLS, timeouts) by `listen`.
-    let incoming = crate::listen::grpc_incoming(listener, &service_state.listening);
-    tonic::transport::Server::builder()
-        .initial_stream_window_size(transport.http2_stream_window)
-        .initial_connection_window_size(transport.http2_connection_window)
-        .max_concurrent_streams(transport.http2_max_concurrent_streams)
-        .http2_max_header_list_size(transport.http2_max_header_list_bytes)
+    let listening = service_state.listening.clone();
+    let services = tower::ServiceBuilder::new()
         // The first layer is the outermost: access control first, so that a caller without a
         // valid token holds no max_concurrent_requests slot.
         .layer(access::AccessLayer {
             state: service_state.clone(),
         })
         .layer(crate::listen::GrpcLimitLayer {
-            listening: service_state.listening.clone(),
+            listening: listening.clone(),
         })
-        // The innermost layer calls the inference service itself; tonic's router has the rest.
+        // The innermost layer calls the inference service itself; tonic's routes have the rest
+        // (the health service; UNIMPLEMENTED for any other).
         .layer(admission::AdmissionLayer {
             state: service_state,
             inference: service,
         })
-        .add_service(health)
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            reporter
-                .set_not_serving::<GrpcInferenceServiceServer<GrpcService>>()
-                .await;
-        })
-        .await
+        .service(tonic::service::Routes::new(health));
+    // Connections are accepted (TCP_NODELAY, max_connections, TLS, timeouts) and served by
+    // `listen`.
+    crate::listen::serve_grpc(listener, listening, services, async move {
+        shutdown.await;
+        reporter
+            .set_not_serving::<GrpcInferenceServiceServer<GrpcService>>()
+            .await;
+    })
+    .await
 }
