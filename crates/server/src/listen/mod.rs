@@ -1004,11 +1004,15 @@ pub(crate) async fn serve_grpc(
 /// One gRPC call: who sent it into its extensions, then the services, within the client's
 /// `grpc-timeout` when it sent one (answered `CANCELLED`, "Timeout expired", once it is past,
 /// as tonic's server does).
-async fn serve_call(
-    mut request: http::Request<hyper::body::Incoming>,
+async fn serve_call<B>(
+    mut request: http::Request<B>,
     services: impl GrpcServices,
     peer: Peer,
-) -> Result<http::Response<tonic::body::Body>, Infallible> {
+) -> Result<http::Response<tonic::body::Body>, Infallible>
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
     let timeout = request
         .headers()
         .get("grpc-timeout")
@@ -1116,6 +1120,43 @@ mod tests {
         header: Duration::from_secs(30),
         idle: Duration::from_secs(5),
     };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_its_grpc_timeout_is_cancelled() {
+        // A service that answers after a second.
+        let slow = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, Infallible>(tonic::Status::ok("answered").into_http())
+        });
+        let peer = Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            certificate: None,
+            activity: Arc::new(Activity::new()),
+        };
+        for (timeout, after, status, message) in [
+            (Some("10m"), 10, "1", "Timeout%20expired"), // percent-encoded, as gRPC says
+            (Some("2S"), 1000, "0", "answered"),
+            (None, 1000, "0", "answered"),
+            // Malformed: as if there were none.
+            (Some("10x"), 1000, "0", "answered"),
+        ] {
+            let mut request = http::Request::new(tonic::body::Body::empty());
+            if let Some(timeout) = timeout {
+                request
+                    .headers_mut()
+                    .insert("grpc-timeout", timeout.parse().unwrap());
+            }
+            let started = Instant::now();
+            let response = serve_call(request, slow, peer.clone()).await.unwrap();
+            assert_eq!(
+                started.elapsed(),
+                Duration::from_millis(after),
+                "{timeout:?}"
+            );
+            assert_eq!(response.headers()["grpc-status"], status, "{timeout:?}");
+            assert_eq!(response.headers()["grpc-message"], message, "{timeout:?}");
+        }
+    }
 
     #[test]
     fn a_grpc_timeout_header_is_read_as_grpc_over_http2_defines_it() {
