@@ -959,9 +959,12 @@ impl<S> GrpcServices for S where
 /// accepting, lets open connections finish their calls (HTTP/2 GOAWAY), and returns.
 ///
 /// hyper serves the connections directly, as on the REST port, rather than through tonic's
-/// `Server`: its per-call layers (the router, `grpc-timeout`, the service boxed and cloned
-/// once more, the connection info) cost the bare tonic floor 1.25 us of its 10.3 us per call
-/// (`bench-floor` served both ways, h2load c=16: 100-102k against 112-114k calls/s).
+/// `Server`, which turns off h2's bound on the streams a client can make the server reset
+/// (`max_local_error_reset_streams`: here hyper's default, 1024, then GOAWAY
+/// `ENHANCE_YOUR_CALM`). Its per-call layers (the router, `grpc-timeout`, the service boxed
+/// and cloned once more, the connection info) are gone too: they cost the bare tonic floor
+/// 1.25 us of its 10.3 us per call (h2load c=16), but oxinfer, whose admission layer already
+/// skipped the router, within noise.
 pub(crate) async fn serve_grpc(
     listener: TcpListener,
     listening: Arc<Listening>,
