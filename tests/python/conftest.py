@@ -102,6 +102,11 @@ def metric(url, name, verify=True, cert=None, headers=None, **labels):
     return float(found.group(1))
 
 
+def h2_frame(kind, flags, stream, payload=b""):
+    """One HTTP/2 frame: its 9-byte header (length, type, flags, stream id), then `payload`."""
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
 def h2_handshake(address):
     """The SETTINGS an HTTP/2 server sends a prior-knowledge client, and the connection window
     it raises to with its first WINDOW_UPDATE."""

@@ -18,7 +18,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import MODELS, ROOT, Server, run_oxinfer
+from conftest import MODELS, ROOT, Server, h2_frame as frame, run_oxinfer
 
 
 def request(server, path, body=None, headers=None, method=None):
@@ -315,9 +315,6 @@ def reset_storm(address, streams=2000):
     path = b"/grpc.health.v1.Health/Check"
     # HPACK: :scheme http (static 6), :path and :authority literal; no :method.
     block = b"\x86" + b"\x04" + bytes([len(path)]) + path + b"\x01\x01x"
-
-    def frame(kind, flags, stream, payload=b""):
-        return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
     with socket.create_connection((host, int(port)), timeout=10) as s:
         frames = [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(0x4, 0, 0)]

@@ -23,7 +23,7 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import MODELS, Server, h2_handshake, metric, run_oxinfer, wait_for
+from conftest import MODELS, Server, h2_frame as frame, h2_handshake, metric, run_oxinfer, wait_for
 
 SIMPLE_INPUTS = [
     {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))},
@@ -519,10 +519,6 @@ def test_an_http2_client_that_never_opens_its_window_is_closed(tmp_path):
     try:
         host, port = server.address.rsplit(":", 1)
         s = socket.create_connection((host, int(port)), timeout=10)
-
-        def frame(kind, flags, stream, payload=b""):
-            return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + struct.pack(">I", stream) + payload
-
         path = b"/v2/models/simple"
         # HPACK: :method GET (static 2), :scheme http (static 6), :path literal, :authority literal.
         block = b"\x82\x86" + b"\x04" + bytes([len(path)]) + path + b"\x01\x01x"

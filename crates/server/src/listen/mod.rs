@@ -826,12 +826,14 @@ fn rest_builder(
     builder
 }
 
-/// What [`serve_rest`] serves: the REST API (`api::rest::RestApp`), named by its shape so that
-/// this module does not depend on the API's.
-pub(crate) trait RestService:
+/// What a port serves, with request and response bodies of type `B`: the REST API
+/// (`api::rest::RestApp`, `axum::body::Body`) or the gRPC services behind their layers
+/// (`api::grpc`, `tonic::body::Body`), named by its shape so that this module does not depend
+/// on the APIs.
+pub(crate) trait PortService<B>:
     tower::Service<
-        http::Request<axum::body::Body>,
-        Response = http::Response<axum::body::Body>,
+        http::Request<B>,
+        Response = http::Response<B>,
         Error = Infallible,
         Future: Send + 'static,
     > + Clone
@@ -840,10 +842,10 @@ pub(crate) trait RestService:
 {
 }
 
-impl<S> RestService for S where
+impl<B, S> PortService<B> for S where
     S: tower::Service<
-            http::Request<axum::body::Body>,
-            Response = http::Response<axum::body::Body>,
+            http::Request<B>,
+            Response = http::Response<B>,
             Error = Infallible,
             Future: Send + 'static,
         > + Clone
@@ -852,17 +854,23 @@ impl<S> RestService for S where
 {
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, calls
-/// `stopping`, lets open connections finish their requests, and returns.
-pub(crate) async fn serve_rest(
+/// The accept loop of both ports: accepts connections on `listener` within `max_connections`,
+/// establishes each (TLS) in its own task and hands it to `serve` with its graceful-shutdown
+/// watcher, until `shutdown` completes; then stops accepting, calls `stopping`, lets open
+/// connections finish their requests, and returns.
+async fn serve_port<F, Fut>(
     listener: TcpListener,
-    listening: Arc<Listening>,
-    router: impl RestService,
+    port: Port,
+    listening: &Arc<Listening>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     stopping: impl FnOnce(),
-) -> io::Result<()> {
-    let acceptor = Acceptor::new(listener, Port::Http, &listening);
-    let builder = rest_builder(&listening.transport);
+    serve: F,
+) -> io::Result<()>
+where
+    F: Fn(Connection, hyper_util::server::graceful::Watcher) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let acceptor = Acceptor::new(listener, port, listening);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -871,22 +879,10 @@ pub(crate) async fn serve_rest(
             () = &mut shutdown => break,
         };
         let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let router = router.clone();
+        let serve = serve.clone();
         tokio::spawn(async move {
-            let Some(connection) = accepted.establish(Port::Http).await else {
-                return;
-            };
-            let peer = connection.peer().clone();
-            let addr = peer.addr;
-            let service = hyper::service::service_fn(move |request| {
-                serve_request(request, router.clone(), peer.clone())
-            });
-            let connection = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(connection), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(client = %addr, "connection closed: {e}");
+            if let Some(connection) = accepted.establish(port).await {
+                serve(connection, watcher).await;
             }
         });
     }
@@ -896,11 +892,47 @@ pub(crate) async fn serve_rest(
     Ok(())
 }
 
+/// Serves `router` on `listener` until `shutdown` completes, then stops accepting, calls
+/// `stopping`, lets open connections finish their requests, and returns.
+pub(crate) async fn serve_rest(
+    listener: TcpListener,
+    listening: Arc<Listening>,
+    router: impl PortService<axum::body::Body>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: impl FnOnce(),
+) -> io::Result<()> {
+    let builder = rest_builder(&listening.transport);
+    serve_port(
+        listener,
+        Port::Http,
+        &listening,
+        shutdown,
+        stopping,
+        move |connection, watcher| {
+            let peer = connection.peer().clone();
+            let addr = peer.addr;
+            let router = router.clone();
+            let service = hyper::service::service_fn(move |request| {
+                serve_request(request, router.clone(), peer.clone())
+            });
+            let connection = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(connection), service)
+                .into_owned();
+            async move {
+                if let Err(e) = watcher.watch(connection).await {
+                    tracing::debug!(client = %addr, "connection closed: {e}");
+                }
+            }
+        },
+    )
+    .await
+}
+
 /// One REST request: who sent it into its extensions, then the router (whose
 /// `api::http::admit` middleware, after access control, applies `max_concurrent_requests`).
 async fn serve_request(
     mut request: http::Request<hyper::body::Incoming>,
-    router: impl RestService,
+    router: impl PortService<axum::body::Body>,
     peer: Peer,
 ) -> Result<http::Response<axum::body::Body>, Infallible> {
     let extensions = request.extensions_mut();
@@ -929,32 +961,6 @@ fn grpc_builder(
     builder
 }
 
-/// What [`serve_grpc`] serves: the gRPC services behind their layers (`api::grpc`), named by
-/// their shape so that this module does not depend on the API's.
-pub(crate) trait GrpcServices:
-    tower::Service<
-        http::Request<tonic::body::Body>,
-        Response = http::Response<tonic::body::Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> GrpcServices for S where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
-{
-}
-
 /// Serves `services` over HTTP/2 on `listener` until `shutdown` completes, then stops
 /// accepting, lets open connections finish their calls (HTTP/2 GOAWAY), and returns.
 ///
@@ -968,40 +974,33 @@ impl<S> GrpcServices for S where
 pub(crate) async fn serve_grpc(
     listener: TcpListener,
     listening: Arc<Listening>,
-    services: impl GrpcServices,
+    services: impl PortService<tonic::body::Body>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let acceptor = Acceptor::new(listener, Port::Grpc, &listening);
     let builder = grpc_builder(&listening.transport);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = acceptor.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let services = services.clone();
-        tokio::spawn(async move {
-            let Some(connection) = accepted.establish(Port::Grpc).await else {
-                return;
-            };
+    serve_port(
+        listener,
+        Port::Grpc,
+        &listening,
+        shutdown,
+        || {},
+        move |connection, watcher| {
             let peer = connection.peer().clone();
             let addr = peer.addr;
+            let services = services.clone();
             let service = hyper::service::service_fn(move |request| {
                 serve_call(request, services.clone(), peer.clone())
             });
             let connection =
                 builder.serve_connection(hyper_util::rt::TokioIo::new(connection), service);
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(client = %addr, "gRPC connection closed: {e}");
+            async move {
+                if let Err(e) = watcher.watch(connection).await {
+                    tracing::debug!(client = %addr, "gRPC connection closed: {e}");
+                }
             }
-        });
-    }
-    drop(acceptor);
-    graceful.shutdown().await;
-    Ok(())
+        },
+    )
+    .await
 }
 
 /// One gRPC call: who sent it into its extensions, then the services, within the client's
@@ -1009,7 +1008,7 @@ pub(crate) async fn serve_grpc(
 /// as tonic's server does).
 async fn serve_call<B>(
     mut request: http::Request<B>,
-    services: impl GrpcServices,
+    services: impl PortService<tonic::body::Body>,
     peer: Peer,
 ) -> Result<http::Response<tonic::body::Body>, Infallible>
 where
