@@ -127,6 +127,11 @@ impl Reservation {
 
     /// Adds `bytes` whatever the budget says: for memory that already exists.
     pub(crate) fn add(&self, bytes: usize) {
+        // Nothing to add is the usual case (a model's outputs as large as its signature said):
+        // the budget's count, shared by every request, is left alone.
+        if bytes == 0 {
+            return;
+        }
         self.0.budget.used.fetch_add(bytes, Ordering::Relaxed);
         self.0.bytes.fetch_add(bytes, Ordering::Relaxed);
     }

@@ -164,6 +164,8 @@ pub(crate) async fn handle(
         protocol = call.protocol.as_str(),
         identity = call.caller.identity.as_deref().unwrap_or_default()
     );
+    // Moved, not cloned: the model's count is shared by every request to it.
+    let target = call.target;
     let (model, inputs, result) = async {
         if let Some(log) = &state.log
             && !log.accepting()
@@ -178,7 +180,7 @@ pub(crate) async fn handle(
                 )),
             );
         }
-        let model = match call.target.clone() {
+        let model = match target {
             Ok(model) => model,
             Err(e) => return (None, Vec::new(), Err(e)),
         };

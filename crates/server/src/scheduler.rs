@@ -181,14 +181,17 @@ impl Inline {
 }
 
 /// A queued request's claim on its reply ([`Scheduler::submit`]).
-pub(crate) struct Ticket {
+///
+/// It borrows the scheduler, whose reference count (shared by every request to the model) it
+/// would otherwise move between the cores serving them.
+pub(crate) struct Ticket<'a> {
     receiver: oneshot::Receiver<Result<Vec<Tensor>>>,
     deadline: Option<Instant>,
     id: u64,
-    shared: Arc<Shared>,
+    shared: &'a Shared,
 }
 
-impl Ticket {
+impl Ticket<'_> {
     /// The job's outputs, or why there are none. At the job's deadline, a job still in the
     /// queue is taken out and answered with [`Error::DeadlineExceeded`] then, not when a worker
     /// frees up. Dropping the future cancels a job that has not started.
@@ -273,7 +276,7 @@ impl Scheduler {
         inputs: Vec<Tensor>,
         timeout: Option<Duration>,
         inline: Inline,
-    ) -> Result<Ticket> {
+    ) -> Result<Ticket<'_>> {
         let shared = &self.shared;
         let config = &shared.config;
         let rows = inputs.first().map_or(1, Tensor::rows);
@@ -314,7 +317,7 @@ impl Scheduler {
             receiver,
             deadline,
             id,
-            shared: shared.clone(),
+            shared,
         };
         let job = match inline.below() {
             Some(below) => match shared.run_inline(job, below) {
@@ -834,7 +837,7 @@ mod tests {
     }
 
     /// A ticket's outcome, awaited from a thread outside any runtime.
-    fn outcome(ticket: Ticket) -> Result<Vec<Tensor>> {
+    fn outcome(ticket: Ticket<'_>) -> Result<Vec<Tensor>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -843,7 +846,7 @@ mod tests {
     }
 
     /// Waits for a ticket's outcome, which must be a success.
-    fn wait(ticket: Ticket) {
+    fn wait(ticket: Ticket<'_>) {
         outcome(ticket).unwrap();
     }
 
@@ -932,7 +935,7 @@ mod tests {
                     receiver: queue_directly(shared, id),
                     deadline: None,
                     id,
-                    shared: shared.clone(),
+                    shared,
                 }
             })
             .collect();
