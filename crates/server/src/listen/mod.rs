@@ -829,6 +829,21 @@ pub(crate) fn too_many_requests(listening: &Listening) -> http::Response<axum::b
         .expect("valid response")
 }
 
+/// Applies `[server]`'s HTTP/2 settings (timer, `max_concurrent_streams`, header list size,
+/// flow-control windows) to an HTTP/2 builder: hyper's own on the gRPC port, hyper-util's on the
+/// REST port, whose methods have the same names but no trait in common. One list for both
+/// ports, so that they cannot drift apart.
+macro_rules! http2_settings {
+    ($builder:expr, $transport:expr) => {
+        $builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .max_concurrent_streams($transport.http2_max_concurrent_streams)
+            .max_header_list_size($transport.http2_max_header_list_bytes)
+            .initial_stream_window_size($transport.http2_stream_window)
+            .initial_connection_window_size($transport.http2_connection_window)
+    };
+}
+
 /// The hyper connection builder for the REST port (HTTP/1.1 and HTTP/2, by preface).
 fn rest_builder(
     transport: &Transport,
@@ -839,13 +854,7 @@ fn rest_builder(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(transport.timeouts().header);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(transport.http2_max_concurrent_streams)
-        .max_header_list_size(transport.http2_max_header_list_bytes)
-        .initial_stream_window_size(transport.http2_stream_window)
-        .initial_connection_window_size(transport.http2_connection_window);
+    http2_settings!(builder.http2(), transport);
     builder
 }
 
@@ -1032,12 +1041,7 @@ fn grpc_builder(
     activity: Arc<Activity>,
 ) -> hyper::server::conn::http2::Builder<StreamExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(StreamExecutor { activity });
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(transport.http2_max_concurrent_streams)
-        .max_header_list_size(transport.http2_max_header_list_bytes)
-        .initial_stream_window_size(transport.http2_stream_window)
-        .initial_connection_window_size(transport.http2_connection_window);
+    http2_settings!(builder, transport);
     builder
 }
 
