@@ -63,7 +63,8 @@ use crate::telemetry::ModelTelemetry;
 /// One request waiting for a worker.
 #[derive(Debug)]
 struct Job {
-    /// Unique within its scheduler: how [`Ticket::outcome`] finds it in the queue.
+    /// Unique within its scheduler: how [`Ticket::outcome`] finds it in the queue. Given when
+    /// the job is queued (an inline run never is).
     id: u64,
     inputs: Vec<Tensor>,
     rows: usize,
@@ -100,9 +101,6 @@ struct Shared {
     label: String,
     /// The first instance, for inline execution; `None` when the model may not run inline.
     inline: Option<InlineInstance>,
-    /// A recent execution's duration in nanoseconds, slow ones weighing at once and decaying
-    /// slowly (`u64::MAX` before the first).
-    recent_ns: AtomicU64,
     /// The queue's length as of its last change, `usize::MAX` once closed ([`Shared::publish`]):
     /// what an inline run checks, without taking the queue's lock. Taking it, the I/O threads
     /// of a busy server took turns on one lock for every request (about 4% of a tiny model's
@@ -112,11 +110,17 @@ struct Shared {
     spawn_failed: AtomicBool,
 }
 
-/// The first instance, shared by its worker and inline runs.
+/// The first instance, shared by its worker and inline runs. On a cache line of its own: an
+/// inline run takes `busy` and, holding it, reads and updates `recent_ns`, so the run moves
+/// one line between the cores, not two (and no other field's line with it).
+#[repr(align(64))]
 struct InlineInstance {
     model: Arc<dyn Model>,
     /// Held by whoever executes on the instance: its worker or an inline run.
     busy: Mutex<()>,
+    /// A recent execution's duration in nanoseconds, slow ones weighing at once and decaying
+    /// slowly (`u64::MAX` before the first).
+    recent_ns: AtomicU64,
 }
 
 /// Inline execution of a lone request only for a model whose recent executions took less
@@ -180,11 +184,20 @@ impl Inline {
     }
 }
 
-/// A queued request's claim on its reply ([`Scheduler::submit`]).
+/// A submitted request's claim on its outcome ([`Scheduler::submit`]).
 ///
-/// It borrows the scheduler, whose reference count (shared by every request to the model) it
-/// would otherwise move between the cores serving them.
-pub(crate) struct Ticket<'a> {
+/// A queued one borrows the scheduler, whose reference count (shared by every request to the
+/// model) it would otherwise move between the cores serving them.
+pub(crate) enum Ticket<'a> {
+    /// Executed inline (or expired before it could be): the outcome is here.
+    Done(Result<Vec<Tensor>>),
+    /// Queued for the workers.
+    Queued(Queued<'a>),
+}
+
+/// A queued job's reply channel, and what [`Ticket::outcome`] needs to take it out of the
+/// queue at its deadline.
+pub(crate) struct Queued<'a> {
     receiver: oneshot::Receiver<Result<Vec<Tensor>>>,
     deadline: Option<Instant>,
     id: u64,
@@ -195,13 +208,22 @@ impl Ticket<'_> {
     /// The job's outputs, or why there are none. At the job's deadline, a job still in the
     /// queue is taken out and answered with [`Error::DeadlineExceeded`] then, not when a worker
     /// frees up. Dropping the future cancels a job that has not started.
-    pub(crate) async fn outcome(mut self) -> Result<Vec<Tensor>> {
+    pub(crate) async fn outcome(self) -> Result<Vec<Tensor>> {
+        match self {
+            Ticket::Done(outcome) => outcome,
+            Ticket::Queued(queued) => queued.outcome().await,
+        }
+    }
+}
+
+impl Queued<'_> {
+    async fn outcome(mut self) -> Result<Vec<Tensor>> {
         if let Some(deadline) = self.deadline {
             match tokio::time::timeout_at(deadline.into(), &mut self.receiver).await {
                 Ok(reply) => return self.shared.reply(reply),
                 Err(_) => {
                     if let Some(job) = self.shared.withdraw(self.id) {
-                        return Err(self.shared.expire(&job, Instant::now()));
+                        return Err(self.shared.expire(job.enqueued, Instant::now()));
                     }
                     // A worker has it: running, or gathering it into a batch; it answers.
                 }
@@ -242,6 +264,7 @@ impl Scheduler {
             .map(|m| InlineInstance {
                 model: m.clone(),
                 busy: Mutex::new(()),
+                recent_ns: AtomicU64::new(u64::MAX),
             });
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
@@ -257,7 +280,6 @@ impl Scheduler {
             next_id: AtomicU64::new(0),
             label: label.to_string(),
             inline,
-            recent_ns: AtomicU64::new(u64::MAX),
             waiting: AtomicUsize::new(0),
             spawn_failed: AtomicBool::new(false),
         });
@@ -301,9 +323,17 @@ impl Scheduler {
             (config.default_timeout_us > 0)
                 .then(|| Duration::from_micros(config.default_timeout_us))
         });
+        let deadline = timeout.map(|t| now + t);
+        // Inline, the outcome comes back from the call: no reply channel, no job id.
+        let inputs = match inline.below() {
+            Some(below) => match shared.run_inline(inputs, rows, now, deadline, below) {
+                Ok(outcome) => return Ok(Ticket::Done(outcome)),
+                Err(inputs) => inputs,
+            },
+            None => inputs,
+        };
         let (reply, receiver) = oneshot::channel();
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let deadline = timeout.map(|t| now + t);
         let job = Job {
             id,
             inputs,
@@ -313,19 +343,12 @@ impl Scheduler {
             deadline,
             reply,
         };
-        let ticket = Ticket {
+        let ticket = Ticket::Queued(Queued {
             receiver,
             deadline,
             id,
             shared,
-        };
-        let job = match inline.below() {
-            Some(below) => match shared.run_inline(job, below) {
-                None => return Ok(ticket),
-                Some(job) => job,
-            },
-            None => job,
-        };
+        });
         let wake = {
             let mut queue = lock(&shared.queue);
             if queue.jobs.len() >= config.max_queue_size {
@@ -386,40 +409,58 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 }
 
 impl Shared {
-    /// Executes `job` on the calling thread if it would wait for nobody and the model's recent
-    /// executions took less than `below` (module doc); gives it back otherwise.
-    fn run_inline(&self, job: Job, below: Duration) -> Option<Job> {
+    /// Executes a request on the calling thread if it would wait for nobody and the model's
+    /// recent executions took less than `below` (module doc), returning its outcome (an error
+    /// if its deadline is already past, as a worker would answer); gives the inputs back
+    /// otherwise.
+    fn run_inline(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        enqueued: Instant,
+        deadline: Option<Instant>,
+        below: Duration,
+    ) -> std::result::Result<Result<Vec<Tensor>>, Vec<Tensor>> {
         let Some(inline) = &self.inline else {
-            return Some(job);
+            return Err(inputs);
         };
-        let recent = self.recent_ns.load(Ordering::Relaxed);
-        if recent >= u64::try_from(below.as_nanos()).unwrap_or(u64::MAX) {
-            return Some(job);
-        }
         // Others queued first (or closed): behind them. A job queued just after this check
         // waits for the instance as it would behind a job queued just before.
         if self.waiting.load(Ordering::Acquire) != 0 {
-            return Some(job);
+            return Err(inputs);
         }
+        let below = u64::try_from(below.as_nanos()).unwrap_or(u64::MAX);
         // When the instance was free at once, the job starts when it was submitted (one clock
-        // read fewer per request).
+        // read fewer per request). The recent time is read holding the lock, on its line.
         let (busy, started) = match inline.busy.try_lock() {
-            Ok(busy) => (busy, job.enqueued),
+            Ok(busy) => (busy, enqueued),
             // Model code runs under it but never panics out of `execute` (caught there).
-            Err(TryLockError::Poisoned(e)) => (e.into_inner(), job.enqueued),
+            Err(TryLockError::Poisoned(e)) => (e.into_inner(), enqueued),
             Err(TryLockError::WouldBlock) => {
+                let recent = inline.recent_ns.load(Ordering::Relaxed);
+                if recent >= below {
+                    return Err(inputs);
+                }
                 match wait_briefly(&inline.busy, inline_wait(recent)) {
                     Some(busy) => (busy, Instant::now()),
-                    None => return Some(job),
+                    None => return Err(inputs),
                 }
             }
         };
+        if inline.recent_ns.load(Ordering::Relaxed) >= below {
+            return Err(inputs);
+        }
         // A deadline already past (a `timeout` of 0) is answered as a worker would.
-        let job = self.admit(job, started)?;
-        self.telemetry.queued(started - job.enqueued);
-        run_one(self, inline.model.as_ref(), job, started);
+        if let Some(deadline) = deadline
+            && started >= deadline
+        {
+            drop(busy);
+            return Ok(Err(self.expire(enqueued, started)));
+        }
+        self.telemetry.queued(started - enqueued);
+        let outcome = execute_counted(self, inline.model.as_ref(), inputs, rows, started);
         drop(busy);
-        None
+        Ok(outcome)
     }
 
     /// Sets [`Shared::waiting`] from `queue`; called, under its lock, after each change.
@@ -432,10 +473,13 @@ impl Shared {
         self.waiting.store(waiting, Ordering::Release);
     }
 
-    /// Records how long one execution took.
+    /// Records how long one execution took (for inline runs: nothing to record otherwise).
     fn took(&self, took: Duration) {
+        let Some(inline) = &self.inline else {
+            return;
+        };
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let _ = self
+        let _ = inline
             .recent_ns
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |recent| {
                 Some(if recent == u64::MAX || ns >= recent {
@@ -502,17 +546,18 @@ impl Shared {
         if let Some(deadline) = job.deadline
             && now >= deadline
         {
-            let e = self.expire(&job, now);
+            let e = self.expire(job.enqueued, now);
             let _ = job.reply.send(Err(e));
             return None;
         }
         Some(job)
     }
 
-    /// Counts a job whose deadline passed in the queue; the error that answers it.
-    fn expire(&self, job: &Job, now: Instant) -> Error {
+    /// Counts a job (queued at `enqueued`) whose deadline passed in the queue; the error that
+    /// answers it.
+    fn expire(&self, enqueued: Instant, now: Instant) -> Error {
         self.telemetry.expired.inc();
-        let waited = now - job.enqueued;
+        let waited = now - enqueued;
         self.telemetry.queued(waited);
         Error::DeadlineExceeded(format!(
             "the request's timeout expired after {} us in the queue; it was not executed",
@@ -771,11 +816,22 @@ fn run_one(shared: &Shared, model: &dyn Model, job: Job, started: Instant) {
         rows,
         ..
     } = job;
+    let _ = reply.send(execute_counted(shared, model, inputs, rows, started));
+}
+
+/// [`execute`], counted as an execution of `rows` inferences when it succeeds.
+fn execute_counted(
+    shared: &Shared,
+    model: &dyn Model,
+    inputs: Vec<Tensor>,
+    rows: usize,
+    started: Instant,
+) -> Result<Vec<Tensor>> {
     let outcome = execute(shared, model, inputs, started);
     if outcome.is_ok() {
         shared.telemetry.executed(rows as u64);
     }
-    let _ = reply.send(outcome);
+    outcome
 }
 
 fn fail_all(batch: Vec<Job>, error: &Error) {
@@ -832,7 +888,9 @@ mod tests {
         )
         .unwrap();
         let recent = u64::try_from(recent.as_nanos()).unwrap();
-        scheduler.shared.recent_ns.store(recent, Ordering::Relaxed);
+        if let Some(inline) = &scheduler.shared.inline {
+            inline.recent_ns.store(recent, Ordering::Relaxed);
+        }
         (model, scheduler)
     }
 
@@ -931,12 +989,12 @@ mod tests {
         let tickets: Vec<Ticket> = (0..3)
             .map(|_| {
                 let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-                Ticket {
+                Ticket::Queued(Queued {
                     receiver: queue_directly(shared, id),
                     deadline: None,
                     id,
                     shared,
-                }
+                })
             })
             .collect();
         let unstarted = std::mem::take(&mut lock(&shared.queue).unstarted);
@@ -1026,6 +1084,35 @@ mod tests {
         });
         // Free: at once.
         assert!(wait_briefly(&busy, Duration::ZERO).is_some());
+    }
+
+    #[test]
+    fn an_inline_run_is_answered_from_the_call_and_takes_no_job_id() {
+        let (model, scheduler) = started("ids", Duration::from_micros(1));
+        let shared = &scheduler.shared;
+        // Inline: the outcome is in the ticket, with no reply channel and no job id.
+        let ticket = scheduler.submit(Vec::new(), None, Inline::Lone).unwrap();
+        assert!(matches!(ticket, Ticket::Done(Ok(_))));
+        assert_eq!(shared.next_id.load(Ordering::Relaxed), 0);
+        // A deadline already past: answered as a worker would, counted as expired.
+        let expired = scheduler.submit(Vec::new(), Some(Duration::ZERO), Inline::Lone);
+        match expired.unwrap() {
+            Ticket::Done(Err(Error::DeadlineExceeded(_))) => {}
+            Ticket::Done(other) => panic!("{other:?}"),
+            Ticket::Queued(_) => panic!("queued"),
+        }
+        assert_eq!(shared.telemetry.expired.get(), 1);
+        // Too slow to run inline: queued, with the first id.
+        let inline = shared.inline.as_ref().unwrap();
+        inline.recent_ns.store(1_000_000, Ordering::Relaxed);
+        let ticket = scheduler.submit(Vec::new(), None, Inline::Lone).unwrap();
+        assert!(matches!(&ticket, Ticket::Queued(q) if q.id == 0));
+        assert_eq!(shared.next_id.load(Ordering::Relaxed), 1);
+        wait(ticket);
+        let threads = model.threads.lock().unwrap();
+        assert_eq!(threads.len(), 2, "{threads:?}");
+        assert!(!threads[0].starts_with("oxinfer-ids-"), "{threads:?}");
+        assert_eq!(threads[1], "oxinfer-ids-0");
     }
 
     #[test]

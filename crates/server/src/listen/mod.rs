@@ -335,11 +335,15 @@ impl Activity {
 #[derive(Debug)]
 pub(crate) struct RequestGuard {
     activity: Option<Arc<Activity>>,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// The count this request is in, when it is counted.
+    counted: Option<Arc<AtomicUsize>>,
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        if let Some(count) = &self.counted {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
         if let Some(activity) = &self.activity {
             let idle = activity.born.elapsed().as_millis() as u64;
             activity.idle_since_ms.store(idle, Ordering::Release);
@@ -349,17 +353,22 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The server-wide bound on requests in flight (`max_concurrent_requests`).
+/// The server-wide bound on requests in flight (`max_concurrent_requests`): a count that
+/// admission raises and each request's guard lowers. A request over the bound is refused at
+/// once, never made to wait, so there is no waiter list: every request changes one line
+/// shared by all of them, in place of a semaphore's (whose release also took its waiters'
+/// lock).
 #[derive(Debug)]
 pub(crate) struct RequestLimit {
-    permits: Arc<Semaphore>,
+    /// Counted requests in flight; its `Arc` header and the count share a line.
+    count: Arc<AtomicUsize>,
     max: usize,
 }
 
 impl RequestLimit {
     pub(crate) fn new(max: usize) -> Self {
         RequestLimit {
-            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            count: Arc::new(AtomicUsize::new(0)),
             max,
         }
     }
@@ -371,16 +380,19 @@ impl RequestLimit {
 
     /// Counted requests in flight now (admitted and not yet answered).
     pub(crate) fn in_flight(&self) -> usize {
-        self.max
-            .min(Semaphore::MAX_PERMITS)
-            .saturating_sub(self.permits.available_permits())
+        self.count.load(Ordering::Acquire)
     }
 
     /// Admits a request on `peer`'s connection; `counted` is false for probes and metrics,
     /// which are served even when the server is full. `None`: over the limit.
     pub(crate) fn admit(&self, peer: Option<&Peer>, counted: bool) -> Option<RequestGuard> {
-        let permit = if counted {
-            Some(self.permits.clone().try_acquire_owned().ok()?)
+        let counted = if counted {
+            self.count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max).then_some(n + 1)
+                })
+                .ok()?;
+            Some(self.count.clone())
         } else {
             None
         };
@@ -390,10 +402,7 @@ impl RequestLimit {
             p.activity.changes.fetch_add(1, Ordering::AcqRel);
             p.activity.clone()
         });
-        Some(RequestGuard {
-            activity,
-            _permit: permit,
-        })
+        Some(RequestGuard { activity, counted })
     }
 }
 
@@ -1390,11 +1399,15 @@ mod tests {
         let moved = Instant::now();
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(activity.next_check(TIMEOUTS, moved), Err("stalled"));
-        // Over the limit: refused; probes are not counted.
+        // Over the limit: refused, and not counted; probes are not counted.
+        assert_eq!(limit.in_flight(), 1);
         assert!(limit.admit(Some(&peer), true).is_none());
+        assert_eq!(limit.in_flight(), 1);
         let probe = limit.admit(Some(&peer), false).unwrap();
+        assert_eq!(limit.in_flight(), 1);
         drop(probe);
         drop(guard);
+        assert_eq!(limit.in_flight(), 0);
         // Idle from the moment the last request finished.
         let idle_deadline = activity.next_check(TIMEOUTS, Instant::now()).unwrap();
         assert_eq!(idle_deadline, Instant::now() + TIMEOUTS.idle);

@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use arc_swap::ArcSwap;
+
 use oxinfer_core::protocol::{ModelMetadata, Parameter, Parameters};
 use oxinfer_core::{Error, Manifest, ModelEntry, Result};
 
@@ -53,7 +55,11 @@ pub struct ModelRepository {
     registry: RuntimeRegistry,
     /// The manifest in force (replaced by [`ModelRepository::apply`]).
     manifest: RwLock<Arc<Manifest>>,
-    models: RwLock<Models>,
+    /// Every version's slot. Requests read it without a lock: an [`ArcSwap`] load writes
+    /// only the reading thread's own slot, where a `RwLock`'s read lock and unlock wrote one
+    /// line that every request shares (two atomic operations on a line that travels between
+    /// the cores). Changes copy the map and swap the copy in, under `admin`.
+    models: ArcSwap<Models>,
     /// Serialises unload, reload and apply, so that one cannot undo another that was still
     /// running.
     admin: std::sync::Mutex<()>,
@@ -186,7 +192,7 @@ impl ModelRepository {
         Ok(ModelRepository {
             registry,
             manifest: RwLock::new(Arc::new(manifest)),
-            models: RwLock::new(models),
+            models: ArcSwap::from_pointee(models),
             admin: std::sync::Mutex::new(()),
             reloads: Default::default(),
             failed: Default::default(),
@@ -339,10 +345,9 @@ impl ModelRepository {
             .filter(|(name, v)| !listed(name, *v))
             .cloned()
             .collect();
-        // Commit every change at once; what is replaced is freed after the lock (or, when
-        // requests still hold it, once they finish).
-        let replaced: Vec<Slot> = {
-            let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        // Commit every change at once; what is replaced is freed here (or, when requests
+        // still hold it, once they finish).
+        let replaced: Vec<Slot> = self.change_models(|models| {
             let mut replaced = Vec::new();
             for ((name, v), model) in loaded {
                 replaced.extend(
@@ -371,15 +376,26 @@ impl ModelRepository {
             }
             *self.manifest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(effective);
             replaced
-        };
+        });
         drop(replaced);
         crate::heap::release_free_memory();
         self.reloads[usize::from(!report.complete())].fetch_add(1, Ordering::Relaxed);
         report
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Models> {
-        self.models.read().unwrap_or_else(|e| e.into_inner())
+    /// The models as of now (held briefly: a request clones the model it needs out of it).
+    fn read(&self) -> arc_swap::Guard<Arc<Models>> {
+        self.models.load()
+    }
+
+    /// Changes the models: `change` edits a copy, which then replaces them for the requests
+    /// that come after. The caller holds `admin` (one change at a time). What the change
+    /// replaced is freed once the previous copy's last reader is done with it.
+    fn change_models<T>(&self, change: impl FnOnce(&mut Models) -> T) -> T {
+        let mut models = Models::clone(&self.models.load());
+        let out = change(&mut models);
+        self.models.store(Arc::new(models));
+        out
     }
 
     /// Finds a ready model: the given version, or the highest ready one when `version` is `None`.
@@ -547,15 +563,14 @@ impl ModelRepository {
     pub(crate) fn unload(&self, name: &str) -> Result<()> {
         self.check_known(name)?;
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let replaced: Vec<Slot> = {
-            let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        let replaced: Vec<Slot> = self.change_models(|models| {
             models
                 .get_mut(name)
                 .into_iter()
                 .flat_map(BTreeMap::values_mut)
                 .map(|slot| std::mem::replace(slot, Slot::Unavailable("unloaded".into())))
                 .collect()
-        };
+        });
         // Freed (if no request still holds them) after the lock is released.
         drop(replaced);
         crate::heap::release_free_memory();
@@ -580,8 +595,7 @@ impl ModelRepository {
                 .sources
                 .resolve(&manifest, entry)
                 .and_then(|local| ServedModel::load(&self.registry, &manifest, &local));
-            let replaced = {
-                let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+            let replaced = self.change_models(|models| {
                 let versions = models.entry(name.to_string()).or_default();
                 let version = entry.version_number();
                 match loaded {
@@ -599,7 +613,7 @@ impl ModelRepository {
                         }
                     }
                 }
-            };
+            });
             drop(replaced);
         }
         crate::heap::release_free_memory();
