@@ -358,6 +358,54 @@ def test_slow_loris_connections_are_closed_while_a_normal_client_is_served(tmp_p
         server.stop()
 
 
+def closed_within(s, started, seconds, trickle):
+    """Seconds from `started` until the server closed `s` (None if not within `seconds`),
+    sending a header line every half second when `trickle`."""
+    s.settimeout(0.5)
+    while time.monotonic() - started < seconds:
+        try:
+            if trickle:
+                s.sendall(b"X-Slow: a\r\n")
+            if not s.recv(65536):
+                return time.monotonic() - started
+            # hyper may answer 408 before closing; the connection must still end.
+        except socket.timeout:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - started
+    return None
+
+
+@pytest.mark.parametrize("trickle", [True, False], ids=["trickling", "silent"])
+def test_a_later_request_whose_headers_stall_is_closed_at_the_header_timeout(tmp_path, trickle):
+    # After a first request, the next one's headers have header_read_timeout_seconds too, well
+    # before the idle timeout: hyper times them, and the connection's own timer wakes it when
+    # the client has gone silent.
+    server = serve(tmp_path, "header_read_timeout_seconds = 2\nidle_timeout_seconds = 300", log=False)
+    try:
+        host, port = server.address.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=10)
+        # hyper times the next head from the first response; sent half a second after
+        # connecting, that deadline comes after the connection's first header timeout (from
+        # connecting), whose wake-up of the task would otherwise come just in time.
+        time.sleep(0.5)
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b" 200 " in s.recv(65536)
+        started = time.monotonic()
+        s.sendall(b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\n")
+        closed_after = closed_within(s, started, 10, trickle)
+        s.close()
+        assert closed_after is not None, "still open after 10 s"
+        assert 1.5 <= closed_after < 4.5, closed_after
+        # A client that sends its requests in time is not affected.
+        with requests.Session() as normal:
+            for _ in range(3):
+                assert normal.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+                time.sleep(1)
+    finally:
+        server.stop()
+
+
 def test_idle_connections_are_closed_but_busy_ones_are_not(tmp_path):
     server = serve(tmp_path, "idle_timeout_seconds = 2", log=False)
     try:

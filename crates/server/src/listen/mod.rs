@@ -255,8 +255,14 @@ struct Activity {
     idle_since_ms: AtomicU64,
     /// Whether any request has started (until then, the header timeout applies).
     served: AtomicBool,
-    /// Requests started and finished: a change moves the connection's deadline.
+    /// Requests started and finished, and header reads started (`header_wake_ms`): a change
+    /// moves the connection's deadline.
     changes: AtomicU64,
+    /// When hyper's header read timeout for the request it is reading now (HTTP/1.1, REST
+    /// port) passes, in milliseconds after `born`, rounded up; `u64::MAX` before the first.
+    /// The connection's timer wakes its task then, for hyper to find the timeout passed
+    /// ([`ConnTimer`]).
+    header_wake_ms: AtomicU64,
     /// What [`StreamExecutor`] decides by.
     in_place: InPlace,
 }
@@ -289,6 +295,7 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
             changes: AtomicU64::new(0),
+            header_wake_ms: AtomicU64::new(u64::MAX),
             in_place: InPlace {
                 reads: AtomicU64::new(0),
                 ran_at: AtomicU64::new(u64::MAX),
@@ -311,6 +318,24 @@ impl Activity {
         } else {
             Err(reason)
         }
+    }
+
+    /// When hyper's current header read timeout passes, if it has set one ([`ConnTimer`]).
+    fn header_wake(&self) -> Option<Instant> {
+        match self.header_wake_ms.load(Ordering::Acquire) {
+            u64::MAX => None,
+            ms => self.born.checked_add(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Sets [`Activity::header_wake`] to `at` (a millisecond later at most), for the
+    /// connection's timer to look at.
+    fn set_header_wake(&self, at: Instant) {
+        let after = at.saturating_duration_since(self.born);
+        let ms = after.as_millis() + u128::from(!after.subsec_nanos().is_multiple_of(1_000_000));
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX - 1).min(u64::MAX - 1);
+        self.header_wake_ms.store(ms, Ordering::Release);
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The connection's deadline and what passing it means, without reading the clock (`None`:
@@ -497,10 +522,20 @@ impl Conn {
         //
         // No clock read here (a request starts and ends on every busy connection): a deadline
         // already past is set on the timer, which fires at once, below.
+        //
+        // The timer also wakes the task when hyper's header read timeout passes ([`ConnTimer`]):
+        // hyper then finds it passed. One that has passed is not looked at again.
         let changes = self.activity.changes.load(Ordering::Acquire);
         if changes != self.seen {
             self.seen = changes;
-            if let (Some(at), _) = self.activity.deadline(self.timeouts, self.last_io)
+            let (deadline, _) = self.activity.deadline(self.timeouts, self.last_io);
+            // A wake before the last byte moved has passed (no clock read needed to tell).
+            let wake = self.activity.header_wake().filter(|&w| w > self.last_io);
+            let at = match (deadline, wake) {
+                (Some(at), Some(wake)) => Some(at.min(wake)),
+                (at, wake) => at.or(wake),
+            };
+            if let Some(at) = at
                 && at < self.timer.deadline()
             {
                 self.timer.as_mut().reset(at);
@@ -508,7 +543,13 @@ impl Conn {
         }
         while self.timer.as_mut().poll(cx).is_ready() {
             match self.activity.next_check(self.timeouts, self.last_io) {
-                Ok(at) => self.timer.as_mut().reset(at),
+                Ok(at) => {
+                    let at = match self.activity.header_wake() {
+                        Some(wake) if wake < at && wake > Instant::now() => wake,
+                        _ => at,
+                    };
+                    self.timer.as_mut().reset(at)
+                }
                 Err(reason) => return Err(self.expire(reason)),
             }
         }
@@ -853,15 +894,76 @@ macro_rules! http2_settings {
     };
 }
 
+/// hyper's timer for one HTTP/1.1 connection on the REST port, where hyper times each
+/// request's header read (`header_read_timeout_seconds`). hyper makes a sleep for each head it
+/// reads and drops it once the head is in; a tokio sleep put every request's timeout into the
+/// runtime's timer wheel and took it out again, under the wheel's lock, shared by the I/O
+/// threads (about 0.3 us of a tiny REST request's CPU time). This one is the deadline alone:
+/// the connection's own timer ([`Conn`]), which it already keeps for its idle and stall
+/// timeouts and moves only when a deadline comes earlier, wakes the task at the deadline, and
+/// the sleep then reads the clock.
+#[derive(Clone)]
+struct ConnTimer {
+    activity: Arc<Activity>,
+}
+
+/// A [`ConnTimer`] sleep: ready once its deadline has passed.
+struct ConnSleep {
+    deadline: std::time::Instant,
+}
+
+impl Future for ConnSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        // The connection's timer wakes the task at the deadline (`Activity::header_wake`).
+        if Instant::now().into_std() >= self.deadline {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl hyper::rt::Sleep for ConnSleep {}
+
+impl hyper::rt::Timer for ConnTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(self.now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.activity.set_header_wake(Instant::from_std(deadline));
+        Box::pin(ConnSleep { deadline })
+    }
+
+    fn now(&self) -> std::time::Instant {
+        // tokio's clock, which tests can pause and advance.
+        Instant::now().into_std()
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
+        match sleep.as_mut().downcast_mut_pin::<ConnSleep>() {
+            Some(sleep) => {
+                sleep.get_mut().deadline = new_deadline;
+                self.activity
+                    .set_header_wake(Instant::from_std(new_deadline));
+            }
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
+}
+
 /// The hyper connection builder for the REST port (HTTP/1.1 and HTTP/2, by preface).
 fn rest_builder(
     transport: &Transport,
+    activity: Arc<Activity>,
 ) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
+        .timer(ConnTimer { activity })
         .header_read_timeout(transport.timeouts().header);
     http2_settings!(builder.http2(), transport);
     builder
@@ -942,7 +1044,7 @@ pub(crate) async fn serve_rest(
     shutdown: impl Future<Output = ()> + Send + 'static,
     stopping: impl FnOnce(),
 ) -> io::Result<()> {
-    let builder = rest_builder(&listening.transport);
+    let transport = listening.transport;
     serve_port(
         listener,
         Port::Http,
@@ -956,7 +1058,7 @@ pub(crate) async fn serve_rest(
             let service = hyper::service::service_fn(move |request| {
                 serve_request(request, router.clone(), peer.clone())
             });
-            let connection = builder
+            let connection = rest_builder(&transport, connection.peer().activity.clone())
                 .serve_connection(hyper_util::rt::TokioIo::new(connection), service)
                 .into_owned();
             async move {
@@ -1369,6 +1471,38 @@ mod tests {
         executor.activity.in_place.reads.store(1, Ordering::Relaxed);
         executor.execute(counted(&runs));
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_header_timer_publishes_its_deadline_for_the_connection_timer() {
+        use hyper::rt::Timer;
+        let activity = Arc::new(Activity::new());
+        let timer = ConnTimer {
+            activity: activity.clone(),
+        };
+        assert_eq!(activity.header_wake(), None);
+        let changes = activity.changes.load(Ordering::Relaxed);
+        // A deadline between two milliseconds: the wake-up comes at the next one, not before.
+        let deadline = timer.now() + Duration::from_micros(2_500);
+        let mut sleep = timer.sleep_until(deadline);
+        let wake = activity.header_wake().unwrap();
+        assert_eq!(wake, activity.born + Duration::from_millis(3));
+        assert!(wake.into_std() >= deadline);
+        assert_eq!(activity.changes.load(Ordering::Relaxed), changes + 1);
+        // Ready once the deadline has passed, by tokio's clock.
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_millis(3)).await;
+        assert!(sleep.as_mut().poll(&mut cx).is_ready());
+        // Reset in place for the next head: a later deadline, published again.
+        timer.reset(&mut sleep, timer.now() + Duration::from_secs(30));
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            activity.header_wake().unwrap(),
+            activity.born + Duration::from_millis(30_003)
+        );
+        assert_eq!(activity.changes.load(Ordering::Relaxed), changes + 2);
     }
 
     #[tokio::test(start_paused = true)]
