@@ -196,7 +196,7 @@ pub(crate) async fn handle(
         };
         // This request is one of those counted (an inference call always is).
         let lone = state.listening.requests.in_flight() <= 1;
-        let result = infer(&model, request, call.held.as_ref(), lone)
+        let result = infer(&model, request, call.held.as_ref(), lone, started)
             .await
             .and_then(|response| {
                 if let Some(check) = call.encodable {
@@ -354,14 +354,15 @@ fn request_timeout(request: &InferRequest) -> Result<Option<Duration>> {
 ///
 /// `lone`: no other request is in flight in the server. A small request may be executed on
 /// this thread ([`crate::scheduler`]'s inline execution), for a fast model if others are in
-/// flight, for a less fast one if none is.
+/// flight, for a less fast one if none is. `started`: when [`handle`] took the request, from
+/// which its input checks are timed.
 async fn infer(
     model: &Arc<ServedModel>,
     mut request: InferRequest,
     held: Option<&Reservation>,
     lone: bool,
+    started: Instant,
 ) -> Result<InferResponse> {
-    let started = Instant::now();
     let validated = validate(&model.name, model.signature(), &mut request)?;
     let estimate = check_limits(&model.entry.limits, model.signature(), &validated)?;
     if let Some(held) = held {
@@ -369,7 +370,9 @@ async fn infer(
     }
     let timeout = request_timeout(&request)?;
     let telemetry = &model.telemetry;
-    telemetry.input_checked(started.elapsed());
+    // One clock read ends the input checks and starts the job's time in the scheduler.
+    let checked = Instant::now();
+    telemetry.input_checked(checked - started);
     let Validated { inputs, outputs } = validated;
     // The worker threads execute it; if this future is dropped (the client went away), the
     // queued job is dropped unexecuted.
@@ -384,7 +387,7 @@ async fn infer(
         (true, true) => Inline::Lone,
         (true, false) => Inline::Concurrent,
     };
-    let ticket = model.scheduler.submit(inputs, timeout, inline)?;
+    let ticket = model.scheduler.submit(inputs, timeout, inline, checked)?;
     let produced = ticket.outcome().await?;
     let assembling = Instant::now();
     let produced_bytes: usize = outputs.iter().map(|&ix| raw::raw_len(&produced[ix])).sum();

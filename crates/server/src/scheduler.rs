@@ -292,12 +292,14 @@ impl Scheduler {
     /// request has more rows than `max_batch_size`.
     ///
     /// `inline`: whether the job may be executed here, on the calling thread, before this
-    /// returns (see the module doc).
+    /// returns (see the module doc). `now`: the time of the call, which the caller has just
+    /// read (the job's queue time and deadline count from it).
     pub(crate) fn submit(
         &self,
         inputs: Vec<Tensor>,
         timeout: Option<Duration>,
         inline: Inline,
+        now: Instant,
     ) -> Result<Ticket<'_>> {
         let shared = &self.shared;
         let config = &shared.config;
@@ -318,7 +320,6 @@ impl Scheduler {
         } else {
             None
         };
-        let now = Instant::now();
         let timeout = timeout.or_else(|| {
             (config.default_timeout_us > 0)
                 .then(|| Duration::from_micros(config.default_timeout_us))
@@ -741,7 +742,8 @@ fn run(shared: &Shared, model: &dyn Model, mut batch: Vec<Job>, started: Instant
             Err(e) => return fail_all(batch, &e),
         }
     }
-    let outputs = match execute(shared, model, inputs, started) {
+    let (done, outputs) = execute(shared, model, inputs, started, Instant::now());
+    let outputs = match outputs {
         Ok(outputs) => outputs,
         Err(e) if e.code() == ErrorCode::InvalidArgument => {
             for job in batch {
@@ -751,7 +753,7 @@ fn run(shared: &Shared, model: &dyn Model, mut batch: Vec<Job>, started: Instant
         }
         Err(e) => return fail_all(batch, &e),
     };
-    shared.telemetry.executed(total as u64);
+    shared.telemetry.executed(total as u64, done);
     // Each job's inputs (and with them the request body or message they are views of) are
     // dropped before its answer is sent: the front end encodes the response as soon as it is
     // woken, and a request still held while its response is encoded would count one payload
@@ -777,14 +779,16 @@ fn run(shared: &Shared, model: &dyn Model, mut batch: Vec<Job>, started: Instant
     }
 }
 
-/// One `Model::execute`, timed; a panic becomes an error, and so does a wrong output count.
+/// One `Model::execute`, timed from `executing` (the compute time from `started`, which for a
+/// joined batch is before the join); a panic becomes an error, and so does a wrong output
+/// count. Returns when the execution ended with the outcome.
 fn execute(
     shared: &Shared,
     model: &dyn Model,
     inputs: Vec<Tensor>,
     started: Instant,
-) -> Result<Vec<Tensor>> {
-    let executing = Instant::now();
+    executing: Instant,
+) -> (Instant, Result<Vec<Tensor>>) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.execute(inputs)))
         .unwrap_or_else(|_| {
             Err(Error::Internal(
@@ -794,15 +798,17 @@ fn execute(
     let done = Instant::now();
     shared.took(done - executing);
     shared.telemetry.computed(done - started);
-    let outputs = result?;
     let declared = model.signature().outputs.len();
-    if outputs.len() != declared {
-        return Err(Error::Internal(format!(
-            "the model returned {} outputs but declares {declared}",
-            outputs.len()
-        )));
-    }
-    Ok(outputs)
+    let result = result.and_then(|outputs| {
+        if outputs.len() != declared {
+            return Err(Error::Internal(format!(
+                "the model returned {} outputs but declares {declared}",
+                outputs.len()
+            )));
+        }
+        Ok(outputs)
+    });
+    (done, result)
 }
 
 /// Executes one job on its own. Its inputs are moved into the model, which drops them when it
@@ -819,7 +825,8 @@ fn run_one(shared: &Shared, model: &dyn Model, job: Job, started: Instant) {
     let _ = reply.send(execute_counted(shared, model, inputs, rows, started));
 }
 
-/// [`execute`], counted as an execution of `rows` inferences when it succeeds.
+/// [`execute`] of one job, whose execution starts when it does (`started`), counted as an
+/// execution of `rows` inferences when it succeeds.
 fn execute_counted(
     shared: &Shared,
     model: &dyn Model,
@@ -827,9 +834,9 @@ fn execute_counted(
     rows: usize,
     started: Instant,
 ) -> Result<Vec<Tensor>> {
-    let outcome = execute(shared, model, inputs, started);
+    let (done, outcome) = execute(shared, model, inputs, started, started);
     if outcome.is_ok() {
-        shared.telemetry.executed(rows as u64);
+        shared.telemetry.executed(rows as u64, done);
     }
     outcome
 }
@@ -931,7 +938,11 @@ mod tests {
     /// model's recent executions took `recent`.
     fn runs_inline(inline: Inline, recent: Duration) -> bool {
         let (model, scheduler) = started("where", recent);
-        wait(scheduler.submit(Vec::new(), None, inline).unwrap());
+        wait(
+            scheduler
+                .submit(Vec::new(), None, inline, Instant::now())
+                .unwrap(),
+        );
         let threads = model.threads.lock().unwrap();
         assert_eq!(threads.len(), 1, "{threads:?}");
         !threads[0].starts_with("oxinfer-where-")
@@ -963,10 +974,18 @@ mod tests {
         let (model, scheduler) = started_with("lazy", Duration::from_micros(1), 2);
         assert_eq!(workers_named("lazy"), 0, "none at start");
         assert_eq!(lock(&scheduler.shared.queue).unstarted.len(), 2);
-        wait(scheduler.submit(Vec::new(), None, Inline::Lone).unwrap());
+        wait(
+            scheduler
+                .submit(Vec::new(), None, Inline::Lone, Instant::now())
+                .unwrap(),
+        );
         assert_eq!(workers_named("lazy"), 0, "none after an inline run");
         // The first queued job starts both.
-        wait(scheduler.submit(Vec::new(), None, Inline::No).unwrap());
+        wait(
+            scheduler
+                .submit(Vec::new(), None, Inline::No, Instant::now())
+                .unwrap(),
+        );
         let queue = lock(&scheduler.shared.queue);
         assert!(queue.unstarted.is_empty());
         assert_eq!(queue.workers, 2);
@@ -1012,7 +1031,11 @@ mod tests {
             assert_eq!((queue.unstarted.len(), queue.workers), (1, 0));
         }
         // The next queued job starts it.
-        wait(scheduler.submit(Vec::new(), None, Inline::No).unwrap());
+        wait(
+            scheduler
+                .submit(Vec::new(), None, Inline::No, Instant::now())
+                .unwrap(),
+        );
         assert_eq!(*model.threads.lock().unwrap(), ["oxinfer-nospawn-0"]);
     }
 
@@ -1022,7 +1045,9 @@ mod tests {
         let inline = scheduler.shared.inline.as_ref().unwrap();
         // Another thread's inline run holds the instance.
         let held = inline.busy.lock().unwrap();
-        let ticket = scheduler.submit(Vec::new(), None, Inline::Lone).unwrap();
+        let ticket = scheduler
+            .submit(Vec::new(), None, Inline::Lone, Instant::now())
+            .unwrap();
         assert!(model.threads.lock().unwrap().is_empty(), "not run here");
         drop(held);
         wait(ticket);
@@ -1044,7 +1069,11 @@ mod tests {
         }
         let first = queue_directly(shared, u64::MAX);
         assert_eq!(shared.waiting.load(Ordering::Relaxed), 1);
-        wait(scheduler.submit(Vec::new(), None, Inline::Lone).unwrap());
+        wait(
+            scheduler
+                .submit(Vec::new(), None, Inline::Lone, Instant::now())
+                .unwrap(),
+        );
         assert!(first.blocking_recv().unwrap().is_ok());
         let threads = model.threads.lock().unwrap();
         assert_eq!(*threads, ["oxinfer-behind-0", "oxinfer-behind-0"]);
@@ -1091,11 +1120,18 @@ mod tests {
         let (model, scheduler) = started("ids", Duration::from_micros(1));
         let shared = &scheduler.shared;
         // Inline: the outcome is in the ticket, with no reply channel and no job id.
-        let ticket = scheduler.submit(Vec::new(), None, Inline::Lone).unwrap();
+        let ticket = scheduler
+            .submit(Vec::new(), None, Inline::Lone, Instant::now())
+            .unwrap();
         assert!(matches!(ticket, Ticket::Done(Ok(_))));
         assert_eq!(shared.next_id.load(Ordering::Relaxed), 0);
         // A deadline already past: answered as a worker would, counted as expired.
-        let expired = scheduler.submit(Vec::new(), Some(Duration::ZERO), Inline::Lone);
+        let expired = scheduler.submit(
+            Vec::new(),
+            Some(Duration::ZERO),
+            Inline::Lone,
+            Instant::now(),
+        );
         match expired.unwrap() {
             Ticket::Done(Err(Error::DeadlineExceeded(_))) => {}
             Ticket::Done(other) => panic!("{other:?}"),
@@ -1105,7 +1141,9 @@ mod tests {
         // Too slow to run inline: queued, with the first id.
         let inline = shared.inline.as_ref().unwrap();
         inline.recent_ns.store(1_000_000, Ordering::Relaxed);
-        let ticket = scheduler.submit(Vec::new(), None, Inline::Lone).unwrap();
+        let ticket = scheduler
+            .submit(Vec::new(), None, Inline::Lone, Instant::now())
+            .unwrap();
         assert!(matches!(&ticket, Ticket::Queued(q) if q.id == 0));
         assert_eq!(shared.next_id.load(Ordering::Relaxed), 1);
         wait(ticket);

@@ -237,7 +237,7 @@ mod tests {
     fn histogram_buckets_are_cumulative_and_labelled() {
         let t = ModelTelemetry::new("m", "1");
         for rows in [1, 3, 3, 5000] {
-            t.executed(rows);
+            t.executed(rows, std::time::Instant::now());
         }
         let out = text(&t);
         let bucket = |le: &str, n: u64| {

@@ -11,8 +11,9 @@ pub(crate) mod metrics;
 mod shards;
 pub(crate) mod stats;
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, LabelPair, Metric, MetricFamily, MetricType};
@@ -124,8 +125,10 @@ struct Cells {
     batch: HistogramCells<11>,
     compute_input: Timed,
     compute_output: Timed,
-    /// Milliseconds since the epoch of this shard's last successful execution.
-    last_inference_ms: AtomicU64,
+    /// When this shard's last successful execution ended, in nanoseconds after [`clock_base`]
+    /// plus one (0: never): an execution's end is already on the monotonic clock, and the wall
+    /// clock is read only when the statistics are.
+    last_inference: AtomicU64,
 }
 
 /// [`Cells`] added up over the shards.
@@ -140,7 +143,37 @@ struct Totals {
     batch: HistogramTotals<11>,
     compute_input: Duration64,
     compute_output: Duration64,
-    last_inference_ms: u64,
+    last_inference: u64,
+}
+
+/// The instant [`Cells::last_inference`] counts from: a day before the first time it is
+/// needed, so that every execution ends after it.
+fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
+    })
+}
+
+/// An instant as [`Cells::last_inference`] holds it.
+fn since_base(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(clock_base()).as_nanos())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
+}
+
+/// Milliseconds since the epoch of an instant held as [`since_base`] gives it (0 stays 0, for
+/// never): the wall clock now, less the time since then on the monotonic clock.
+fn epoch_ms(held: u64) -> u64 {
+    if held == 0 {
+        return 0;
+    }
+    let at = clock_base() + Duration::from_nanos(held - 1);
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    wall.saturating_sub(at.elapsed()).as_millis() as u64
 }
 
 /// The names and help of the series read from [`Cells`].
@@ -335,7 +368,7 @@ impl ModelTelemetry {
         }
     }
 
-    /// The request's input checks against the model signature.
+    /// The request's time from its arrival in the pipeline to the end of its input checks.
     pub(crate) fn input_checked(&self, elapsed: Duration) {
         self.cells.local().compute_input.record(elapsed);
     }
@@ -352,15 +385,14 @@ impl ModelTelemetry {
         self.cells.local().compute.observe(&LATENCY_BOUNDS_NS, ns);
     }
 
-    /// A successful execution of `rows` inferences (one request, or several batched).
-    pub(crate) fn executed(&self, rows: u64) {
+    /// A successful execution of `rows` inferences (one request, or several batched) that
+    /// ended at `done`.
+    pub(crate) fn executed(&self, rows: u64, done: Instant) {
         let cells = self.cells.local();
         cells.batch.observe(&BATCH_BOUNDS, rows);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        cells.last_inference_ms.store(now, Ordering::Relaxed);
+        cells
+            .last_inference
+            .store(since_base(done), Ordering::Relaxed);
     }
 
     /// The selection and assembly of the requested outputs.
@@ -390,9 +422,9 @@ impl ModelTelemetry {
             t.queue.add(&cells.queue);
             t.compute.add(&cells.compute);
             t.batch.add(&cells.batch);
-            t.last_inference_ms = t
-                .last_inference_ms
-                .max(cells.last_inference_ms.load(Ordering::Relaxed));
+            t.last_inference = t
+                .last_inference
+                .max(cells.last_inference.load(Ordering::Relaxed));
             cells.compute_input.add_to(&mut t.compute_input);
             cells.compute_output.add_to(&mut t.compute_output);
         }
@@ -407,7 +439,7 @@ impl ModelTelemetry {
             ns,
         };
         StatsSnapshot {
-            last_inference: t.last_inference_ms,
+            last_inference: epoch_ms(t.last_inference),
             inference_count: t.batch.sum,
             execution_count: t.batch.count(),
             inference_stats: InferenceStats {
@@ -563,8 +595,9 @@ mod tests {
         t.queued(Duration::from_micros(50));
         t.queued(Duration::from_micros(51));
         t.computed(Duration::from_micros(7));
-        t.executed(3);
-        t.executed(4);
+        let now = Instant::now();
+        t.executed(3, now - Duration::from_secs(3));
+        t.executed(4, now - Duration::from_secs(2));
         t.output_assembled(Duration::from_nanos(900));
         // Recorded from another thread (another shard): added up with the rest.
         std::thread::scope(|s| {
@@ -574,7 +607,14 @@ mod tests {
         t.request(Protocol::Grpc, false, Duration::from_secs(11));
         let s = t.stats();
         assert_eq!((s.inference_count, s.execution_count), (7, 2));
-        assert!(s.last_inference > 0);
+        // The last execution's end on the wall clock: two seconds ago.
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let ago = wall_ms.abs_diff(s.last_inference + 2000);
+        assert!(ago < 500, "last_inference is {} ms off", ago);
+        assert_eq!(ModelTelemetry::new("n", "1").stats().last_inference, 0);
         let i = s.inference_stats;
         assert_eq!((i.queue.count, i.queue.ns), (2, 101_000));
         assert_eq!((i.compute_infer.count, i.compute_infer.ns), (1, 7_000));

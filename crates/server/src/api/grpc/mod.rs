@@ -83,13 +83,15 @@ impl GrpcService {
     /// Runs one decoded message, given what the codec decided about it ([`admission`]).
     async fn infer(
         &self,
-        request: pb::ModelInferRequest,
+        mut request: pb::ModelInferRequest,
         verdict: Option<admission::Verdict>,
         caller: crate::listen::Caller,
     ) -> (String, Result<pb::ModelInferResponse, Error>) {
-        let model = request.model_name.clone();
-        let model_version = request.model_version.clone();
-        let request_id = (!request.id.is_empty()).then(|| request.id.clone());
+        // Taken out, not copied: decoding reads neither the names nor the id, which goes back
+        // into the decoded request below.
+        let model = std::mem::take(&mut request.model_name);
+        let model_version = std::mem::take(&mut request.model_version);
+        let request_id = Some(std::mem::take(&mut request.id)).filter(|id| !id.is_empty());
         // As over REST: nothing is decoded for a model that is not served, and each input is
         // checked against the model before its contents are (by the codec, before prost
         // decodes them, and again here).
@@ -109,12 +111,20 @@ impl GrpcService {
             }
             _ => self.state.repository.get(&model, version(&model_version)),
         };
-        let decoded = match (&target, refused) {
+        let mut decoded = match (&target, refused) {
             (_, Some(e)) => Err(e),
             (Err(e), None) => Err(e.clone()),
             (Ok(served), None) => codec::decode(request, &|name, datatype, shape, _| {
                 pipeline::check_before_decoding(served, name, datatype, shape)
             }),
+        };
+        // The message's id: the decoded request's, or the fallback when it could not be decoded.
+        let request_id = match &mut decoded {
+            Ok(decoded) => {
+                decoded.id = request_id;
+                None
+            }
+            Err(_) => request_id,
         };
         // What the model will read is the decoded tensors (the message is dropped): hold
         // those, plus the message's raw contents they share.
