@@ -14,7 +14,8 @@ Needs `wrk` and `h2load` (Debian packages wrk, nghttp2-client) and the openssl C
    tensors and writes the response; REST JSON only). REST load: wrk, one thread. gRPC load:
    bench/tools grpc-load, one client thread, for both servers. The floor and oxinfer are
    measured in turn, three rounds each, and each of their numbers is its rounds' median (the
-   host's slow and fast moments then fall on both). Where the time goes: the floor
+   host's slow and fast moments then fall on both). A load of one connection, in any section,
+   runs its client pinned to one CPU (`taskset`, one_connection_pin). Where the time goes: the floor
    and oxinfer at c=16 (REST JSON by wrk, gRPC by h2load) under `perf record`, each request's
    server CPU time split by the crate or library that spent it, and allocation calls per
    request counted with uprobes (`perf probe`; needs root). Needs `perf` (Debian linux-perf).
@@ -192,6 +193,19 @@ def to_us(value):
     return n * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
 
 
+def one_connection_pin(connections):
+    """The prefix that runs a load generator with one connection on one CPU (`taskset`, the
+    lowest this process may use), when there are several. Unpinned, c=1 latency here was
+    bimodal from run to run: p50 35 or 60-77 us for the same server, by where the scheduler
+    put the client against the server's threads; pinned, 35-37 us in every run (oxinfer), and
+    30-32 us (the floor). The server is never pinned; loads of several connections are not
+    either (their client uses a core of its own)."""
+    cpus = os.sched_getaffinity(0)
+    if connections != 1 or len(cpus) < 2:
+        return []
+    return ["taskset", "-c", str(min(cpus))]
+
+
 # wrk's own default (2 s) counts a slower answer as a socket timeout and leaves it out of the
 # latency distribution (a run where every answer took longer reported a p50 of 0).
 WRK_TIMEOUT_S = 60
@@ -199,7 +213,7 @@ WRK_TIMEOUT_S = 60
 
 def wrk(url, lua, connections, seconds):
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT_S}s", "--latency",
+        one_connection_pin(connections) + ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT_S}s", "--latency",
          "-s", lua, url],
         capture_output=True, text=True, check=True, timeout=seconds + WRK_TIMEOUT_S + 120,
     ).stdout
@@ -224,7 +238,8 @@ def parse_wrk(out, url):
 
 def grpc_load(address, model, request_file, connections, seconds):
     out = subprocess.run(
-        [str(RELEASE / "grpc-load"), address, model, str(request_file), str(connections), str(seconds)],
+        one_connection_pin(connections)
+        + [str(RELEASE / "grpc-load"), address, model, str(request_file), str(connections), str(seconds)],
         capture_output=True, text=True, check=True, timeout=seconds + 120,
     ).stdout
     r = json.loads(out)
@@ -558,7 +573,7 @@ def h2load_grpc(url, body_file, connections, seconds, headers, window_bits=None,
     """gRPC unary calls with h2load: the framed message in `body_file`, one stream per connection.
     `window_bits`: the client's stream and connection windows, 2^bits - 1 bytes each (h2load's
     own default is 2^30 - 1 for the connection and 2^16 - 1 for a stream)."""
-    argv = ["h2load", "-t1", f"-c{connections}", "-m1", "-d", str(body_file),
+    argv = one_connection_pin(connections) + ["h2load", "-t1", f"-c{connections}", "-m1", "-d", str(body_file),
             "-H", "content-type: application/grpc", "-H", "te: trailers"]
     argv += [f"-n{requests}"] if requests else [f"-D{seconds}"]
     if window_bits:
@@ -1235,9 +1250,8 @@ def growth(tmp, seconds, results):
             models = {"first": "m0", "last": f"m{count - 1}"}
             for model in models.values():
                 wrk(url.format(model), json_lua, 1, 1)
-            # c=1 latency on this machine is bimodal from run to run (where the scheduler puts
-            # wrk against the server's threads): the two models alternate, and each gets the
-            # median of its rounds, as the servers of section 1 do.
+            # The two models alternate, and each gets the median of its rounds, as the servers
+            # of section 1 do (wrk pinned to one CPU: one_connection_pin).
             measured = alternate(lambda which: wrk(url.format(models[which]), json_lua, 1, seconds), list(models))
             for which, r in measured.items():
                 row[f"{which}_p50_us"], row[f"{which}_rps"] = r["p50_us"], r["rps"]
@@ -1607,6 +1621,9 @@ def report(results, seconds, out_path):
         f"The floor and oxinfer run side by side and are measured in turn, {TINY_ROUNDS} rounds each (REST",
         "JSON, gRPC and h2load below); each of their numbers is the median of its rounds (every",
         "round is in `docs/benchmarks.json`), so that the host's slow and fast moments fall on both.",
+        "A load of one connection (c=1, here and in every section) runs its client pinned to one CPU",
+        "(`taskset`; the server is not pinned): unpinned, its p50 was bimodal from run to run on this",
+        "machine (35 or 60-77 us for the same oxinfer), by where the scheduler put the client.",
         "",
         "| server | protocol | c | requests/s | p50 | p99 |",
         "|---|---|---:|---:|---:|---:|",
@@ -1861,7 +1878,7 @@ def main():
     for tool in [RELEASE / "oxinfer", RELEASE / "bench-floor", RELEASE / "grpc-load"]:
         if not tool.exists():
             sys.exit(f"{tool} is missing: cargo build --release -p oxinfer -p oxinfer-bench")
-    for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client"), ("openssl", "openssl"), ("perf", "linux-perf")):
+    for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client"), ("openssl", "openssl"), ("perf", "linux-perf"), ("taskset", "util-linux")):
         if subprocess.run(["which", tool], capture_output=True).returncode:
             sys.exit(f"{tool} is missing: apt-get install {package}")
     if not (ROOT / "bench" / ".venv-mlserver" / "bin" / "mlserver").exists():

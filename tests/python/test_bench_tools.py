@@ -253,6 +253,28 @@ def test_floor_and_oxinfer_are_measured_in_turn_and_reported_by_their_medians():
     assert run.TINY_ROUNDS % 2 == 1
 
 
+def test_a_load_of_one_connection_runs_its_client_on_one_cpu():
+    """c=1 loads (wrk, h2load, grpc-load) run under the prefix one_connection_pin gives: on
+    a machine of several CPUs, the client runs on the lowest one this process may use; loads of
+    several connections run as they are."""
+    import os
+    import sys
+
+    run = bench_run()
+    cpus = os.sched_getaffinity(0)
+    assert run.one_connection_pin(16) == []
+    assert run.one_connection_pin(4) == []
+    prefix = run.one_connection_pin(1)
+    if len(cpus) < 2:
+        assert prefix == []
+        return
+    out = subprocess.run(
+        prefix + [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert json.loads(out) == [min(cpus)]
+
+
 def test_the_calibrated_floor_report_derives_the_cut_from_the_busy_floor():
     """The busy floor's slope (time per request per µs of work) turns oxinfer's distance from
     75% of the floor into microseconds of work to cut."""
