@@ -9,7 +9,9 @@
 //! recorded for it. The secret is hashed and compared with every token's digest in constant
 //! time; it is never logged.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use axum::http::HeaderValue;
 use oxinfer_core::manifest::{AuthSettings, Scope};
@@ -208,7 +210,9 @@ enum Check {
 /// count of refusals.
 #[derive(Debug)]
 pub(crate) struct Access {
-    current: RwLock<Option<Arc<Auth>>>,
+    /// Read by every call without a lock (a read writes only the reading thread's own slot: a
+    /// lock's read side wrote a line that every request shared); a reload swaps in new tokens.
+    current: ArcSwapOption<Auth>,
     /// Refused calls by identity (the token's name, empty when unknown) and reason (missing,
     /// unknown, scope, model).
     pub(crate) failures: prometheus::IntCounterVec,
@@ -226,7 +230,7 @@ impl Default for Access {
         )
         .expect("valid counter options");
         Access {
-            current: RwLock::new(None),
+            current: ArcSwapOption::empty(),
             failures,
         }
     }
@@ -235,11 +239,11 @@ impl Default for Access {
 impl Access {
     /// Replaces the tokens (`None`: access control off).
     pub(crate) fn set(&self, auth: Option<Auth>) {
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if current.is_some() && auth.is_none() {
+        let off = auth.is_none();
+        let before = self.current.swap(auth.map(Arc::new));
+        if before.is_some() && off {
             tracing::warn!("[auth] was removed: access control is off, anyone may call anything");
         }
-        *current = auth.map(Arc::new);
     }
 
     /// Checks a call; `Ok(None)` when access control is off or the call is an open probe.
@@ -251,12 +255,8 @@ impl Access {
         client: Option<std::net::SocketAddr>,
         what: &dyn std::fmt::Display,
     ) -> Result<Option<Grant>, Denied> {
-        let auth = self
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(auth) = auth else {
+        let auth = self.current.load();
+        let Some(auth) = auth.as_deref() else {
             return Ok(None);
         };
         match auth.check(authorization, need) {

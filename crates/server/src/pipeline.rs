@@ -132,6 +132,16 @@ fn check_request_id(id: &str) -> Result<&str> {
     Ok(id)
 }
 
+/// A new request id: a random UUID, hyphenated, in lower case (written straight into its
+/// string, without the formatting machinery `to_string` goes through).
+fn new_request_id() -> String {
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
+}
+
 /// The front ends' entry point: given the model the front end resolved and the decoded request
 /// (or why either failed), assigns the request id (the client's, else the `X-Request-ID`
 /// header, else a new UUID), runs [`infer`], and records the request in the model's telemetry, the inference log and the
@@ -151,9 +161,9 @@ pub(crate) async fn handle(
     // A client's id goes into the log and back in a header: one that is too long or not
     // printable fails the request, which gets an id of its own.
     let (id, decoded) = match given.map(check_request_id) {
-        None => (uuid::Uuid::new_v4().to_string(), decoded),
+        None => (new_request_id(), decoded),
         Some(Ok(id)) => (id.to_string(), decoded),
-        Some(Err(e)) => (uuid::Uuid::new_v4().to_string(), Err(e)),
+        Some(Err(e)) => (new_request_id(), Err(e)),
     };
     // Debug level: free unless a subscriber wants it (the OTLP exporter does; plain info logs
     // do not pay for a span per request).
@@ -434,6 +444,16 @@ async fn infer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_request_id_is_a_random_uuid_in_its_usual_form() {
+        let id = new_request_id();
+        let parsed = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(id, parsed.to_string());
+        assert_eq!(id.len(), 36);
+        assert_ne!(id, new_request_id());
+    }
     use oxinfer_core::DataType;
     use oxinfer_core::protocol::RequestedOutput;
     use oxinfer_core::protocol::TensorMetadata;
