@@ -198,8 +198,10 @@ def one_connection_pin(connections):
     lowest this process may use), when there are several. Unpinned, c=1 latency here was
     bimodal from run to run: p50 35 or 60-77 us for the same server, by where the scheduler
     put the client against the server's threads; pinned, 35-37 us in every run (oxinfer), and
-    30-32 us (the floor). The server is never pinned; loads of several connections are not
-    either (their client uses a core of its own)."""
+    30-32 us (the floor), on a server that had not just been loaded: in the 2 s after 1 s at
+    16 connections, the floor's p50 was 74-80 us and oxinfer's 77-86 us, pinned or not. The
+    server is never pinned; loads of several connections are not either (their client uses a
+    core of its own)."""
     cpus = os.sched_getaffinity(0)
     if connections != 1 or len(cpus) < 2:
         return []
