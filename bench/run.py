@@ -1190,7 +1190,9 @@ def growth(tmp, seconds, results):
         http, grpc = PORTS["oxinfer"]
         url = f"http://127.0.0.1:{http}/v2/models/add/infer"
         grpc_url = model_infer_url(grpc)
-        wrk(url, json_lua, 16, 1)
+        # The warm-up is at the first concurrency measured: for the first seconds after load
+        # at 16 connections, c=1 latency is about twice as high (one_connection_pin).
+        wrk(url, json_lua, GROWTH_CONNECTIONS[0], 1)
         for c in GROWTH_CONNECTIONS:
             rest = wrk(url, json_lua, c, seconds)
             g = h2load_grpc(grpc_url, grpc_add, c, seconds, {})
