@@ -444,6 +444,9 @@ async fn infer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oxinfer_core::DataType;
+    use oxinfer_core::protocol::RequestedOutput;
+    use oxinfer_core::protocol::TensorMetadata;
 
     #[test]
     fn a_new_request_id_is_a_random_uuid_in_its_usual_form() {
@@ -454,9 +457,6 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_ne!(id, new_request_id());
     }
-    use oxinfer_core::DataType;
-    use oxinfer_core::protocol::RequestedOutput;
-    use oxinfer_core::protocol::TensorMetadata;
 
     fn signature() -> ModelSignature {
         ModelSignature {
